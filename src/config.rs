@@ -1,0 +1,326 @@
+//! The TOML configuration, with the walkthrough's keys.
+//!
+//! Files written for the walkthrough's older Go system load unchanged: keys that mean nothing to
+//! ferry (`bytes_per_sync`, `segment_size`, ...) are accepted and reported by
+//! [`Config::ignored_keys`] so the node can log them once. Any other unknown key is an error
+//! naming the key and the file, because a typo that silently falls back to a default is worse
+//! than a refusal to start.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A whole node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP API port.
+    pub http_port: u16,
+    /// Address every listener (HTTP, gRPC, ZeroMQ) binds to. Default 0.0.0.0 (all interfaces),
+    /// as the walkthrough expects; set 127.0.0.1 to keep a node private to the machine.
+    #[serde(default = "default_listen_ip")]
+    pub listen_ip: IpAddr,
+    pub grpc_config: Option<GrpcConfig>,
+    pub storage_config: StorageConfig,
+    #[serde(default)]
+    pub http_config: HttpConfig,
+    /// Replica only: the upstreams to follow, by a free-form name.
+    #[serde(default)]
+    pub relayer_config: BTreeMap<String, RelayerConfig>,
+    /// ZeroMQ publisher per namespace.
+    #[serde(default)]
+    pub notifier_config: BTreeMap<String, NotifierConfig>,
+    #[serde(default)]
+    pub log_config: LogConfig,
+    /// Accepted for compatibility; ferry notifies as soon as a commit is durable.
+    pub write_notify_config: Option<toml::Value>,
+}
+
+fn default_listen_ip() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub port: u16,
+    /// Accepted for compatibility; ferry's gRPC is plaintext (put TLS in front of it).
+    pub allow_insecure: Option<bool>,
+}
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged write survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last commits on power loss.
+    Normal,
+    /// Never fsync. For throwaway data and benchmarks.
+    Off,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory holding one `<namespace>.db` file per namespace. Created if missing.
+    pub base_dir: PathBuf,
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    // Keys of the walkthrough's storage engine with no meaning for SQLite.
+    pub bytes_per_sync: Option<toml::Value>,
+    pub segment_size: Option<toml::Value>,
+    pub arena_size: Option<toml::Value>,
+    pub wal_cleanup_config: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body accepted (413 above it).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayerConfig {
+    pub namespaces: Vec<String>,
+    /// `host:port` of the upstream's gRPC listener.
+    pub upstream_address: String,
+    pub segment_lag_threshold: Option<toml::Value>,
+    pub allow_insecure: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierConfig {
+    pub bind_port: u16,
+    /// ZeroMQ send high-water mark: messages queued per subscriber before drops.
+    #[serde(default = "default_hwm")]
+    pub high_water_mark: i32,
+    /// Milliseconds pending messages may delay shutdown.
+    #[serde(default)]
+    pub linger_time: i32,
+}
+
+fn default_hwm() -> i32 {
+    1000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// trace, debug, info, warn or error.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub disable_timestamp: bool,
+    /// Accepted for compatibility (log sampling); ferry logs every line at or above `log_level`.
+    pub min_level_percents: Option<toml::Value>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            log_level: default_log_level(),
+            disable_timestamp: false,
+            min_level_percents: None,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// Checks a namespace name: it becomes a file name, so only letters, digits, `-`, `_` and `.`,
+/// no leading dot and no `..` — a name can never point outside `base_dir`.
+pub fn validate_namespace(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!(
+            "namespace name {name:?} must be 1 to 128 characters long"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "namespace name {name:?} contains {c:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err(format!(
+            "namespace name {name:?} must not start with '.' or contain '..'"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let ns = &self.storage_config.namespaces;
+        if ns.is_empty() {
+            return Err("storage_config.namespaces is empty".into());
+        }
+        for (i, name) in ns.iter().enumerate() {
+            validate_namespace(name).map_err(|e| format!("storage_config.namespaces: {e}"))?;
+            if ns[..i].contains(name) {
+                return Err(format!("storage_config.namespaces lists {name:?} twice"));
+            }
+        }
+        for (relayer, r) in &self.relayer_config {
+            for name in &r.namespaces {
+                if !ns.contains(name) {
+                    return Err(format!(
+                        "relayer_config.{relayer} follows namespace {name:?}, which is not in storage_config.namespaces"
+                    ));
+                }
+            }
+        }
+        for name in self.notifier_config.keys() {
+            if !ns.contains(name) {
+                return Err(format!(
+                    "notifier_config.{name}: namespace {name:?} is not in storage_config.namespaces"
+                ));
+            }
+        }
+        if self.http_config.max_body_bytes == 0 {
+            return Err("http_config.max_body_bytes must be greater than 0".into());
+        }
+        if !matches!(
+            self.log_config.log_level.to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error"
+        ) {
+            return Err(format!(
+                "log_config.log_level {:?} is not one of trace, debug, info, warn, error",
+                self.log_config.log_level
+            ));
+        }
+        Ok(())
+    }
+
+    /// The keys present in this file that ferry accepts but does not act on, with the reason,
+    /// so the node can say so once at startup.
+    pub fn ignored_keys(&self) -> Vec<(&'static str, &'static str)> {
+        const ENGINE: &str =
+            "a setting of the walkthrough's storage engine; SQLite manages its own files";
+        let s = &self.storage_config;
+        let mut out = Vec::new();
+        let mut note = |present: bool, key, why| {
+            if present {
+                out.push((key, why));
+            }
+        };
+        note(
+            s.bytes_per_sync.is_some(),
+            "storage_config.bytes_per_sync",
+            ENGINE,
+        );
+        note(
+            s.segment_size.is_some(),
+            "storage_config.segment_size",
+            ENGINE,
+        );
+        note(s.arena_size.is_some(), "storage_config.arena_size", ENGINE);
+        note(
+            s.wal_cleanup_config.is_some(),
+            "storage_config.wal_cleanup_config",
+            "wal_log retention is not implemented yet; the whole log is kept",
+        );
+        note(
+            self.write_notify_config.is_some(),
+            "write_notify_config",
+            "ferry pushes every commit to followers and subscribers at once, without a delay",
+        );
+        note(
+            self.log_config.min_level_percents.is_some(),
+            "log_config.min_level_percents",
+            "log sampling is not supported; every line at or above log_level is written",
+        );
+        if let Some(g) = &self.grpc_config {
+            note(
+                g.allow_insecure.is_some(),
+                "grpc_config.allow_insecure",
+                "ferry's gRPC is plaintext; put a TLS proxy in front of it",
+            );
+        }
+        for r in self.relayer_config.values() {
+            note(
+                r.segment_lag_threshold.is_some(),
+                "relayer_config.*.segment_lag_threshold",
+                "ferry has no segments; lag is reported in entries",
+            );
+            note(
+                r.allow_insecure.is_some(),
+                "relayer_config.*.allow_insecure",
+                "ferry's gRPC is plaintext",
+            );
+        }
+        out.dedup();
+        out
+    }
+}

@@ -1,0 +1,239 @@
+//! Request handlers: decode, validate, call the store, shape the reply. Every failure is an
+//! [`ApiError`], rendered in `error.rs`.
+
+use std::sync::Arc;
+
+use warp::Reply;
+use warp::http::StatusCode;
+use warp::reply::{Response, json, with_status};
+
+use super::error::ApiError;
+use super::models::*;
+use super::{Api, Body};
+use crate::store::{Mutation, Namespace};
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Renders a handler's outcome, success or error, as a response.
+pub fn respond(r: Result<Response>) -> Response {
+    r.unwrap_or_else(Reply::into_response)
+}
+
+fn namespace(api: &Api, ns: &str) -> Result<Arc<Namespace>> {
+    api.store
+        .get(ns)
+        .cloned()
+        .ok_or_else(|| ApiError::unknown_namespace(ns, &api.store.names()))
+}
+
+fn writable(api: &Api, ns: &str) -> Result<Arc<Namespace>> {
+    let namespace = namespace(api, ns)?;
+    if let Some(upstream) = api.role.upstream(ns) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "namespace {ns:?} on this node is a read-only replica of {upstream}; send writes to the primary"
+            ),
+        ));
+    }
+    Ok(namespace)
+}
+
+/// Checks a key that arrived in a URL path segment (still percent-encoded).
+pub fn key_from_path(raw: &str) -> Result<String> {
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("key is not valid UTF-8 after percent-decoding"))?;
+    check_key("key", &key)?;
+    Ok(key.into_owned())
+}
+
+fn check_key(what: &str, key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{what} is empty; use /api/v1/{{namespace}}/kv/{{key}}"
+        )));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "{what} is {} bytes long; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a JSON body, explaining the classic shell mistake when the body was cut short.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let hint = if e.is_eof() {
+            ". The body ends too early: if it was built with an unquoted $(... | base64), GNU \
+             base64 wrapped the value at 76 columns and the shell split it; use \
+             \"$(... | base64 | tr -d '\\n')\" or `base64 -w0`"
+        } else {
+            ""
+        };
+        ApiError::bad_request(format!("invalid JSON body: {e}{hint}"))
+    })
+}
+
+fn ok_json<T: serde::Serialize>(body: &T) -> Result<Response> {
+    Ok(json(body).into_response())
+}
+
+pub async fn health(api: Arc<Api>) -> Response {
+    json(&HealthResponse {
+        status: "ok",
+        role: api.role.name(),
+        namespaces: api.store.names(),
+    })
+    .into_response()
+}
+
+pub async fn get(api: Arc<Api>, ns: String, raw_key: String) -> Result<Response> {
+    let namespace = namespace(&api, &ns)?;
+    let key = key_from_path(&raw_key)?;
+    match namespace.get(key).await? {
+        Some(v) => ok_json(&GetResponse {
+            value: encode(&v.value),
+            found: true,
+            seq: Some(v.seq),
+            ts_ms: Some(v.ts_ms),
+        }),
+        None => Ok(with_status(
+            json(&GetResponse {
+                value: String::new(),
+                found: false,
+                seq: None,
+                ts_ms: None,
+            }),
+            StatusCode::NOT_FOUND,
+        )
+        .into_response()),
+    }
+}
+
+/// `PUT /kv/{key}`: JSON `{"value": base64}` by default; with
+/// `Content-Type: application/octet-stream` the raw body is the value.
+pub async fn put(
+    api: Arc<Api>,
+    ns: String,
+    raw_key: String,
+    content_type: Option<String>,
+    body: Body,
+) -> Result<Response> {
+    let namespace = writable(&api, &ns)?;
+    let key = key_from_path(&raw_key)?;
+    let body = body.read(api.max_body_bytes).await?;
+    let raw = content_type
+        .as_deref()
+        .is_some_and(|ct| ct.trim().starts_with("application/octet-stream"));
+    let value = if raw {
+        body.to_vec()
+    } else {
+        let req: PutRequest = parse_json(&body)?;
+        decode("value", &req.value).map_err(ApiError::bad_request)?
+    };
+    let c = namespace.write(vec![Mutation::Put { key, value }]).await?;
+    ok_json(&WriteResponse {
+        success: true,
+        seq: c.last_seq,
+    })
+}
+
+pub async fn delete(api: Arc<Api>, ns: String, raw_key: String) -> Result<Response> {
+    let namespace = writable(&api, &ns)?;
+    let key = key_from_path(&raw_key)?;
+    let c = namespace.write(vec![Mutation::Delete { key }]).await?;
+    ok_json(&WriteResponse {
+        success: true,
+        seq: c.last_seq,
+    })
+}
+
+/// `POST /kv/batch`: every item is validated before anything is written, then the whole batch
+/// commits as one atomic group (one seq range, one `txn`).
+pub async fn batch(api: Arc<Api>, ns: String, body: Body) -> Result<Response> {
+    let namespace = writable(&api, &ns)?;
+    let body = body.read(api.max_body_bytes).await?;
+    let req: BatchRequest = parse_json(&body)?;
+    let mutations = match req.operation.as_str() {
+        "put" => {
+            let items = req.items.ok_or_else(|| {
+                ApiError::bad_request("a put batch needs \"items\": [{\"key\", \"value\"}, ...]")
+            })?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    check_key(&format!("items[{i}].key"), &item.key)?;
+                    let value = decode(&format!("items[{i}].value"), &item.value)
+                        .map_err(ApiError::bad_request)?;
+                    Ok(Mutation::Put {
+                        key: item.key,
+                        value,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        "delete" => {
+            let keys = req.keys.ok_or_else(|| {
+                ApiError::bad_request("a delete batch needs \"keys\": [\"key\", ...]")
+            })?;
+            keys.into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    check_key(&format!("keys[{i}]"), &key)?;
+                    Ok(Mutation::Delete { key })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown batch operation {other:?}; use \"put\" or \"delete\""
+            )));
+        }
+    };
+    if mutations.is_empty() {
+        return Err(ApiError::bad_request("the batch is empty"));
+    }
+    let count = mutations.len();
+    let c = namespace.write(mutations).await?;
+    ok_json(&BatchResponse {
+        success: true,
+        count,
+        first_seq: c.first_seq,
+        last_seq: c.last_seq,
+    })
+}
+
+pub async fn offset(api: Arc<Api>, ns: String) -> Result<Response> {
+    let namespace = namespace(&api, &ns)?;
+    let head = namespace.head();
+    ok_json(&OffsetResponse {
+        namespace: ns,
+        log_id: namespace.log_id().to_owned(),
+        head_seq: head.seq,
+        head_crc: head.crc,
+    })
+}
+
+pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
+    let namespace = namespace(&api, &ns)?;
+    let s = namespace.stats().await?;
+    ok_json(&StatsResponse {
+        namespace: ns,
+        role: api.role.name(),
+        log_id: namespace.log_id().to_owned(),
+        head_seq: s.head_seq,
+        oldest_seq: s.oldest_seq,
+        wal_entries: s.wal_entries,
+        keys: s.keys,
+        file_bytes: s.file_bytes,
+        file: namespace.path().display().to_string(),
+        synchronous: api.synchronous.pragma(),
+    })
+}

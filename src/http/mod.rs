@@ -1,0 +1,213 @@
+//! The HTTP/JSON API (DESIGN.md §5), built with warp.
+//!
+//! - `filters` (here): which route calls which handler.
+//! - [`handlers`]: what each route does.
+//! - [`models`]: the JSON shapes.
+//! - [`error`]: the one place errors become `{"error": ...}` responses.
+
+pub mod error;
+pub mod handlers;
+pub mod models;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::config::Synchronous;
+use crate::store::Store;
+
+/// Whether this node takes writes.
+#[derive(Debug, Clone)]
+pub enum Role {
+    Primary,
+    /// Read-only; maps each followed namespace to its upstream's address.
+    Replica {
+        upstreams: BTreeMap<String, String>,
+    },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica { .. } => "replica",
+        }
+    }
+
+    /// The upstream a namespace is replicated from, if this node is a replica of it.
+    pub fn upstream(&self, ns: &str) -> Option<&str> {
+        match self {
+            Role::Primary => None,
+            Role::Replica { upstreams } => upstreams.get(ns).map(String::as_str),
+        }
+    }
+}
+
+/// State every handler shares.
+pub struct Api {
+    pub store: Arc<Store>,
+    pub role: Role,
+    pub synchronous: Synchronous,
+    pub max_body_bytes: u64,
+}
+
+fn with_api(
+    api: Arc<Api>,
+) -> impl Filter<Extract = (Arc<Api>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || api.clone())
+}
+
+/// A request body not read yet: handlers validate the path first, then read it with a size
+/// limit (so `PUT /kv/` answers "key is empty", and a chunked body cannot exceed the limit).
+pub struct Body {
+    content_length: Option<u64>,
+    stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>,
+    >,
+}
+
+impl Body {
+    /// Reads the whole body, refusing (413) anything over `limit` bytes.
+    pub async fn read(mut self, limit: u64) -> Result<bytes::Bytes, error::ApiError> {
+        use futures_util::StreamExt;
+        let too_large = |n: u64| {
+            error::ApiError::new(
+                warp::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body of {n} bytes or more is over the limit of {limit} bytes (http_config.max_body_bytes)"
+                ),
+            )
+        };
+        if let Some(n) = self.content_length.filter(|&n| n > limit) {
+            return Err(too_large(n));
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = self.stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                error::ApiError::bad_request(format!("cannot read request body: {e}"))
+            })?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(too_large((buf.len() + chunk.len()) as u64));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+fn body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    fn boxed<S, B>(content_length: Option<u64>, stream: S) -> Body
+    where
+        S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+        B: warp::Buf,
+    {
+        use futures_util::TryStreamExt;
+        Body {
+            content_length,
+            stream: Box::pin(stream.map_ok(|mut b| b.copy_to_bytes(b.remaining()))),
+        }
+    }
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .map(boxed)
+}
+
+/// Every route of the API, with errors rendered as JSON.
+pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .then(handlers::health)
+        .boxed();
+
+    // /api/v1/{namespace}/...
+    let ns = || {
+        warp::path("api")
+            .and(warp::path("v1"))
+            .and(warp::path::param::<String>())
+    };
+    // The key is the rest of the path, percent-decoded by the handler (so an empty key can get
+    // a clear 400 rather than a bare 404).
+    let key = || {
+        ns().and(warp::path("kv"))
+            .and(warp::path::tail())
+            .map(|ns: String, tail: warp::path::Tail| (ns, tail.as_str().to_owned()))
+            .untuple_one()
+    };
+
+    let batch = ns()
+        .and(warp::path!("kv" / "batch"))
+        .and(warp::post())
+        .and(with_api(api.clone()))
+        .and(body())
+        .then(
+            |ns, api, body| async move { handlers::respond(handlers::batch(api, ns, body).await) },
+        )
+        .boxed();
+    let get = key()
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .then(|ns, key, api| async move { handlers::respond(handlers::get(api, ns, key).await) })
+        .boxed();
+    let put = key()
+        .and(warp::put())
+        .and(with_api(api.clone()))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(body())
+        .then(|ns, key, api, ct, body| async move {
+            handlers::respond(handlers::put(api, ns, key, ct, body).await)
+        })
+        .boxed();
+    let delete = key()
+        .and(warp::delete())
+        .and(with_api(api.clone()))
+        .then(|ns, key, api| async move { handlers::respond(handlers::delete(api, ns, key).await) })
+        .boxed();
+    let offset = ns()
+        .and(warp::path!("offset"))
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .then(|ns, api| async move { handlers::respond(handlers::offset(api, ns).await) })
+        .boxed();
+    let stats = ns()
+        .and(warp::path!("stats"))
+        .and(warp::get())
+        .and(with_api(api))
+        .then(|ns, api| async move { handlers::respond(handlers::stats(api, ns).await) })
+        .boxed();
+
+    health
+        .or(batch)
+        .unify()
+        .or(get)
+        .unify()
+        .or(put)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(offset)
+        .unify()
+        .or(stats)
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+/// Serves the API on an already-bound listener until `shutdown` resolves, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(api))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

@@ -1,0 +1,96 @@
+//! JSON shapes of the HTTP API (DESIGN.md §5). Values travel as standard padded base64.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+use crate::log::Seq;
+
+pub fn encode(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Decodes a base64 value; `what` names the field in the error.
+pub fn decode(what: &str, b64: &str) -> Result<Vec<u8>, String> {
+    STANDARD.decode(b64).map_err(|e| {
+        let hint = if b64.contains('\n') || b64.contains('\r') {
+            " (it contains a line break: GNU base64 wraps at 76 columns; use `base64 | tr -d '\\n'` or `base64 -w0`)"
+        } else {
+            ""
+        };
+        format!("{what} is not valid standard base64: {e}{hint}")
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PutRequest {
+    pub value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WriteResponse {
+    pub success: bool,
+    pub seq: Seq,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GetResponse {
+    pub value: String,
+    pub found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchItem {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub operation: String,
+    pub items: Option<Vec<BatchItem>>,
+    pub keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    pub success: bool,
+    pub count: usize,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OffsetResponse {
+    pub namespace: String,
+    pub log_id: String,
+    /// Seq of the last committed entry (0 for an empty log).
+    pub head_seq: Seq,
+    /// crc of that entry: (log_id, head_seq, head_crc) identifies the history.
+    pub head_crc: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsResponse {
+    pub namespace: String,
+    pub role: &'static str,
+    pub log_id: String,
+    pub head_seq: Seq,
+    pub oldest_seq: Seq,
+    pub wal_entries: i64,
+    pub keys: i64,
+    pub file_bytes: u64,
+    pub file: String,
+    pub synchronous: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthResponse {
+    pub status: &'static str,
+    pub role: &'static str,
+    pub namespaces: Vec<String>,
+}

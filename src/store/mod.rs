@@ -1,0 +1,240 @@
+//! The namespace store: one SQLite file per namespace, one writer thread per file, a pool of
+//! read-only connections for everything else.
+//!
+//! - [`schema`]: opening a file, migrations, refusing files ferry did not write.
+//! - [`writer`]: the writer thread and group commit.
+//! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
+
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{StorageConfig, Synchronous};
+use crate::log::Seq;
+pub use reader::{Stats, Value};
+use writer::{Command, Writer};
+pub use writer::{Committed, Mutation};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("namespace file {path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("cannot create {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("storage error: {0}")]
+    Sqlite(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// The last committed entry of a log: what the writer publishes after every commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: Seq,
+    pub crc: u32,
+}
+
+/// One open namespace.
+pub struct Namespace {
+    name: String,
+    path: PathBuf,
+    log_id: String,
+    commands: mpsc::Sender<Command>,
+    head: watch::Receiver<Head>,
+    readers: reader::Pool,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Namespace {
+    /// Opens (creating if needed) `<base_dir>/<name>.db` and starts its writer thread.
+    pub fn open(base_dir: &Path, name: &str, sync: Synchronous) -> Result<Namespace, StoreError> {
+        crate::config::validate_namespace(name).map_err(|reason| StoreError::BadFile {
+            path: base_dir.join(name),
+            reason,
+        })?;
+        let path = base_dir.join(format!("{name}.db"));
+        let (conn, info) = schema::open_writer(&path, name, sync, schema::mint_log_id)?;
+        let head = Head {
+            seq: info.head_seq,
+            crc: info.head_crc,
+        };
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            namespace: name.to_owned(),
+            conn,
+            head,
+            head_tx,
+            rx,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("writer-{name}"))
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Io {
+                path: path.clone(),
+                reason: format!("cannot start writer thread: {e}"),
+            })?;
+        tracing::info!(
+            namespace = name,
+            file = %path.display(),
+            head_seq = head.seq,
+            log_id = %info.log_id,
+            created = info.created,
+            "namespace open"
+        );
+        Ok(Namespace {
+            name: name.to_owned(),
+            readers: reader::Pool::new(path.clone()),
+            path,
+            log_id: info.log_id,
+            commands: tx,
+            head: head_rx,
+            writer_thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The random id minted when this log was created; equal ids and equal (seq, crc) mean
+    /// equal history.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The last committed entry.
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes after every commit that appended entries.
+    pub fn subscribe(&self) -> watch::Receiver<Head> {
+        self.head.clone()
+    }
+
+    /// Commits `mutations` atomically as consecutive log entries. Returns once durable (as
+    /// durable as `synchronous` makes it).
+    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<Committed, StoreError> {
+        assert!(!mutations.is_empty(), "callers reject empty writes");
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Write { mutations, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Runs a read-only query on a pooled connection, off the async runtime.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Sqlite(format!("reader task failed: {e}")))?
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
+        self.read(move |c| reader::get(c, &key)).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let path = self.path.clone();
+        let mut stats = self.read(reader::stats).await?;
+        stats.file_bytes = file_bytes(&path);
+        Ok(stats)
+    }
+
+    /// Lets queued writes finish, then stops the writer thread and waits for it. Later writes
+    /// fail with [`StoreError::ShuttingDown`].
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Close { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let thread = self.writer_thread.lock().unwrap().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Size of the database file plus its WAL.
+fn file_bytes(path: &Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    [path, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every namespace a node owns, by name.
+pub struct Store {
+    namespaces: BTreeMap<String, Arc<Namespace>>,
+}
+
+impl Store {
+    /// Opens every configured namespace, creating `base_dir` if needed. Fails on the first file
+    /// that cannot be used, closing the ones already open.
+    pub async fn open(config: &StorageConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.base_dir).map_err(|e| StoreError::Io {
+            path: config.base_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut store = Store {
+            namespaces: BTreeMap::new(),
+        };
+        for name in &config.namespaces {
+            match Namespace::open(&config.base_dir, name, config.synchronous) {
+                Ok(ns) => {
+                    store.namespaces.insert(name.clone(), Arc::new(ns));
+                }
+                Err(e) => {
+                    store.close().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.namespaces.values()
+    }
+
+    /// Closes every namespace: queued writes finish, writer threads exit.
+    pub async fn close(&self) {
+        for ns in self.namespaces.values() {
+            ns.close().await;
+        }
+    }
+}

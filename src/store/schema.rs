@@ -1,0 +1,185 @@
+//! Opening a namespace file: connection PRAGMAs, migrations, and the checks that refuse a file
+//! ferry did not write.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::StoreError;
+use crate::config::Synchronous;
+use crate::log::Seq;
+
+/// Migrations in order; `PRAGMA user_version` records how many have been applied.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// What a namespace file says about itself once opened and checked.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub log_id: String,
+    pub head_seq: Seq,
+    pub head_crc: u32,
+    pub created: bool,
+}
+
+/// Per-connection settings. Set at every open, never inside migrations, because PRAGMAs like
+/// `synchronous` are not persisted in the file.
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", sync.pragma())?;
+    Ok(())
+}
+
+/// Opens the read-write connection of a namespace, creating and initialising the file if it
+/// does not exist. `new_log_id` is the id a freshly created file gets.
+pub fn open_writer(
+    path: &Path,
+    namespace: &str,
+    sync: Synchronous,
+    new_log_id: impl FnOnce() -> String,
+) -> Result<(Connection, FileInfo), StoreError> {
+    let existed = path.exists();
+    let bad = |reason: String| StoreError::BadFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )
+    .map_err(|e| bad(format!("cannot open: {e}")))?;
+    // The first statement that reads the header is where a non-SQLite file shows up.
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| bad(format!("not a SQLite database ({e})")))?;
+    if version > SCHEMA_VERSION {
+        return Err(bad(format!(
+            "schema version {version} is newer than this ferry understands ({SCHEMA_VERSION}); upgrade ferry"
+        )));
+    }
+    if version == 0 {
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| bad(format!("not a SQLite database ({e})")))?;
+        if !tables.is_empty() {
+            return Err(bad(format!(
+                "not a ferry namespace file (no schema version, but it has tables: {}); move it away or point base_dir elsewhere",
+                tables.join(", ")
+            )));
+        }
+    }
+    configure(&conn, sync).map_err(|e| bad(format!("cannot configure: {e}")))?;
+
+    let created = version == 0;
+    if version < SCHEMA_VERSION {
+        migrate(&conn, version, created.then(|| (namespace, new_log_id())))
+            .map_err(|e| bad(format!("cannot apply migrations: {e}")))?;
+    }
+
+    let meta = |name: &str| -> Result<Option<String>, StoreError> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| bad(format!("cannot read meta: {e}")))
+    };
+    let log_id = meta("log_id")?.ok_or_else(|| bad("meta.log_id is missing".into()))?;
+    match meta("namespace")? {
+        Some(n) if n == namespace => {}
+        Some(n) => {
+            return Err(bad(format!(
+                "the file belongs to namespace {n:?}, not {namespace:?}"
+            )));
+        }
+        None => return Err(bad("meta.namespace is missing".into())),
+    }
+    let (head_seq, head_crc) = head(&conn).map_err(|e| bad(format!("cannot read wal_log: {e}")))?;
+    tracing::debug!(path = %path.display(), existed, "namespace file opened");
+    Ok((
+        conn,
+        FileInfo {
+            log_id,
+            head_seq,
+            head_crc,
+            created,
+        },
+    ))
+}
+
+/// Applies the migrations after `from` in one transaction; when creating, also writes the
+/// file's identity in that same transaction so a file never exists without it.
+fn migrate(conn: &Connection, from: i64, identity: Option<(&str, String)>) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    for (_, sql) in &MIGRATIONS[from as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    if let Some((namespace, log_id)) = identity {
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('log_id', ?1), ('namespace', ?2)",
+            params![log_id, namespace],
+        )?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// The last entry's seq and crc; (0, 0) for an empty log.
+pub fn head(conn: &Connection) -> rusqlite::Result<(Seq, u32)> {
+    conn.query_row(
+        "SELECT seq, crc FROM wal_log ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u32)),
+    )
+    .optional()
+    .map(|o| o.unwrap_or((0, 0)))
+}
+
+/// Opens a read-only connection to an existing, already checked namespace file.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// A fresh random log id: 128 bits, hex.
+pub fn mint_log_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_cleanly_to_an_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.db");
+        let (conn, info) = open_writer(&path, "ns", Synchronous::Full, mint_log_id).unwrap();
+        assert!(info.created);
+        assert_eq!(info.head_seq, 0);
+        assert_eq!(info.log_id.len(), 32);
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+        // Reopening keeps the identity: log_id is minted once.
+        let (_, again) = open_writer(&path, "ns", Synchronous::Full, || unreachable!()).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.log_id, info.log_id);
+    }
+}

@@ -210,9 +210,20 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let config: Config = toml::from_str(text).map_err(|e| {
+            // "line N (`the line`): message": the line shows which key a type error is about.
+            let line = e
+                .span()
+                .map(|s| {
+                    let n = text[..s.start].matches('\n').count();
+                    let src = text.lines().nth(n).unwrap_or("").trim();
+                    format!("line {} (`{src}`): ", n + 1)
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{line}{}", e.message().trim_end()),
+            }
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),

@@ -124,6 +124,7 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new(config.log_config.log_level.to_ascii_lowercase()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_config.disable_timestamp {
         builder.without_time().init();

@@ -121,10 +121,11 @@ impl Writer {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut head = start;
             for (mutations, reply) in writes {
-                tx.execute_batch("SAVEPOINT request")?;
+                // Cached statements: parsing these per request costs as much as the writes.
+                tx.prepare_cached("SAVEPOINT request")?.execute([])?;
                 match append(&tx, head, &mutations, ts_ms) {
                     Ok(new_head) => {
-                        tx.execute_batch("RELEASE request")?;
+                        tx.prepare_cached("RELEASE request")?.execute([])?;
                         let committed = Committed {
                             first_seq: head.seq + 1,
                             last_seq: new_head.seq,

@@ -1,0 +1,152 @@
+//! Write throughput of a primary, as a ratio of what SQLite itself does on this machine in the
+//! same run (the machines are shared and noisy; ratios are comparable, absolute numbers less so).
+//!
+//! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run).
+//!
+//! Measures, all with synchronous=FULL on a file in a temp dir:
+//! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and
+//!   100 writes per transaction;
+//! - ferry over real HTTP on loopback: 1 writer at a time, then 64 concurrent writers
+//!   (group commit), 100-byte values. Each writer is one keep-alive HTTP/1.1 connection driven
+//!   by a minimal client (pre-built request bytes), so that on a 2-core machine the load
+//!   generator takes as little CPU from the server as possible — as wrk would.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use ferry::config::Config;
+use ferry::node::{Listeners, Mode, Node};
+
+const VALUE_BYTES: usize = 100;
+
+fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize) -> f64 {
+    let path = dir.join(format!("ceiling-{per_txn}.db"));
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+        .unwrap();
+    let value = vec![b'x'; VALUE_BYTES];
+    let start = Instant::now();
+    let mut seq = 0i64;
+    while (seq as usize) < writes {
+        let tx = conn.transaction().unwrap();
+        for _ in 0..per_txn {
+            seq += 1;
+            tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, 0, 0)")
+                .unwrap()
+                .execute(rusqlite::params![seq, format!("key{seq}"), value])
+                .unwrap();
+            tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, 0) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq")
+                .unwrap()
+                .execute(rusqlite::params![format!("key{seq}"), value, seq])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    seq as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn ferry_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
+    let text = format!(
+        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\n[log_config]\nlog_level = \"warn\"\n",
+        dir.join(format!("ferry-{writers}")).display().to_string()
+    );
+    let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let node = Node::start(config, Mode::Primary, listeners).await.unwrap();
+    let addr = node.http_addr();
+    let body = Arc::new(format!(
+        "{{\"value\":\"{}\"}}",
+        base64::engine::general_purpose::STANDARD.encode(vec![b'x'; VALUE_BYTES])
+    ));
+    let mut conns = Vec::new();
+    for _ in 0..writers {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut conn)| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::with_capacity(1024);
+                for i in 0..per_writer {
+                    let req = format!(
+                        "PUT /api/v1/bench/kv/w{w}-{i} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let status = http_round_trip(&mut conn, req.as_bytes(), &mut buf).await;
+                    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&buf));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = (writers * per_writer) as f64 / start.elapsed().as_secs_f64();
+    node.shutdown().await;
+    rate
+}
+
+/// Sends one request on a keep-alive connection and reads one response; returns its status.
+async fn http_round_trip(conn: &mut tokio::net::TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(req).await.unwrap();
+    buf.clear();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end])
+            .unwrap()
+            .to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return head[9..12].parse().unwrap();
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 1 } else { 3 };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let single = sqlite_ceiling(dir.path(), 1000 * scale, 1);
+    let batched = sqlite_ceiling(dir.path(), 50_000 * scale, 100);
+    let one = rt.block_on(ferry_http(dir.path(), 1, 1000 * scale));
+    let many = rt.block_on(ferry_http(dir.path(), 64, 100 * scale));
+
+    println!(
+        "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s (ratio to SQLite in-process, same run)"
+    );
+    println!("sqlite in-process, 1 write/txn        {single:>10.0}   1.00x");
+    println!(
+        "sqlite in-process, 100 writes/txn     {batched:>10.0}   {:.2}x",
+        batched / single
+    );
+    println!(
+        "ferry HTTP, 1 writer                  {one:>10.0}   {:.2}x of sqlite 1 write/txn",
+        one / single
+    );
+    println!(
+        "ferry HTTP, 64 writers (group commit) {many:>10.0}   {:.2}x of sqlite 1 write/txn, {:.2}x of ferry 1 writer, {:.3}x of sqlite 100 writes/txn",
+        many / single,
+        many / one,
+        many / batched
+    );
+}

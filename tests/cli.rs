@@ -1,0 +1,182 @@
+//! The real `ferry` binary, as a user runs it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// A `ferry` child process whose stderr is read line by line on a thread.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = ferry()
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `needle` and returns it.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_line("node stopped");
+        self.child.wait().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_walkthroughs_first_write_works_against_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    // The walkthrough's dc1.toml with the port and directory rewritten for a parallel test run.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/dc1.toml"))
+        .unwrap()
+        .replace(
+            "http_port = 8001",
+            "http_port = 0\nlisten_ip = \"127.0.0.1\"",
+        )
+        .replace(
+            "/tmp/unisondb/examples/dc1",
+            &dir.path().display().to_string(),
+        );
+    let config = dir.path().join("dc1.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let mut node = Running::spawn(&["server", "-config", config.to_str().unwrap()]);
+    node.wait_line("config key ignored");
+    let opened = node.wait_line("namespace open");
+    assert!(
+        opened.contains("ad-campaign-dc1.db") && opened.contains("log_id="),
+        "{opened}"
+    );
+    let line = node.wait_line("HTTP listening on ");
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+
+    // Scenario 1, with the body built as the README shows it.
+    let value = r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#;
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "http://{addr}/api/v1/ad-campaign-dc1/kv/lww:user-status"
+        ))
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"value": "{}"}}"#, b64(value.as_bytes())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), r#"{"success":true,"seq":1}"#);
+
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+    // What `sqlite3 <base_dir>/ad-campaign-dc1.db "select key, value from kv"` shows.
+    let kv = kv_rows(&dir.path().join("ad-campaign-dc1.db"));
+    assert_eq!(kv.len(), 1);
+    assert_eq!(kv[0].0, "lww:user-status");
+    assert_eq!(String::from_utf8(kv[0].1.clone()).unwrap(), value);
+}
+
+fn run_fail(args: &[&str]) -> String {
+    let out = ferry().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn startup_errors_are_one_clear_line() {
+    let err = run_fail(&["server", "-config", "/no/such/dc1.toml"]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot read config file /no/such/dc1.toml"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("typo.toml");
+    std::fs::write(
+        &bad,
+        primary_config(dir.path(), &["a"]).replace("http_port", "htp_port"),
+    )
+    .unwrap();
+    let err = run_fail(&["server", "--config", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("htp_port") && err.contains("typo.toml") && err.contains("line 1"),
+        "{err}"
+    );
+
+    // Port already taken: the error names the address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.path().join("busy.toml");
+    std::fs::write(
+        &cfg,
+        primary_config(dir.path(), &["a"]).replace("http_port = 0", &format!("http_port = {port}")),
+    )
+    .unwrap();
+    let err = run_fail(&["server", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (HTTP)")),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = ferry().args(["server", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        text.contains("--config") && text.contains("-config FILE"),
+        "{text}"
+    );
+    let out = ferry().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("server"), "{text}");
+}

@@ -1,0 +1,204 @@
+//! The primary's HTTP API against a real node: real SQLite files in temp dirs, real HTTP on
+//! port 0.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const NS: &str = "ad-campaign-dc1";
+
+#[tokio::test]
+async fn every_route_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS, "other"]).await;
+    let c = reqwest::Client::new();
+
+    let (s, health) = call(&c, Method::GET, &node.url("/health"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["namespaces"], json!(["ad-campaign-dc1", "other"]));
+
+    // PUT then GET: the value comes back byte for byte, with the seq of its write.
+    let value = br#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#;
+    let seq = put(&c, &node, NS, "lww:user-status", value).await;
+    assert_eq!(seq, 1);
+    let (s, got) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/kv/lww:user-status")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(got["found"], true);
+    assert_eq!(got["seq"], 1);
+    assert_eq!(unb64(got["value"].as_str().unwrap()), value);
+
+    // Percent-encoded UTF-8 keys and keys with slashes are decoded to the stored key.
+    assert_eq!(put(&c, &node, NS, "caf%C3%A9%2Fmenu", b"x").await, 2);
+    let kv = kv_rows(&node.db(NS));
+    assert!(kv.iter().any(|(k, _, _)| k == "café/menu"), "{kv:?}");
+
+    // DELETE removes the key and is logged.
+    let (s, del) = call(
+        &c,
+        Method::DELETE,
+        &node.url(&format!("/api/v1/{NS}/kv/lww:user-status")),
+        None,
+    )
+    .await;
+    assert_eq!((s, del.clone()), (200, json!({"success": true, "seq": 3})));
+    let (s, missing) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/kv/lww:user-status")),
+        None,
+    )
+    .await;
+    assert_eq!((s, missing), (404, json!({"value": "", "found": false})));
+
+    // Batch put: one seq range, one txn.
+    let batch = json!({"operation": "put", "items": [
+        {"key": "a", "value": b64(b"1")}, {"key": "b", "value": b64(b"2")}, {"key": "c", "value": b64(b"")}
+    ]});
+    let (s, r) = call(
+        &c,
+        Method::POST,
+        &node.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(&batch.to_string()),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({"success": true, "count": 3, "first_seq": 4, "last_seq": 6})
+    );
+    let rows = wal_rows(&node.db(NS));
+    assert!(rows[3..6].iter().all(|r| r.txn == 4), "{rows:?}");
+
+    // Batch delete.
+    let batch = json!({"operation": "delete", "keys": ["a", "b"]});
+    let (s, r) = call(
+        &c,
+        Method::POST,
+        &node.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(&batch.to_string()),
+    )
+    .await;
+    assert_eq!(
+        (s, r["count"].clone(), r["last_seq"].clone()),
+        (200, json!(2), json!(8))
+    );
+
+    // Raw bytes with Content-Type: application/octet-stream.
+    let resp = c
+        .put(node.url(&format!("/api/v1/{NS}/kv/raw")))
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8, 159, 146, 150])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (_, got) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/kv/raw")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        unb64(got["value"].as_str().unwrap()),
+        vec![0u8, 159, 146, 150]
+    );
+
+    let (s, off) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/offset")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(off["head_seq"], 9);
+    let rows = wal_rows(&node.db(NS));
+    assert_eq!(off["head_crc"].as_i64().unwrap(), rows.last().unwrap().crc);
+    assert_eq!(off["log_id"].as_str().unwrap().len(), 32);
+
+    let (s, stats) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/stats")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(stats["role"], "primary");
+    assert_eq!(stats["head_seq"], 9);
+    assert_eq!(stats["wal_entries"], 9);
+    assert_eq!(stats["keys"], 3); // café/menu, c, raw
+    assert_eq!(stats["synchronous"], "FULL");
+    assert_eq!(stats["log_id"], off["log_id"]);
+
+    // The other namespace is its own file with its own log.
+    assert_eq!(put(&c, &node, "other", "k", b"v").await, 1);
+    verify_file(&node.db(NS));
+    verify_file(&node.db("other"));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[http_config]\nmax_body_bytes = 1024\n",
+        primary_config(dir.path(), &[NS])
+    );
+    let node = TestNode::start(&config, dir.path()).await;
+    let c = reqwest::Client::new();
+    put(&c, &node, NS, "keep", b"precious").await;
+    let before = (wal_rows(&node.db(NS)), kv_rows(&node.db(NS)));
+
+    let kv_url = node.url(&format!("/api/v1/{NS}/kv/k"));
+    let batch_url = node.url(&format!("/api/v1/{NS}/kv/batch"));
+    // The walkthrough's body cut short by GNU base64's line wrapping.
+    let cut = r#"{"value": "eyJ2YWx1ZSI6Im9ubGluZSIsInRpbWVzdGFtcCI6MTY5ODc2NTQzMjAwMCwicmVwbGlj"#;
+    let big = json!({"value": b64(&[7u8; 2000])}).to_string();
+    let cases: Vec<(Method, String, Option<String>, u16, &str)> = vec![
+        (Method::PUT, kv_url.clone(), Some("{not json".into()), 400, "invalid JSON body"),
+        (Method::PUT, kv_url.clone(), Some(cut.into()), 400, "GNU base64 wrapped"),
+        (Method::PUT, kv_url.clone(), Some(r#"{"valu": "YQ=="}"#.into()), 400, "missing field `value`"),
+        (Method::PUT, kv_url.clone(), Some(r#"{"value": "not base64!"}"#.into()), 400, "not valid standard base64"),
+        (Method::PUT, kv_url.clone(), Some("{\"value\": \"YWJj\\nZA==\"}".into()), 400, "line break"),
+        (Method::PUT, kv_url.clone(), Some(big), 413, "over the limit of 1024 bytes"),
+        (Method::PUT, node.url(&format!("/api/v1/{NS}/kv/")), Some(r#"{"value":"YQ=="}"#.into()), 400, "key is empty"),
+        (Method::PUT, node.url(&format!("/api/v1/{NS}/kv/%FF")), Some(r#"{"value":"YQ=="}"#.into()), 400, "not valid UTF-8"),
+        (Method::PUT, node.url("/api/v1/nope/kv/k"), Some(r#"{"value":"YQ=="}"#.into()), 404, "unknown namespace \"nope\""),
+        (Method::GET, node.url("/api/v1/nope/kv/k"), None, 404, "unknown namespace"),
+        (Method::GET, node.url("/api/v1/nope/stats"), None, 404, "unknown namespace"),
+        (Method::DELETE, node.url(&format!("/api/v1/{NS}/kv/")), None, 400, "key is empty"),
+        (Method::GET, node.url("/nothing/here"), None, 404, "no such route"),
+        (Method::POST, batch_url.clone(), Some(r#"{"operation":"upsert","items":[]}"#.into()), 400, "unknown batch operation \"upsert\""),
+        (Method::POST, batch_url.clone(), Some(r#"{"operation":"put","items":[]}"#.into()), 400, "the batch is empty"),
+        (Method::POST, batch_url.clone(), Some(r#"{"operation":"put"}"#.into()), 400, "needs \"items\""),
+        (Method::POST, batch_url.clone(), Some(r#"{"operation":"delete","keys":["a",""]}"#.into()), 400, "keys[1] is empty"),
+        // One invalid item: the whole batch is refused, nothing of it is stored.
+        (Method::POST, batch_url.clone(),
+         Some(json!({"operation":"put","items":[{"key":"x","value":"eA=="},{"key":"y","value":"%%%"}]}).to_string()),
+         400, "items[1].value is not valid"),
+    ];
+    for (method, url, body, status, needle) in cases {
+        let (s, j) = call(&c, method.clone(), &url, body.as_deref()).await;
+        let msg = j["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {url}: no error field in {j}"));
+        assert_eq!(s, status, "{method} {url}: {msg}");
+        assert!(
+            msg.contains(needle),
+            "{method} {url}: {msg:?} lacks {needle:?}"
+        );
+    }
+    assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
+    node.stop().await;
+}

@@ -1,0 +1,302 @@
+//! The namespace store under load, across restarts, and facing files it did not write.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use ferry::config::{Config, Synchronous};
+use ferry::store::{Namespace, StoreError};
+use reqwest::Method;
+use serde_json::json;
+
+const NS: &str = "ns";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_get_unique_dense_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (c, url) = (c.clone(), node.url(&format!("/api/v1/{NS}/kv/")));
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..100 {
+                let body = json!({ "value": b64(format!("{t}-{i}").as_bytes()) }).to_string();
+                let (s, j) = call(&c, Method::PUT, &format!("{url}w{t}-{i}"), Some(&body)).await;
+                assert_eq!(s, 200, "{j}");
+                seqs.push(j["seq"].as_i64().unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        // One writer's acknowledged writes are ordered in the log as it sent them.
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        all.extend(seqs);
+    }
+    let unique: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), 6400, "duplicate seqs acknowledged");
+    assert_eq!(
+        unique.iter().copied().collect::<Vec<_>>(),
+        (1..=6400).collect::<Vec<_>>()
+    );
+    assert_eq!(verify_file(&node.db(NS)), 6400);
+    assert_eq!(kv_rows(&node.db(NS)).len(), 6400);
+    node.stop().await;
+}
+
+/// xorshift64*: deterministic, seedable, no extra crate.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kv_equals_the_replay_of_wal_log_after_random_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    // Durability is not what this test is about: skip the fsyncs to keep it fast.
+    let config = primary_config(dir.path(), &[NS])
+        .replace("namespaces", "synchronous = \"off\"\nnamespaces");
+    let node = TestNode::start(&config, dir.path()).await;
+    let c = reqwest::Client::new();
+    // Eight concurrent clients, each a different random stream of puts, deletes, batches
+    // (including batches that touch a key twice) and invalid batches that must store nothing.
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let (c, base) = (c.clone(), node.url(&format!("/api/v1/{NS}/kv/")));
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (worker + 1));
+            let key = |rng: &mut Rng| format!("k{}", rng.below(40));
+            for _ in 0..400 {
+                let (method, url, body) = match rng.below(10) {
+                    0..=4 => {
+                        let len = rng.below(64) as usize;
+                        let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                        (Method::PUT, format!("{base}{}", key(&mut rng)), Some(json!({"value": b64(&v)})))
+                    }
+                    5..=6 => (Method::DELETE, format!("{base}{}", key(&mut rng)), None),
+                    7..=8 => {
+                        let n = 1 + rng.below(6);
+                        if rng.below(2) == 0 {
+                            let items: Vec<_> = (0..n)
+                                .map(|_| json!({"key": key(&mut rng), "value": b64(&rng.next().to_le_bytes())}))
+                                .collect();
+                            (Method::POST, format!("{base}batch"), Some(json!({"operation": "put", "items": items})))
+                        } else {
+                            let keys: Vec<_> = (0..n).map(|_| key(&mut rng)).collect();
+                            (Method::POST, format!("{base}batch"), Some(json!({"operation": "delete", "keys": keys})))
+                        }
+                    }
+                    _ => {
+                        let items = json!([{"key": key(&mut rng), "value": "AA=="}, {"key": "bad", "value": "*"}]);
+                        let (s, _) = call(&c, Method::POST, &format!("{base}batch"),
+                            Some(&json!({"operation": "put", "items": items}).to_string())).await;
+                        assert_eq!(s, 400);
+                        continue;
+                    }
+                };
+                let (s, j) = call(&c, method, &url, body.map(|b| b.to_string()).as_deref()).await;
+                assert_eq!(s, 200, "{url}: {j}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = verify_file(&node.db(NS));
+    assert!(n > 2500, "only {n} entries");
+    assert!(!kv_rows(&node.db(NS)).iter().any(|(k, _, _)| k == "bad"));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_has_everything_and_continues_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    for i in 0..50 {
+        put(&c, &node, NS, &format!("k{i}"), format!("v{i}").as_bytes()).await;
+    }
+    let (_, off1) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/offset")),
+        None,
+    )
+    .await;
+    let before = (wal_rows(&node.db(NS)), kv_rows(&node.db(NS)));
+    node.stop().await;
+
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
+    let (_, off2) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/offset")),
+        None,
+    )
+    .await;
+    assert_eq!(off1, off2, "position and log_id survive a restart");
+    let (s, got) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/kv/k49")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, unb64(got["value"].as_str().unwrap())),
+        (200, b"v49".to_vec())
+    );
+    assert_eq!(put(&c, &node, NS, "after", b"restart").await, 51);
+    assert_eq!(verify_file(&node.db(NS)), 51);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn writes_queued_before_shutdown_are_committed_and_later_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(dir.path(), NS, Synchronous::Full).unwrap();
+    let ns = std::sync::Arc::new(ns);
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                ns.write(vec![ferry::store::Mutation::Put {
+                    key: format!("k{i}"),
+                    value: vec![1],
+                }])
+                .await
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    ns.close().await;
+    let late = ns
+        .write(vec![ferry::store::Mutation::Delete { key: "k1".into() }])
+        .await;
+    assert!(matches!(late, Err(StoreError::ShuttingDown)), "{late:?}");
+    assert_eq!(verify_file(&dir.path().join("ns.db")), 20);
+}
+
+/// Creates a namespace file and closes it cleanly (WAL checkpointed into the main file).
+async fn create(dir: &std::path::Path, name: &str) {
+    Namespace::open(dir, name, Synchronous::Full)
+        .unwrap()
+        .close()
+        .await;
+}
+
+fn open_err(dir: &std::path::Path, name: &str) -> String {
+    match Namespace::open(dir, name, Synchronous::Full) {
+        Ok(_) => panic!("{name}: opened a file it should refuse"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn files_ferry_did_not_write_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Not a database at all.
+    std::fs::write(
+        d.join("garbage.db"),
+        b"this is not a database, just some bytes...",
+    )
+    .unwrap();
+    // A SQLite database of some other application.
+    let foreign = rusqlite::Connection::open(d.join("foreign.db")).unwrap();
+    foreign
+        .execute_batch("CREATE TABLE users (id INTEGER); INSERT INTO users VALUES (1);")
+        .unwrap();
+    drop(foreign);
+    // A ferry file from the future.
+    create(d, "future").await;
+    rusqlite::Connection::open(d.join("future.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    // A ferry file copied under another namespace's name.
+    create(d, "original").await;
+    std::fs::copy(d.join("original.db"), d.join("copy.db")).unwrap();
+    // A ferry file whose identity was removed.
+    create(d, "anon").await;
+    rusqlite::Connection::open(d.join("anon.db"))
+        .unwrap()
+        .execute("DELETE FROM meta WHERE name = 'log_id'", [])
+        .unwrap();
+
+    let snapshot = |name: &str| std::fs::read(d.join(format!("{name}.db"))).unwrap();
+    let cases = [
+        ("garbage", "not a SQLite database"),
+        (
+            "foreign",
+            "not a ferry namespace file (no schema version, but it has tables: users)",
+        ),
+        (
+            "future",
+            "schema version 99 is newer than this ferry understands",
+        ),
+        ("copy", "belongs to namespace \"original\", not \"copy\""),
+        ("anon", "meta.log_id is missing"),
+    ];
+    for (name, needle) in cases {
+        let before = snapshot(name);
+        let err = open_err(d, name);
+        assert!(err.contains(needle), "{name}: {err:?} lacks {needle:?}");
+        assert!(
+            err.contains(&format!("{name}.db")),
+            "{name}: error does not name the file: {err}"
+        );
+        assert_eq!(
+            snapshot(name),
+            before,
+            "{name}: the refused file was modified"
+        );
+    }
+    // The user's data in the foreign file is still there.
+    let n: i64 = rusqlite::Connection::open(d.join("foreign.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_on_a_bad_file_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.db"), vec![0x42u8; 4096]).unwrap();
+    let config = Config::parse(
+        &primary_config(dir.path(), &["a", "b"]),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
+    let err = match ferry::node::Node::start(config, ferry::node::Mode::Primary, listeners).await {
+        Ok(_) => panic!("started on a corrupt file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("b.db") && err.contains("not a SQLite database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("b.db")).unwrap(),
+        vec![0x42u8; 4096]
+    );
+}

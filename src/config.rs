@@ -331,6 +331,7 @@ impl Config {
                 "ferry's gRPC is plaintext",
             );
         }
+        out.sort();
         out.dedup();
         out
     }

@@ -11,4 +11,6 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod node;
+pub mod notify;
+pub mod replication;
 pub mod store;

@@ -19,6 +19,8 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     Server(ServerCmd),
+    Replica(ReplicaCmd),
+    Watch(WatchCmd),
 }
 
 /// Run a primary: owns the namespaces in storage_config.namespaces and takes writes on HTTP.
@@ -28,6 +30,28 @@ struct ServerCmd {
     /// path to the TOML config file, e.g. configs/dc1.toml (`-config FILE` works too)
     #[argh(option, short = 'c')]
     config: PathBuf,
+}
+
+/// Run a read-only replica: follows each [relayer_config.NAME]'s namespaces from its
+/// upstream_address over gRPC, serves reads, publishes ZeroMQ notifications.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "replica")]
+struct ReplicaCmd {
+    /// path to the TOML config file, e.g. configs/relayer.toml (`-config FILE` works too)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+/// Print the ZeroMQ change notifications of a node, one line per entry.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "watch")]
+struct WatchCmd {
+    /// zeroMQ endpoint to subscribe to (default tcp://localhost:5555); repeat for several
+    #[argh(option, short = 'e')]
+    endpoint: Vec<String>,
+    /// topic prefix to subscribe to, e.g. ad-campaign-dc1.kv (default: everything)
+    #[argh(option, short = 't', default = "String::new()")]
+    topic: String,
 }
 
 /// Accepts the walkthrough's Go-style `-config FILE` / `-config=FILE` by rewriting it to
@@ -70,6 +94,8 @@ fn main() -> ExitCode {
     };
     let (config_path, mode) = match cli.command {
         Command::Server(c) => (c.config, Mode::Primary),
+        Command::Replica(c) => (c.config, Mode::Replica),
+        Command::Watch(w) => return watch(w),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -130,5 +156,48 @@ fn init_tracing(config: &Config) {
         builder.without_time().init();
     } else {
         builder.init();
+    }
+}
+
+/// `ferry watch`: subscribe and print `topic json` lines until interrupted.
+fn watch(cmd: WatchCmd) -> ExitCode {
+    let endpoints = if cmd.endpoint.is_empty() {
+        vec!["tcp://localhost:5555".to_owned()]
+    } else {
+        cmd.endpoint
+    };
+    let ctx = zmq::Context::new();
+    let socket = match ctx.socket(zmq::SUB) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry watch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for e in &endpoints {
+        if let Err(err) = socket.connect(e) {
+            eprintln!("ferry watch: cannot connect to {e}: {err}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("watching {e}");
+    }
+    if let Err(e) = socket.set_subscribe(cmd.topic.as_bytes()) {
+        eprintln!("ferry watch: {e}");
+        return ExitCode::FAILURE;
+    }
+    loop {
+        match socket.recv_multipart(0) {
+            Ok(frames) => {
+                let text: Vec<String> = frames
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                println!("{}", text.join(" "));
+            }
+            Err(e) => {
+                eprintln!("ferry watch: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
 }

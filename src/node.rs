@@ -1,9 +1,11 @@
-//! Wires one node together — store, HTTP API — and shuts it down in order.
+//! Wires one node together — store, HTTP API, gRPC replication service, followers, ZeroMQ
+//! notifiers — and shuts it down in order.
 //!
 //! Shutdown order matters for "no acknowledged write is lost": first the listeners stop
 //! accepting and in-flight requests finish (their writes are committed and answered), then
 //! each namespace's writer drains its queue and closes its file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,6 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, Api, Role};
+use crate::notify::{Notifier, NotifyError};
+use crate::replication::follower::Follower;
+use crate::replication::pb::replication_server::ReplicationServer;
+use crate::replication::service::ReplicationService;
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -20,6 +26,10 @@ use crate::store::{Store, StoreError};
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -38,20 +48,25 @@ pub enum Mode {
 /// Sockets a node serves on, bound before the node starts so tests can use port 0.
 pub struct Listeners {
     pub http: TcpListener,
+    /// Present when the node serves the replication stream (`[grpc_config]`).
+    pub grpc: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the ports named in the config on `listen_ip`.
     pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
-        let addr = SocketAddr::new(config.listen_ip, config.http_port);
-        let http = TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Bind {
-                what: "HTTP",
-                addr,
-                source,
-            })?;
-        Ok(Listeners { http })
+        let bind = |what, port| async move {
+            let addr = SocketAddr::new(config.listen_ip, port);
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { what, addr, source })
+        };
+        let http = bind("HTTP", config.http_port).await?;
+        let grpc = match &config.grpc_config {
+            Some(g) => Some(bind("gRPC", g.port).await?),
+            None => None,
+        };
+        Ok(Listeners { http, grpc })
     }
 }
 
@@ -59,6 +74,8 @@ impl Listeners {
 pub struct Node {
     store: Arc<Store>,
     http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+    notifiers: BTreeMap<String, Notifier>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -73,7 +90,28 @@ impl Node {
         for (key, why) in config.ignored_keys() {
             tracing::info!(key, "config key ignored: {why}");
         }
-        let store = Arc::new(Store::open(&config.storage_config).await?);
+        match mode {
+            Mode::Replica if config.relayer_config.is_empty() => {
+                return Err(NodeError::Config(
+                    "a replica needs at least one [relayer_config.NAME] with namespaces and upstream_address".into(),
+                ));
+            }
+            Mode::Primary if !config.relayer_config.is_empty() => {
+                tracing::warn!(
+                    "relayer_config is ignored by `ferry server`; run `ferry replica` to follow an upstream"
+                );
+            }
+            _ => {}
+        }
+        let replicated: Vec<String> = match mode {
+            Mode::Primary => Vec::new(),
+            Mode::Replica => config
+                .relayer_config
+                .values()
+                .flat_map(|r| r.namespaces.iter().cloned())
+                .collect(),
+        };
+        let store = Arc::new(Store::open(&config.storage_config, &replicated).await?);
         let role = match mode {
             Mode::Primary => Role::Primary,
             Mode::Replica => Role::Replica {
@@ -88,31 +126,98 @@ impl Node {
                     .collect(),
             },
         };
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let mut notifiers = BTreeMap::new();
+        for (name, cfg) in &config.notifier_config {
+            let ns = store
+                .get(name)
+                .expect("config validation checked the namespace")
+                .clone();
+            match Notifier::start(ns, config.listen_ip, cfg, tokio::runtime::Handle::current()) {
+                Ok(n) => {
+                    notifiers.insert(name.clone(), n);
+                }
+                Err(e) => {
+                    store.close().await;
+                    notifiers.into_values().for_each(Notifier::join);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        let mut followers = BTreeMap::new();
+        if mode == Mode::Replica {
+            for relayer in config.relayer_config.values() {
+                for name in &relayer.namespaces {
+                    let ns = store
+                        .get(name)
+                        .expect("config validation checked the namespace")
+                        .clone();
+                    let follower = Follower::new(ns, relayer.upstream_address.clone());
+                    followers.insert(name.clone(), follower.tracker());
+                    tasks.spawn(follower.run(shutdown.clone()));
+                }
+            }
+        }
+
         let api = Arc::new(Api {
             store: store.clone(),
             role,
             synchronous: config.storage_config.synchronous,
             max_body_bytes: config.http_config.max_body_bytes,
+            followers,
+            notifications: notifiers
+                .iter()
+                .map(|(k, n)| (k.clone(), n.sent()))
+                .collect(),
         });
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let http_addr = listeners
-            .http
-            .local_addr()
-            .map_err(|source| NodeError::Bind {
-                what: "HTTP",
-                addr: SocketAddr::new(config.listen_ip, config.http_port),
+        let local_addr = |l: &TcpListener, what| {
+            l.local_addr().map_err(|source| NodeError::Bind {
+                what,
+                addr: SocketAddr::new(config.listen_ip, 0),
                 source,
-            })?;
+            })
+        };
+        let http_addr = local_addr(&listeners.http, "HTTP")?;
         tasks.spawn(http::serve(
             api,
             listeners.http,
             shutdown.clone().cancelled_owned(),
         ));
         tracing::info!("HTTP listening on {http_addr}");
+
+        let grpc_addr = match listeners.grpc {
+            Some(listener) => {
+                let addr = local_addr(&listener, "gRPC")?;
+                let service = ReplicationService::new(store.clone(), shutdown.clone());
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    let served = tonic::transport::Server::builder()
+                        .add_service(
+                            ReplicationServer::new(service)
+                                .max_encoding_message_size(64 * 1024 * 1024),
+                        )
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "gRPC server failed");
+                    }
+                });
+                tracing::info!("gRPC listening on {addr}");
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Node {
             store,
             http_addr,
+            grpc_addr,
+            notifiers,
             shutdown,
             tasks,
         })
@@ -122,16 +227,31 @@ impl Node {
         self.http_addr
     }
 
+    /// Where the replication stream is served, if it is.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    /// The ZeroMQ endpoint publishing `namespace`'s notifications, if any.
+    pub fn notifier_endpoint(&self, namespace: &str) -> Option<&str> {
+        self.notifiers.get(namespace).map(Notifier::endpoint)
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
-    /// Stops accepting, lets in-flight requests finish, then closes every namespace file.
+    /// Stops accepting, lets in-flight requests finish, stops followers and streams, then
+    /// closes every namespace file (the notifiers publish what was committed, then stop).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         self.store.close().await;
+        let notifiers = self.notifiers;
+        let _ =
+            tokio::task::spawn_blocking(move || notifiers.into_values().for_each(Notifier::join))
+                .await;
         tracing::info!("node stopped");
     }
 }

@@ -215,7 +215,7 @@ pub async fn offset(api: Arc<Api>, ns: String) -> Result<Response> {
     let head = namespace.head();
     ok_json(&OffsetResponse {
         namespace: ns,
-        log_id: namespace.log_id().to_owned(),
+        log_id: namespace.log_id(),
         head_seq: head.seq,
         head_crc: head.crc,
     })
@@ -227,7 +227,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
     ok_json(&StatsResponse {
         namespace: ns,
         role: api.role.name(),
-        log_id: namespace.log_id().to_owned(),
+        log_id: namespace.log_id(),
         head_seq: s.head_seq,
         oldest_seq: s.oldest_seq,
         wal_entries: s.wal_entries,
@@ -235,5 +235,13 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         file_bytes: s.file_bytes,
         file: namespace.path().display().to_string(),
         synchronous: api.synchronous.pragma(),
+        replication: api
+            .followers
+            .get(namespace.name())
+            .map(|t| t.snapshot(&namespace)),
+        notifications_sent: api
+            .notifications
+            .get(namespace.name())
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed)),
     })
 }

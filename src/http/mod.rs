@@ -53,6 +53,10 @@ pub struct Api {
     pub role: Role,
     pub synchronous: Synchronous,
     pub max_body_bytes: u64,
+    /// Replica: progress of each followed namespace.
+    pub followers: BTreeMap<String, crate::replication::follower::Tracker>,
+    /// Notifications handed to ZeroMQ, per namespace with a notifier.
+    pub notifications: BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>,
 }
 
 fn with_api(

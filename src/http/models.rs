@@ -86,6 +86,12 @@ pub struct StatsResponse {
     pub file_bytes: u64,
     pub file: String,
     pub synchronous: &'static str,
+    /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<crate::replication::follower::Status>,
+    /// Notifications handed to ZeroMQ, when the namespace has a notifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications_sent: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{StorageConfig, Synchronous};
-use crate::log::Seq;
+use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
 use writer::{Command, Writer};
 pub use writer::{Committed, Mutation};
@@ -32,6 +32,9 @@ pub enum StoreError {
     Sqlite(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Entries offered to a replica do not continue its log.
+    #[error("history differs: {0}")]
+    Diverged(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -51,7 +54,8 @@ pub struct Head {
 pub struct Namespace {
     name: String,
     path: PathBuf,
-    log_id: String,
+    /// Empty on a replica that has not met its upstream yet.
+    log_id: std::sync::RwLock<String>,
     commands: mpsc::Sender<Command>,
     head: watch::Receiver<Head>,
     readers: reader::Pool,
@@ -59,14 +63,34 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// Opens (creating if needed) `<base_dir>/<name>.db` and starts its writer thread.
+    /// Opens (creating if needed) `<base_dir>/<name>.db` and starts its writer thread. A new
+    /// file gets a freshly minted log_id.
     pub fn open(base_dir: &Path, name: &str, sync: Synchronous) -> Result<Namespace, StoreError> {
+        Namespace::open_with(base_dir, name, sync, schema::mint_log_id)
+    }
+
+    /// Like [`Namespace::open`], for a replica: a new file gets no log_id until the follower
+    /// adopts its upstream's ([`Namespace::adopt_log_id`]).
+    pub fn open_replica(
+        base_dir: &Path,
+        name: &str,
+        sync: Synchronous,
+    ) -> Result<Namespace, StoreError> {
+        Namespace::open_with(base_dir, name, sync, String::new)
+    }
+
+    fn open_with(
+        base_dir: &Path,
+        name: &str,
+        sync: Synchronous,
+        new_log_id: fn() -> String,
+    ) -> Result<Namespace, StoreError> {
         crate::config::validate_namespace(name).map_err(|reason| StoreError::BadFile {
             path: base_dir.join(name),
             reason,
         })?;
         let path = base_dir.join(format!("{name}.db"));
-        let (conn, info) = schema::open_writer(&path, name, sync, schema::mint_log_id)?;
+        let (conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
         let head = Head {
             seq: info.head_seq,
             crc: info.head_crc,
@@ -99,7 +123,7 @@ impl Namespace {
             name: name.to_owned(),
             readers: reader::Pool::new(path.clone()),
             path,
-            log_id: info.log_id,
+            log_id: std::sync::RwLock::new(info.log_id),
             commands: tx,
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
@@ -116,8 +140,8 @@ impl Namespace {
 
     /// The random id minted when this log was created; equal ids and equal (seq, crc) mean
     /// equal history.
-    pub fn log_id(&self) -> &str {
-        &self.log_id
+    pub fn log_id(&self) -> String {
+        self.log_id.read().unwrap().clone()
     }
 
     /// The last committed entry.
@@ -140,6 +164,33 @@ impl Namespace {
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Replica: appends entries received from upstream (verbatim, one transaction) after
+    /// checking they continue this log. Returns the new head.
+    pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Apply { entries, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
+    /// empty replica file); otherwise the ids must already be equal.
+    pub async fn adopt_log_id(&self, log_id: &str) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::AdoptLogId {
+                log_id: log_id.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)??;
+        *self.log_id.write().unwrap() = log_id.to_owned();
+        Ok(())
     }
 
     /// Runs a read-only query on a pooled connection, off the async runtime.
@@ -197,7 +248,8 @@ pub struct Store {
 impl Store {
     /// Opens every configured namespace, creating `base_dir` if needed. Fails on the first file
     /// that cannot be used, closing the ones already open.
-    pub async fn open(config: &StorageConfig) -> Result<Store, StoreError> {
+    /// Namespaces in `replicated` are opened as replicas (see [`Namespace::open_replica`]).
+    pub async fn open(config: &StorageConfig, replicated: &[String]) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.base_dir).map_err(|e| StoreError::Io {
             path: config.base_dir.clone(),
             reason: e.to_string(),
@@ -206,7 +258,12 @@ impl Store {
             namespaces: BTreeMap::new(),
         };
         for name in &config.namespaces {
-            match Namespace::open(&config.base_dir, name, config.synchronous) {
+            let open = if replicated.contains(name) {
+                Namespace::open_replica
+            } else {
+                Namespace::open
+            };
+            match open(&config.base_dir, name, config.synchronous) {
                 Ok(ns) => {
                     store.namespaces.insert(name.clone(), Arc::new(ns));
                 }

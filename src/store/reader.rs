@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
-use crate::log::Seq;
+use crate::log::{Entry, Op, Seq};
 
 /// Idle connections kept for reuse; more are opened under load and closed when returned.
 const MAX_IDLE: usize = 16;
@@ -92,4 +92,87 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<Stats> {
         head_seq,
         file_bytes: 0,
     })
+}
+
+/// Entries from `from` on, in seq order: at least one, stopping once `max_count` entries or
+/// `max_bytes` of keys and values are reached — but never inside an atomic group (`txn`), so a
+/// follower that applies each batch in one transaction keeps batches atomic on its side too.
+pub fn entries(
+    conn: &Connection,
+    from: Seq,
+    max_count: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<Vec<Entry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, txn, op, key, value, ts_ms, crc FROM wal_log WHERE seq >= ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([from])?;
+    let mut out: Vec<Entry> = Vec::new();
+    let mut bytes = 0;
+    while let Some(r) = rows.next()? {
+        let (seq, txn): (Seq, Seq) = (r.get(0)?, r.get(1)?);
+        let full = out.len() >= max_count || bytes >= max_bytes;
+        if full && txn == seq {
+            break;
+        }
+        let op: String = r.get(2)?;
+        let entry = Entry {
+            seq,
+            txn,
+            op: Op::parse(&op).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    format!("unknown op {op:?}").into(),
+                )
+            })?,
+            key: r.get(3)?,
+            value: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+            ts_ms: r.get(5)?,
+            crc: r.get::<_, i64>(6)? as u32,
+        };
+        bytes += entry.key.len() + entry.value.len();
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// The crc of entry `seq`, if the log has it.
+pub fn crc_at(conn: &Connection, seq: Seq) -> rusqlite::Result<Option<u32>> {
+    conn.prepare_cached("SELECT crc FROM wal_log WHERE seq = ?1")?
+        .query_row([seq], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|o| o.map(|c| c as u32))
+}
+
+/// What a notification says about an entry (no value).
+#[derive(Debug, Clone)]
+pub struct EntryHead {
+    pub seq: Seq,
+    pub txn: Seq,
+    pub op: String,
+    pub key: String,
+    pub ts_ms: i64,
+}
+
+/// Entries with seq in `(after, upto]`, without their values, at most `limit`.
+pub fn entry_heads(
+    conn: &Connection,
+    after: Seq,
+    upto: Seq,
+    limit: usize,
+) -> rusqlite::Result<Vec<EntryHead>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, txn, op, key, ts_ms FROM wal_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![after, upto, limit as i64], |r| {
+        Ok(EntryHead {
+            seq: r.get(0)?,
+            txn: r.get(1)?,
+            op: r.get(2)?,
+            key: r.get(3)?,
+            ts_ms: r.get(4)?,
+        })
+    })?;
+    rows.collect()
 }

@@ -40,7 +40,7 @@ pub fn open_writer(
     path: &Path,
     namespace: &str,
     sync: Synchronous,
-    new_log_id: impl FnOnce() -> String,
+    new_log_id: fn() -> String,
 ) -> Result<(Connection, FileInfo), StoreError> {
     let existed = path.exists();
     let bad = |reason: String| StoreError::BadFile {
@@ -89,6 +89,10 @@ pub fn open_writer(
         .map_err(|e| bad(format!("cannot read meta: {e}")))
     };
     let log_id = meta("log_id")?.ok_or_else(|| bad("meta.log_id is missing".into()))?;
+    let (head_seq, head_crc) = head(&conn).map_err(|e| bad(format!("cannot read wal_log: {e}")))?;
+    if log_id.is_empty() && head_seq != 0 {
+        return Err(bad("meta.log_id is empty but wal_log has entries".into()));
+    }
     match meta("namespace")? {
         Some(n) if n == namespace => {}
         Some(n) => {
@@ -98,7 +102,6 @@ pub fn open_writer(
         }
         None => return Err(bad("meta.namespace is missing".into())),
     }
-    let (head_seq, head_crc) = head(&conn).map_err(|e| bad(format!("cannot read wal_log: {e}")))?;
     tracing::debug!(path = %path.display(), existed, "namespace file opened");
     Ok((
         conn,
@@ -178,7 +181,7 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
         // Reopening keeps the identity: log_id is minted once.
-        let (_, again) = open_writer(&path, "ns", Synchronous::Full, || unreachable!()).unwrap();
+        let (_, again) = open_writer(&path, "ns", Synchronous::Full, String::new).unwrap();
         assert!(!again.created);
         assert_eq!(again.log_id, info.log_id);
     }

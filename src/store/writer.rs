@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Head, StoreError};
-use crate::log::{Op, Seq, chain_crc};
+use crate::log::{Entry, Op, Seq, chain_crc};
 
 /// One change requested by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,16 @@ pub(crate) enum Command {
     Write {
         mutations: Vec<Mutation>,
         reply: oneshot::Sender<Result<Committed, StoreError>>,
+    },
+    /// Replica: append entries received from upstream verbatim, in one transaction.
+    Apply {
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<Head, StoreError>>,
+    },
+    /// Replica: record the upstream's log_id in a file that has none yet.
+    AdoptLogId {
+        log_id: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Finish everything queued before this, then stop.
     Close { reply: oneshot::Sender<()> },
@@ -88,25 +98,35 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut close = None;
+            // Client writes are committed together; the rarer commands run alone, in order.
             let mut writes = Vec::with_capacity(group.len());
             for cmd in group.drain(..) {
                 match cmd {
                     Command::Write { mutations, reply } => writes.push((mutations, reply)),
-                    // Commands after Close in the same group are answered below (their
-                    // senders are dropped, which callers see as "shutting down").
-                    Command::Close { reply } => {
-                        close = Some(reply);
-                        break;
+                    other => {
+                        if !writes.is_empty() {
+                            self.commit_group(std::mem::take(&mut writes));
+                        }
+                        match other {
+                            Command::Apply { entries, reply } => {
+                                let _ = reply.send(self.apply(&entries));
+                            }
+                            Command::AdoptLogId { log_id, reply } => {
+                                let _ = reply.send(self.adopt_log_id(&log_id));
+                            }
+                            Command::Close { reply } => {
+                                // Commands queued after Close are dropped with the channel;
+                                // their callers see "shutting down".
+                                let _ = reply.send(());
+                                return;
+                            }
+                            Command::Write { .. } => unreachable!("handled above"),
+                        }
                     }
                 }
             }
             if !writes.is_empty() {
                 self.commit_group(writes);
-            }
-            if let Some(reply) = close {
-                let _ = reply.send(());
-                return;
             }
         }
     }
@@ -166,6 +186,100 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Appends entries produced by the upstream, after checking that they continue this log:
+    /// the first seq is head + 1, seqs are consecutive, and every crc matches the chain. Any
+    /// mismatch refuses the whole batch and changes nothing.
+    fn apply(&mut self, entries: &[Entry]) -> Result<Head, StoreError> {
+        let mut expect = self.head;
+        for e in entries {
+            if e.seq != expect.seq + 1 {
+                return Err(StoreError::Diverged(format!(
+                    "expected seq {} after {}, received {}",
+                    expect.seq + 1,
+                    expect.seq,
+                    e.seq
+                )));
+            }
+            let crc = e.expected_crc(expect.crc);
+            if crc != e.crc {
+                return Err(StoreError::Diverged(format!(
+                    "crc mismatch at seq {}: entry carries {:#010x}, the chain gives {:#010x}",
+                    e.seq, e.crc, crc
+                )));
+            }
+            expect = Head { seq: e.seq, crc };
+        }
+        if entries.is_empty() {
+            return Ok(self.head);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in entries {
+                let value = (e.op == Op::Put).then_some(e.value.as_slice());
+                insert.execute(params![
+                    e.seq,
+                    e.txn,
+                    e.op.as_str(),
+                    e.key,
+                    value,
+                    e.ts_ms,
+                    e.crc as i64
+                ])?;
+                update_kv(&tx, &e.key, value, e.seq, e.ts_ms)?;
+            }
+        }
+        tx.commit()?;
+        self.head = expect;
+        self.head_tx.send_replace(expect);
+        Ok(expect)
+    }
+
+    fn adopt_log_id(&mut self, log_id: &str) -> Result<(), StoreError> {
+        let current: String =
+            self.conn
+                .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                    r.get(0)
+                })?;
+        if current == log_id {
+            return Ok(());
+        }
+        if !current.is_empty() || self.head.seq != 0 {
+            return Err(StoreError::Diverged(format!(
+                "this file already follows log {current:?} (head seq {}); the upstream's log is {log_id:?}",
+                self.head.seq
+            )));
+        }
+        self.conn
+            .execute("UPDATE meta SET value = ?1 WHERE name = 'log_id'", [log_id])?;
+        Ok(())
+    }
+}
+
+fn update_kv(
+    conn: &Connection,
+    key: &str,
+    value: Option<&[u8]>,
+    seq: Seq,
+    ts_ms: i64,
+) -> rusqlite::Result<()> {
+    match value {
+        Some(v) => conn
+            .prepare_cached(
+                "INSERT INTO kv (key, value, seq, ts_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms",
+            )?
+            .execute(params![key, v, seq, ts_ms])?,
+        None => conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key])?,
+    };
+    Ok(())
+}
+
 /// Appends one request's mutations after `head`, updating `kv` to match.
 fn append(
     conn: &Connection,
@@ -176,11 +290,6 @@ fn append(
     let mut insert = conn.prepare_cached(
         "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    let mut put = conn.prepare_cached(
-        "INSERT INTO kv (key, value, seq, ts_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms",
-    )?;
-    let mut delete = conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
     let txn = head.seq + 1;
     let mut head = head;
     for m in mutations {
@@ -199,10 +308,7 @@ fn append(
             ts_ms,
             crc as i64
         ])?;
-        match value {
-            Some(v) => put.execute(params![key, v, seq, ts_ms])?,
-            None => delete.execute([key])?,
-        };
+        update_kv(conn, key, value, seq, ts_ms)?;
         head = Head { seq, crc };
     }
     Ok(head)

@@ -1,0 +1,174 @@
+//! ZeroMQ change notifications (DESIGN.md §4): one PUB socket per namespace, owned by one
+//! thread.
+//!
+//! The thread waits on the namespace's head signal — which the writer raises only after a
+//! commit — reads the new entries from the file, and publishes one two-frame message per entry,
+//! in seq order: topic `<ns>.kv`, then
+//! `{"key","namespace","operation","entry_type":"kv","seq_num","txn","ts_ms"}`. The same path
+//! serves local writes on a primary and applied batches on a replica.
+//!
+//! PUB never blocks: a slow or absent subscriber loses messages once its `high_water_mark`
+//! queue is full, and writes and replication are never held up. `seq_num` is the entry's log
+//! seq, so a subscriber sees the gap and can re-read what it missed over HTTP.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::config::NotifierConfig;
+use crate::log::Seq;
+use crate::store::{Namespace, reader, schema};
+
+/// Why a notifier could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the ZeroMQ notifier of namespace {namespace:?} on {endpoint}: {reason}")]
+pub struct NotifyError {
+    pub namespace: String,
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// One notification, as published.
+#[derive(Debug, Serialize)]
+pub struct Notification<'a> {
+    pub key: &'a str,
+    pub namespace: &'a str,
+    pub operation: &'a str,
+    pub entry_type: &'static str,
+    pub seq_num: Seq,
+    pub txn: Seq,
+    pub ts_ms: i64,
+}
+
+/// A running notifier.
+pub struct Notifier {
+    endpoint: String,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Entries read per query while catching up with the head.
+const READ_CHUNK: usize = 4096;
+
+impl Notifier {
+    /// Binds the PUB socket now (so a taken port fails startup) and starts publishing every
+    /// entry committed after this call. Port 0 picks a free port ([`Notifier::endpoint`]).
+    pub fn start(
+        ns: Arc<Namespace>,
+        listen_ip: IpAddr,
+        config: &NotifierConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Notifier, NotifyError> {
+        let host = match listen_ip {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        let port = if config.bind_port == 0 {
+            "*".to_string()
+        } else {
+            config.bind_port.to_string()
+        };
+        let wanted = format!("tcp://{host}:{port}");
+        let fail = |reason: String| NotifyError {
+            namespace: ns.name().to_owned(),
+            endpoint: wanted.clone(),
+            reason,
+        };
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::PUB).map_err(|e| fail(e.to_string()))?;
+        socket
+            .set_sndhwm(config.high_water_mark)
+            .map_err(|e| fail(format!("high_water_mark: {e}")))?;
+        socket
+            .set_linger(config.linger_time)
+            .map_err(|e| fail(format!("linger_time: {e}")))?;
+        if listen_ip.is_ipv6() {
+            socket.set_ipv6(true).map_err(|e| fail(e.to_string()))?;
+        }
+        socket.bind(&wanted).map_err(|e| fail(e.to_string()))?;
+        let endpoint = socket
+            .get_last_endpoint()
+            .ok()
+            .and_then(|e| e.ok())
+            .unwrap_or_else(|| wanted.clone());
+        let conn = schema::open_reader(ns.path())
+            .map_err(|e| fail(format!("cannot read the namespace file: {e}")))?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let start = ns.head().seq;
+        let mut head_rx = ns.subscribe();
+        let name = ns.name().to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("notify-{name}"))
+            .spawn(move || {
+                // The context must outlive the socket; both end with this thread.
+                let _ctx = ctx;
+                let topic = format!("{name}.kv");
+                let mut last = start;
+                // Ends when the writer stops (the namespace is closing).
+                while runtime.block_on(head_rx.changed()).is_ok() {
+                    let head = head_rx.borrow_and_update().seq;
+                    while last < head {
+                        let batch = match reader::entry_heads(&conn, last, head, READ_CHUNK) {
+                            Ok(b) if !b.is_empty() => b,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::error!(namespace = %name, error = %e, "cannot read entries to notify; notifications stop");
+                                return;
+                            }
+                        };
+                        for e in &batch {
+                            let body = serde_json::to_vec(&Notification {
+                                key: &e.key,
+                                namespace: &name,
+                                operation: &e.op,
+                                entry_type: "kv",
+                                seq_num: e.seq,
+                                txn: e.txn,
+                                ts_ms: e.ts_ms,
+                            })
+                            .expect("notification serializes");
+                            let sent = socket
+                                .send(topic.as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)
+                                .and_then(|()| socket.send(body, zmq::DONTWAIT));
+                            match sent {
+                                Ok(()) => {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(zmq::Error::EAGAIN) => {}
+                                Err(err) => tracing::warn!(namespace = %name, seq = e.seq, error = %err, "notification not sent"),
+                            }
+                            last = e.seq;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| fail(format!("cannot start thread: {e}")))?;
+        tracing::info!(namespace = %ns.name(), %endpoint, "ZeroMQ notifications on topic {}.kv", ns.name());
+        Ok(Notifier {
+            endpoint,
+            sent,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound endpoint, e.g. `tcp://0.0.0.0:5555`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Counter of messages handed to ZeroMQ so far (PUB may still drop them at a subscriber's
+    /// HWM; subscribers see that as a gap in `seq_num`).
+    pub fn sent(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
+    /// Waits for the thread, which ends once its namespace has closed.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

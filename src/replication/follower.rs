@@ -1,0 +1,286 @@
+//! The replica side: one follower task per followed namespace.
+//!
+//! A follower connects to its upstream, checks that both logs are the same log (log_id), asks
+//! for everything after its own `max(seq)` (presenting the crc of its last entry), and applies
+//! each received batch in one transaction after the writer verified continuity and the crc
+//! chain. Its position is never stored anywhere but in `wal_log` itself.
+//!
+//! Connection trouble (upstream down, restarting, network) is retried with capped exponential
+//! backoff and jitter while reads keep being served. Divergence (another log, a crc that does
+//! not chain, a gap) stops the follower with the reason in the log and in `/stats`: it never
+//! applies an entry that does not continue its own history.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use super::pb::replication_client::ReplicationClient;
+use super::pb::{PositionRequest, TailRequest};
+use super::{ErrorKind, is_log_id};
+use crate::log::{Entry, Seq};
+use crate::store::{Namespace, StoreError};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What a follower is doing, as shown in `/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Connecting,
+    Following,
+    /// Lost the upstream; retrying with backoff.
+    Retrying,
+    /// Gave up: the reason is in `last_error`. Needs an operator (or, later, a snapshot).
+    Stopped,
+}
+
+/// A follower's progress, shared with the HTTP API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub upstream: String,
+    pub state: State,
+    /// Head seq the upstream last reported.
+    pub upstream_head_seq: Seq,
+    /// Last seq applied here.
+    pub applied_seq: Seq,
+    /// `upstream_head_seq - applied_seq` (0 when unknown).
+    pub lag: Seq,
+    pub last_error: Option<String>,
+}
+
+/// Handle to a follower's status.
+#[derive(Clone)]
+pub struct Tracker(Arc<Mutex<Status>>);
+
+impl Tracker {
+    pub fn snapshot(&self, ns: &Namespace) -> Status {
+        let mut s = self.0.lock().unwrap().clone();
+        s.applied_seq = ns.head().seq;
+        s.lag = (s.upstream_head_seq - s.applied_seq).max(0);
+        s
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.0.lock().unwrap());
+    }
+}
+
+/// Why a session with the upstream ended.
+enum End {
+    /// Try again after a backoff.
+    Retry(String),
+    /// Stop following; the message says why.
+    Fatal(String),
+    Shutdown,
+}
+
+pub struct Follower {
+    ns: Arc<Namespace>,
+    upstream: String,
+    tracker: Tracker,
+}
+
+impl Follower {
+    pub fn new(ns: Arc<Namespace>, upstream: String) -> Follower {
+        let tracker = Tracker(Arc::new(Mutex::new(Status {
+            upstream: upstream.clone(),
+            state: State::Connecting,
+            upstream_head_seq: 0,
+            applied_seq: 0,
+            lag: 0,
+            last_error: None,
+        })));
+        Follower {
+            ns,
+            upstream,
+            tracker,
+        }
+    }
+
+    pub fn tracker(&self) -> Tracker {
+        self.tracker.clone()
+    }
+
+    /// Follows until `shutdown` or a fatal error.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let name = self.ns.name().to_owned();
+        let mut backoff = BACKOFF_START;
+        let mut last_logged: Option<String> = None;
+        loop {
+            let end = tokio::select! {
+                end = self.session(&mut backoff) => end,
+                _ = shutdown.cancelled() => End::Shutdown,
+            };
+            match end {
+                End::Shutdown => return,
+                End::Fatal(reason) => {
+                    tracing::error!(namespace = %name, upstream = %self.upstream, "replication stopped: {reason}; this replica keeps serving reads of what it has");
+                    self.tracker.set(|s| {
+                        s.state = State::Stopped;
+                        s.last_error = Some(reason);
+                    });
+                    return;
+                }
+                End::Retry(reason) => {
+                    // Log a failure once, not once per attempt.
+                    if last_logged.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(namespace = %name, upstream = %self.upstream, "upstream unavailable: {reason}; retrying with backoff (reads are still served)");
+                        last_logged = Some(reason.clone());
+                    }
+                    self.tracker.set(|s| {
+                        s.state = State::Retrying;
+                        s.last_error = Some(reason);
+                    });
+                    let delay = jitter(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection to the upstream: handshake, then apply batches until something breaks.
+    async fn session(&self, backoff: &mut Duration) -> End {
+        let endpoint = match Endpoint::from_shared(format!("http://{}", self.upstream)) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            Err(e) => {
+                return End::Fatal(format!("invalid upstream_address {:?}: {e}", self.upstream));
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                return End::Retry(format!(
+                    "cannot connect to {}: {}",
+                    self.upstream,
+                    error_chain(&e)
+                ));
+            }
+        };
+        let mut client =
+            ReplicationClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let name = self.ns.name().to_owned();
+
+        let pos = match client
+            .position(PositionRequest {
+                namespace: name.clone(),
+            })
+            .await
+        {
+            Ok(p) => p.into_inner(),
+            Err(s) => return status_end(&s),
+        };
+        self.tracker.set(|s| s.upstream_head_seq = pos.head_seq);
+        if !is_log_id(&pos.log_id) {
+            // A chained upstream that has not met its own upstream yet.
+            return End::Retry(format!("upstream has no log_id for {name:?} yet"));
+        }
+        let local = self.ns.log_id();
+        if local.is_empty() {
+            match self.ns.adopt_log_id(&pos.log_id).await {
+                Ok(()) => {
+                    tracing::info!(namespace = %name, log_id = %pos.log_id, "new replica: adopted the upstream's log_id")
+                }
+                Err(e) => return store_end(e),
+            }
+        } else if local != pos.log_id {
+            return End::Fatal(format!(
+                "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
+                pos.log_id
+            ));
+        }
+
+        let head = self.ns.head();
+        let request = TailRequest {
+            namespace: name.clone(),
+            log_id: pos.log_id.clone(),
+            from_seq: head.seq + 1,
+            prev_crc: head.crc,
+        };
+        let mut stream = match client.tail(request).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return status_end(&s),
+        };
+        *backoff = BACKOFF_START;
+        self.tracker.set(|s| {
+            s.state = State::Following;
+            s.last_error = None;
+        });
+        tracing::info!(namespace = %name, upstream = %self.upstream, from_seq = head.seq + 1, upstream_head = pos.head_seq, "following upstream");
+
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return End::Retry("the upstream ended the stream".into()),
+                Err(s) => return status_end(&s),
+            };
+            self.tracker.set(|s| s.upstream_head_seq = msg.head_seq);
+            if msg.entries.is_empty() {
+                continue;
+            }
+            let entries: Result<Vec<Entry>, String> =
+                msg.entries.into_iter().map(Entry::try_from).collect();
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => return End::Fatal(format!("the upstream sent an invalid entry: {e}")),
+            };
+            if let Err(e) = self.ns.apply(entries).await {
+                return store_end(e);
+            }
+        }
+    }
+}
+
+fn store_end(e: StoreError) -> End {
+    match e {
+        StoreError::ShuttingDown => End::Shutdown,
+        e => End::Fatal(e.to_string()),
+    }
+}
+
+fn status_end(s: &tonic::Status) -> End {
+    let what = format!("{}: {}", s.code(), s.message());
+    match ErrorKind::of(s) {
+        Some(ErrorKind::ShuttingDown) => End::Retry("the upstream is shutting down".into()),
+        Some(_) => End::Fatal(what),
+        // Untyped statuses come from the transport (connection reset, upstream gone).
+        None => match s.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal => End::Retry(what),
+            _ => End::Fatal(what),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let part = inner.to_string();
+        // Layers often repeat their inner error's words; say each once.
+        if !parts.last().is_some_and(|p| p.ends_with(&part)) {
+            parts.push(part);
+        }
+        src = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// A delay between half and all of `d`, so many replicas do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = getrandom::fill(&mut b)
+        .map(|_| u32::from_le_bytes(b))
+        .unwrap_or(0);
+    d / 2 + d.mul_f64(r as f64 / u32::MAX as f64 / 2.0)
+}

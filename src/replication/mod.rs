@@ -1,0 +1,126 @@
+//! Log shipping over gRPC (DESIGN.md §3, `proto/ferry/v1/replication.proto`).
+//!
+//! - [`service`]: the upstream side — `Position` and the `Tail` stream, served by primaries and
+//!   by replicas that have a `[grpc_config]` (chaining).
+//! - [`follower`]: the replica side — one task per followed namespace: connect, verify, apply,
+//!   retry with backoff, stop on divergence.
+//! - here: the generated protobuf code, conversions to domain types, and the typed errors.
+
+pub mod follower;
+pub mod service;
+
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::log::{Entry, Op};
+
+/// Generated from `proto/ferry/v1/replication.proto`.
+pub mod pb {
+    tonic::include_proto!("ferry.v1");
+}
+
+/// Metadata key carrying the typed error code on a gRPC status.
+pub const ERROR_KEY: &str = "ferry-error";
+
+/// The replication errors a client can branch on (see the .proto for the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    UnknownNamespace,
+    InvalidArgument,
+    AheadOfUpstream,
+    HistoryDiffers,
+    SnapshotNeeded,
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownNamespace => "unknown-namespace",
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::AheadOfUpstream => "ahead-of-upstream",
+            ErrorKind::HistoryDiffers => "history-differs",
+            ErrorKind::SnapshotNeeded => "snapshot-needed",
+            ErrorKind::ShuttingDown => "shutting-down",
+        }
+    }
+
+    fn grpc(self) -> tonic::Code {
+        match self {
+            ErrorKind::UnknownNamespace => tonic::Code::NotFound,
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::AheadOfUpstream => tonic::Code::OutOfRange,
+            ErrorKind::HistoryDiffers | ErrorKind::SnapshotNeeded => {
+                tonic::Code::FailedPrecondition
+            }
+            ErrorKind::ShuttingDown => tonic::Code::Unavailable,
+        }
+    }
+
+    /// The one place a typed error becomes a gRPC status.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut status = Status::new(self.grpc(), message);
+        status
+            .metadata_mut()
+            .insert(ERROR_KEY, MetadataValue::from_static(self.code()));
+        status
+    }
+
+    /// Reads the typed error back from a status, if it has one.
+    pub fn of(status: &Status) -> Option<ErrorKind> {
+        let code = status.metadata().get(ERROR_KEY)?.to_str().ok()?;
+        [
+            ErrorKind::UnknownNamespace,
+            ErrorKind::InvalidArgument,
+            ErrorKind::AheadOfUpstream,
+            ErrorKind::HistoryDiffers,
+            ErrorKind::SnapshotNeeded,
+            ErrorKind::ShuttingDown,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+    }
+}
+
+impl From<Entry> for pb::Entry {
+    fn from(e: Entry) -> pb::Entry {
+        pb::Entry {
+            seq: e.seq,
+            txn: e.txn,
+            op: match e.op {
+                Op::Put => pb::Op::Put,
+                Op::Delete => pb::Op::Delete,
+            } as i32,
+            key: e.key,
+            value: e.value,
+            ts_ms: e.ts_ms,
+            crc: e.crc,
+        }
+    }
+}
+
+impl TryFrom<pb::Entry> for Entry {
+    type Error = String;
+
+    fn try_from(e: pb::Entry) -> Result<Entry, String> {
+        let op = match pb::Op::try_from(e.op) {
+            Ok(pb::Op::Put) => Op::Put,
+            Ok(pb::Op::Delete) => Op::Delete,
+            Err(_) => return Err(format!("entry {} has unknown op {}", e.seq, e.op)),
+        };
+        Ok(Entry {
+            seq: e.seq,
+            txn: e.txn,
+            op,
+            key: e.key,
+            value: e.value,
+            ts_ms: e.ts_ms,
+            crc: e.crc,
+        })
+    }
+}
+
+/// A log id as minted by [`crate::store::schema::mint_log_id`]: 32 lowercase hex digits.
+pub fn is_log_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

@@ -1,0 +1,195 @@
+//! The upstream side of replication: `Position` and the `Tail` stream.
+//!
+//! Each tail stream is one task that waits on the namespace's head signal (no polling), reads
+//! what is new through the shared reader pool, and sends it in bounded batches over a small
+//! bounded channel — a slow follower slows only its own task, and memory per stream stays at a
+//! few batches.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::pb::replication_server::Replication;
+use super::pb::{PositionRequest, PositionResponse, TailRequest, TailResponse};
+use super::{ErrorKind, is_log_id};
+use crate::store::{Namespace, Store, StoreError, reader};
+
+/// Most entries in one batch (a batch may run past this to finish an atomic group).
+pub const MAX_BATCH_ENTRIES: usize = 2000;
+/// Most key+value bytes in one batch (likewise).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// How long an idle stream waits before sending a heartbeat with the head seq.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+pub struct ReplicationService {
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+}
+
+impl ReplicationService {
+    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> ReplicationService {
+        ReplicationService { store, shutdown }
+    }
+
+    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Status> {
+        self.store.get(name).cloned().ok_or_else(|| {
+            ErrorKind::UnknownNamespace.status(format!(
+                "unknown namespace {name:?}; this node serves: {}",
+                self.store.names().join(", ")
+            ))
+        })
+    }
+}
+
+fn internal(e: StoreError) -> Status {
+    match e {
+        StoreError::ShuttingDown => ErrorKind::ShuttingDown.status(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+type TailStream = Pin<Box<dyn Stream<Item = Result<TailResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn position(
+        &self,
+        req: Request<PositionRequest>,
+    ) -> Result<Response<PositionResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let head = ns.head();
+        let oldest = ns
+            .read(|c| {
+                c.query_row("SELECT COALESCE(MIN(seq), 0) FROM wal_log", [], |r| {
+                    r.get(0)
+                })
+            })
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(PositionResponse {
+            namespace: req.namespace,
+            log_id: ns.log_id(),
+            head_seq: head.seq,
+            head_crc: head.crc,
+            oldest_seq: oldest,
+        }))
+    }
+
+    type TailStream = TailStream;
+
+    async fn tail(&self, req: Request<TailRequest>) -> Result<Response<TailStream>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        if req.from_seq < 1 {
+            return Err(ErrorKind::InvalidArgument
+                .status(format!("from_seq must be at least 1, got {}", req.from_seq)));
+        }
+        if !is_log_id(&req.log_id) {
+            return Err(ErrorKind::InvalidArgument.status(format!(
+                "log_id {:?} is not 32 lowercase hex digits",
+                req.log_id
+            )));
+        }
+        let log_id = ns.log_id();
+        if req.log_id != log_id {
+            return Err(ErrorKind::HistoryDiffers.status(format!(
+                "namespace {:?} here has log_id {log_id}, the follower has {}: they are different logs",
+                req.namespace, req.log_id
+            )));
+        }
+        let head = ns.head();
+        if req.from_seq > head.seq + 1 {
+            return Err(ErrorKind::AheadOfUpstream.status(format!(
+                "from_seq {} is beyond this node's head {} + 1: the follower has entries this log never had",
+                req.from_seq, head.seq
+            )));
+        }
+        if req.from_seq > 1 {
+            let prev = req.from_seq - 1;
+            let crc = ns
+                .read(move |c| reader::crc_at(c, prev))
+                .await
+                .map_err(internal)?;
+            match crc {
+                None => {
+                    return Err(ErrorKind::SnapshotNeeded.status(format!(
+                        "entry {prev} is no longer in the log; bootstrap from a snapshot"
+                    )));
+                }
+                Some(crc) if crc != req.prev_crc => {
+                    return Err(ErrorKind::HistoryDiffers.status(format!(
+                        "entry {prev} has crc {crc:#010x} here, {:#010x} on the follower: the logs diverged",
+                        req.prev_crc
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends entries from `next` on as they commit, until the follower leaves or the node stops.
+async fn stream_entries(
+    ns: Arc<Namespace>,
+    mut next: i64,
+    tx: mpsc::Sender<Result<TailResponse, Status>>,
+    shutdown: CancellationToken,
+) {
+    let mut head_rx = ns.subscribe();
+    loop {
+        let head = *head_rx.borrow_and_update();
+        while next <= head.seq {
+            let from = next;
+            let batch = match ns
+                .read(move |c| reader::entries(c, from, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES))
+                .await
+            {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            next = batch.last().map_or(next, |e| e.seq + 1);
+            let msg = TailResponse {
+                head_seq: ns.head().seq,
+                entries: batch.into_iter().map(Into::into).collect(),
+            };
+            tokio::select! {
+                sent = tx.send(Ok(msg)) => if sent.is_err() { return },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        tokio::select! {
+            changed = head_rx.changed() => {
+                if changed.is_err() {
+                    // The writer stopped: the node is closing this namespace.
+                    let _ = tx.send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down"))).await;
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                let beat = TailResponse { head_seq: ns.head().seq, entries: Vec::new() };
+                if tx.send(Ok(beat)).await.is_err() {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+            _ = shutdown.cancelled() => {
+                let _ = tx.send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down"))).await;
+                return;
+            }
+        }
+    }
+}

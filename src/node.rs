@@ -170,7 +170,13 @@ impl Node {
             followers,
             notifications: notifiers
                 .iter()
-                .map(|(k, n)| (k.clone(), n.sent()))
+                .map(|(k, n)| {
+                    let counters = http::NotifierCounters {
+                        sent: n.sent(),
+                        subscriptions: n.subscriptions(),
+                    };
+                    (k.clone(), counters)
+                })
                 .collect(),
         });
         let local_addr = |l: &TcpListener, what| {

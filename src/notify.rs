@@ -7,13 +7,18 @@
 //! `{"key","namespace","operation","entry_type":"kv","seq_num","txn","ts_ms"}`. The same path
 //! serves local writes on a primary and applied batches on a replica.
 //!
+//! The socket is an XPUB — on the wire exactly a PUB to subscribers — so the notifier also
+//! sees subscriptions arrive and can report how many topics are subscribed (`/stats`), which
+//! also lets a client know its subscription is in place before it relies on it.
+//!
 //! PUB never blocks: a slow or absent subscriber loses messages once its `high_water_mark`
 //! queue is full, and writes and replication are never held up. `seq_num` is the entry's log
 //! seq, so a subscriber sees the gap and can re-read what it missed over HTTP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -46,11 +51,14 @@ pub struct Notification<'a> {
 pub struct Notifier {
     endpoint: String,
     sent: Arc<AtomicU64>,
+    subscriptions: Arc<AtomicI64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Entries read per query while catching up with the head.
 const READ_CHUNK: usize = 4096;
+/// How often an idle notifier looks for (un)subscriptions.
+const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(50);
 
 impl Notifier {
     /// Binds the PUB socket now (so a taken port fails startup) and starts publishing every
@@ -77,7 +85,7 @@ impl Notifier {
             reason,
         };
         let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::PUB).map_err(|e| fail(e.to_string()))?;
+        let socket = ctx.socket(zmq::XPUB).map_err(|e| fail(e.to_string()))?;
         socket
             .set_sndhwm(config.high_water_mark)
             .map_err(|e| fail(format!("high_water_mark: {e}")))?;
@@ -97,6 +105,8 @@ impl Notifier {
             .map_err(|e| fail(format!("cannot read the namespace file: {e}")))?;
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
+        let subscriptions = Arc::new(AtomicI64::new(0));
+        let subscribed = subscriptions.clone();
         let start = ns.head().seq;
         let mut head_rx = ns.subscribe();
         let name = ns.name().to_owned();
@@ -107,8 +117,25 @@ impl Notifier {
                 let _ctx = ctx;
                 let topic = format!("{name}.kv");
                 let mut last = start;
-                // Ends when the writer stops (the namespace is closing).
-                while runtime.block_on(head_rx.changed()).is_ok() {
+                loop {
+                    let woke = runtime.block_on(async {
+                        tokio::time::timeout(SUBSCRIPTION_CHECK, head_rx.changed()).await
+                    });
+                    // Each (un)subscription arrives as a message: 1 or 0, then the topic.
+                    while let Ok(msg) = socket.recv_bytes(zmq::DONTWAIT) {
+                        match msg.first() {
+                            Some(1) => subscribed.fetch_add(1, Ordering::Relaxed),
+                            Some(0) => subscribed.fetch_sub(1, Ordering::Relaxed),
+                            _ => 0,
+                        };
+                    }
+                    match woke {
+                        Ok(Ok(())) => {}
+                        // The writer stopped: the namespace is closing.
+                        Ok(Err(_)) => return,
+                        // Timed out: nothing new, only subscriptions to look at.
+                        Err(_) => continue,
+                    }
                     let head = head_rx.borrow_and_update().seq;
                     while last < head {
                         let batch = match reader::entry_heads(&conn, last, head, READ_CHUNK) {
@@ -150,6 +177,7 @@ impl Notifier {
         Ok(Notifier {
             endpoint,
             sent,
+            subscriptions,
             thread: Some(thread),
         })
     }
@@ -163,6 +191,11 @@ impl Notifier {
     /// HWM; subscribers see that as a gap in `seq_num`).
     pub fn sent(&self) -> Arc<AtomicU64> {
         self.sent.clone()
+    }
+
+    /// Number of distinct topic prefixes currently subscribed to.
+    pub fn subscriptions(&self) -> Arc<AtomicI64> {
+        self.subscriptions.clone()
     }
 
     /// Waits for the thread, which ends once its namespace has closed.

@@ -239,9 +239,12 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
             .followers
             .get(namespace.name())
             .map(|t| t.snapshot(&namespace)),
-        notifications_sent: api
+        notifier: api
             .notifications
             .get(namespace.name())
-            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed)),
+            .map(|n| NotifierStats {
+                sent: n.sent.load(std::sync::atomic::Ordering::Relaxed),
+                subscribed_topics: n.subscriptions.load(std::sync::atomic::Ordering::Relaxed),
+            }),
     })
 }

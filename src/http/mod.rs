@@ -47,6 +47,13 @@ impl Role {
     }
 }
 
+/// Counters a notifier shares with `/stats`.
+#[derive(Clone)]
+pub struct NotifierCounters {
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+    pub subscriptions: Arc<std::sync::atomic::AtomicI64>,
+}
+
 /// State every handler shares.
 pub struct Api {
     pub store: Arc<Store>,
@@ -55,8 +62,8 @@ pub struct Api {
     pub max_body_bytes: u64,
     /// Replica: progress of each followed namespace.
     pub followers: BTreeMap<String, crate::replication::follower::Tracker>,
-    /// Notifications handed to ZeroMQ, per namespace with a notifier.
-    pub notifications: BTreeMap<String, Arc<std::sync::atomic::AtomicU64>>,
+    /// Per namespace with a notifier: notifications handed to ZeroMQ, subscribed topics.
+    pub notifications: BTreeMap<String, NotifierCounters>,
 }
 
 fn with_api(

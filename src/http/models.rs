@@ -89,9 +89,9 @@ pub struct StatsResponse {
     /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::follower::Status>,
-    /// Notifications handed to ZeroMQ, when the namespace has a notifier.
+    /// When the namespace has a ZeroMQ notifier: its endpoint's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub notifications_sent: Option<u64>,
+    pub notifier: Option<NotifierStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,4 +99,12 @@ pub struct HealthResponse {
     pub status: &'static str,
     pub role: &'static str,
     pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NotifierStats {
+    /// Messages handed to ZeroMQ (a subscriber past its high_water_mark still loses some).
+    pub sent: u64,
+    /// Distinct topic prefixes subscribed to right now.
+    pub subscribed_topics: i64,
 }

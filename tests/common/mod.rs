@@ -29,6 +29,22 @@ pub fn primary_config(dir: &Path, namespaces: &[&str]) -> String {
     )
 }
 
+pub fn replica_config(dir: &Path, namespaces: &[&str], upstream: &str, extra: &str) -> String {
+    let mut text = primary_config(dir, namespaces);
+    let list: Vec<String> = namespaces.iter().map(|n| format!("{n:?}")).collect();
+    text.push_str(&format!(
+        "[relayer_config.up]\nnamespaces = [{}]\nupstream_address = {upstream:?}\n",
+        list.join(", ")
+    ));
+    for n in namespaces {
+        text.push_str(&format!(
+            "[notifier_config.{n}]\nbind_port = 0\nhigh_water_mark = 100000\n"
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
 /// A node running in this process.
 pub struct TestNode {
     pub node: Node,
@@ -38,9 +54,13 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(config_text: &str, dir: &Path) -> TestNode {
+        TestNode::start_as(Mode::Primary, config_text, dir).await
+    }
+
+    pub async fn start_as(mode: Mode, config_text: &str, dir: &Path) -> TestNode {
         let config = Config::parse(config_text, Path::new("test.toml")).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
-        let node = Node::start(config, Mode::Primary, listeners).await.unwrap();
+        let node = Node::start(config, mode, listeners).await.unwrap();
         TestNode {
             base: format!("http://{}", node.http_addr()),
             node,
@@ -50,6 +70,38 @@ impl TestNode {
 
     pub async fn primary(dir: &Path, namespaces: &[&str]) -> TestNode {
         TestNode::start(&primary_config(dir, namespaces), dir).await
+    }
+
+    /// A primary that also serves the replication stream (gRPC on `grpc_port`, 0 = any).
+    pub async fn primary_with_grpc(dir: &Path, namespaces: &[&str], grpc_port: u16) -> TestNode {
+        let text = format!(
+            "{}[grpc_config]\nport = {grpc_port}\n",
+            primary_config(dir, namespaces)
+        );
+        TestNode::start(&text, dir).await
+    }
+
+    /// A replica of `namespaces` from `upstream` (its gRPC address), each with a ZeroMQ
+    /// notifier on a free port; `extra` is appended to the config (e.g. a `[grpc_config]`).
+    pub async fn replica(dir: &Path, namespaces: &[&str], upstream: &str, extra: &str) -> TestNode {
+        TestNode::start_as(
+            Mode::Replica,
+            &replica_config(dir, namespaces, upstream, extra),
+            dir,
+        )
+        .await
+    }
+
+    pub fn grpc(&self) -> String {
+        self.node.grpc_addr().expect("node serves gRPC").to_string()
+    }
+
+    pub fn ns(&self, name: &str) -> std::sync::Arc<ferry::store::Namespace> {
+        self.node.store().get(name).unwrap().clone()
+    }
+
+    pub fn head(&self, name: &str) -> i64 {
+        self.ns(name).head().seq
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -205,5 +257,91 @@ pub async fn wait_for<T>(
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `replica` has applied everything `primary` has in `ns`.
+pub async fn wait_synced(primary: &TestNode, replica: &TestNode, ns: &str) {
+    let want = primary.head(ns);
+    wait_for(
+        Duration::from_secs(60),
+        &format!("replica to reach seq {want} of {ns}"),
+        async || (replica.head(ns) >= want).then_some(()),
+    )
+    .await;
+}
+
+/// The two files hold the same log, state and identity.
+pub fn assert_same_files(a: &Path, b: &Path) {
+    assert_eq!(wal_rows(a), wal_rows(b), "wal_log differs");
+    assert_eq!(kv_rows(a), kv_rows(b), "kv differs");
+    assert_eq!(log_id(a), log_id(b), "log_id differs");
+    verify_file(b);
+}
+
+pub fn log_id(path: &Path) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+/// A ZeroMQ subscriber to one endpoint, whose subscription the publisher has acknowledged
+/// (`/stats` shows it), so no message published afterwards can be missed as a slow joiner.
+pub struct Subscriber {
+    pub socket: zmq::Socket,
+    _ctx: zmq::Context,
+}
+
+impl Subscriber {
+    pub async fn connect(node: &TestNode, ns: &str) -> Subscriber {
+        let endpoint = node
+            .node
+            .notifier_endpoint(ns)
+            .unwrap()
+            .replace("0.0.0.0", "127.0.0.1");
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::SUB).unwrap();
+        socket.set_rcvhwm(1_000_000).unwrap();
+        socket.connect(&endpoint).unwrap();
+        socket.set_subscribe(b"").unwrap();
+        let client = reqwest::Client::new();
+        let url = node.url(&format!("/api/v1/{ns}/stats"));
+        wait_for(
+            Duration::from_secs(10),
+            "the subscription to reach the notifier",
+            async || {
+                let (_, stats) = call(&client, reqwest::Method::GET, &url, None).await;
+                (stats["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
+            },
+        )
+        .await;
+        Subscriber { socket, _ctx: ctx }
+    }
+
+    /// Receives (topic, JSON) messages until one has seq_num `last`, failing on a deadline.
+    pub fn collect_until(&self, last: i64) -> Vec<(String, serde_json::Value)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no notification with seq_num {last}; got {out:?}"
+            );
+            if self.socket.poll(zmq::POLLIN, 100).unwrap() == 0 {
+                continue;
+            }
+            let frames = self.socket.recv_multipart(0).unwrap();
+            assert_eq!(frames.len(), 2, "a notification has two frames");
+            let topic = String::from_utf8(frames[0].clone()).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&frames[1]).unwrap();
+            let seq = json["seq_num"].as_i64().unwrap();
+            out.push((topic, json));
+            if seq >= last {
+                return out;
+            }
+        }
     }
 }

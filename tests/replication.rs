@@ -1,0 +1,551 @@
+//! Replication over real gRPC on loopback, with real SQLite files and real ZeroMQ sockets.
+
+mod common;
+
+use common::*;
+use ferry::replication::pb::replication_client::ReplicationClient;
+use ferry::replication::pb::{PositionRequest, TailRequest};
+use ferry::replication::{ERROR_KEY, ErrorKind};
+use reqwest::Method;
+use serde_json::json;
+
+const NS: &str = "ns";
+
+async fn batch_put(
+    c: &reqwest::Client,
+    node: &TestNode,
+    ns: &str,
+    from: usize,
+    n: usize,
+    value_len: usize,
+) {
+    let items: Vec<_> = (from..from + n)
+        .map(|i| json!({"key": format!("key{i:06}"), "value": b64(&vec![b'a' + (i % 26) as u8; value_len])}))
+        .collect();
+    let body = json!({"operation": "put", "items": items}).to_string();
+    let (s, j) = call(
+        c,
+        Method::POST,
+        &node.url(&format!("/api/v1/{ns}/kv/batch")),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_transcript() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let sub = Subscriber::connect(&replica, NS).await;
+    let c = reqwest::Client::new();
+
+    put(
+        &c,
+        &primary,
+        NS,
+        "lww:user-status",
+        br#"{"value":"online","timestamp":1,"replica":"dc1"}"#,
+    )
+    .await;
+    put(
+        &c,
+        &primary,
+        NS,
+        "counter:page-views",
+        br#"{"replica":"dc1","count":5}"#,
+    )
+    .await;
+    let batch = json!({"operation": "put", "items": [
+        {"key": "a", "value": b64(b"1")}, {"key": "b", "value": b64(b"2")}]});
+    call(
+        &c,
+        Method::POST,
+        &primary.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(&batch.to_string()),
+    )
+    .await;
+    call(
+        &c,
+        Method::DELETE,
+        &primary.url(&format!("/api/v1/{NS}/kv/a")),
+        None,
+    )
+    .await;
+    put(
+        &c,
+        &primary,
+        NS,
+        "lww:user-status",
+        br#"{"value":"away","timestamp":2,"replica":"dc1"}"#,
+    )
+    .await;
+    let last = primary.head(NS);
+
+    let notes = sub.collect_until(last);
+    wait_synced(&primary, &replica, NS).await;
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+
+    let mut t = String::from("notifications (topic, message):\n");
+    for (topic, mut j) in notes {
+        j["ts_ms"] = json!("[ts]");
+        t.push_str(&format!("{topic} {j}\n"));
+    }
+    t.push_str("\nreplica wal_log (seq, txn, op, key, value):\n");
+    for r in wal_rows(&replica.db(NS)) {
+        let v = r.value.map(|v| String::from_utf8(v).unwrap());
+        t.push_str(&format!("{} {} {} {} {:?}\n", r.seq, r.txn, r.op, r.key, v));
+    }
+    t.push_str("\nreplica kv (key, value, seq):\n");
+    for (k, v, s) in kv_rows(&replica.db(NS)) {
+        t.push_str(&format!("{k} {} {s}\n", String::from_utf8(v).unwrap()));
+    }
+    let (_, mut stats) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/stats")),
+        None,
+    )
+    .await;
+    stats["replication"]["upstream"] = json!("[upstream]");
+    t.push_str(&format!(
+        "\nreplica stats.replication: {}\n",
+        stats["replication"]
+    ));
+    t.push_str(&format!("replica stats.notifier: {}\n", stats["notifier"]));
+
+    replica.stop().await;
+    primary.stop().await;
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("replication_transcript", t));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_applied_entry_is_notified_once_in_order() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let sub = Subscriber::connect(&replica, NS).await;
+    let c = reqwest::Client::new();
+    // Concurrent single writes and batches, so the replica applies groups of many sizes.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, url) = (c.clone(), primary.url(&format!("/api/v1/{NS}/kv/")));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let body = json!({"value": b64(b"v")}).to_string();
+                let (s, _) = call(&c, Method::PUT, &format!("{url}w{w}-{i}"), Some(&body)).await;
+                assert_eq!(s, 200);
+            }
+        }));
+    }
+    for i in 0..5 {
+        batch_put(&c, &primary, NS, i * 30, 30, 10).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = primary.head(NS);
+    assert_eq!(last, 550);
+    let notes = sub.collect_until(last);
+    wait_synced(&primary, &replica, NS).await;
+    let rows = wal_rows(&replica.db(NS));
+    assert_eq!(notes.len(), rows.len(), "one notification per entry");
+    for ((topic, n), r) in notes.iter().zip(&rows) {
+        assert_eq!(topic, "ns.kv");
+        assert_eq!(n["seq_num"], r.seq);
+        assert_eq!(n["txn"], r.txn);
+        assert_eq!(n["key"], r.key);
+        assert_eq!(n["operation"], r.op);
+        assert_eq!(n["namespace"], NS);
+        assert_eq!(n["entry_type"], "kv");
+    }
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_replica_catches_up_and_a_write_to_it_is_refused() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let c = reqwest::Client::new();
+    for i in 0..100 {
+        batch_put(&c, &primary, NS, i * 100, 100, 100).await;
+    }
+    call(
+        &c,
+        Method::DELETE,
+        &primary.url(&format!("/api/v1/{NS}/kv/key000007")),
+        None,
+    )
+    .await;
+    assert_eq!(primary.head(NS), 10_001);
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+
+    // Replicas are read-only: 403, nothing stored.
+    let body = json!({"value": b64(b"x")}).to_string();
+    let (s, j) = call(
+        &c,
+        Method::PUT,
+        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("read-only replica of"),
+        "{j}"
+    );
+    let (s, _) = call(
+        &c,
+        Method::DELETE,
+        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        &replica.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(&json!({"operation": "delete", "keys": ["key000001"]}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Reads are served.
+    let (s, got) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, unb64(got["value"].as_str().unwrap())),
+        (200, vec![b'b'; 100])
+    );
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_restarting_under_a_connected_replica() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let c = reqwest::Client::new();
+    batch_put(&c, &primary, NS, 0, 50, 10).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+
+    // While the primary is down the replica keeps serving reads and says it is retrying.
+    let (s, _) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the follower to notice",
+        async || {
+            let (_, st) = call(
+                &c,
+                Method::GET,
+                &replica.url(&format!("/api/v1/{NS}/stats")),
+                None,
+            )
+            .await;
+            (st["replication"]["state"] == "retrying").then_some(())
+        },
+    )
+    .await;
+
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    batch_put(&c, &primary, NS, 50, 50, 10).await;
+    wait_synced(&primary, &replica, NS).await;
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+    let (_, st) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/stats")),
+        None,
+    )
+    .await;
+    assert_eq!(st["replication"]["state"], "following");
+    assert_eq!(st["replication"]["applied_seq"], 100);
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_chain_and_end_identical() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::primary_with_grpc(dirs[0].path(), &[NS, "two"], 0).await;
+    let c = reqwest::Client::new();
+    batch_put(&c, &primary, NS, 0, 200, 20).await;
+    let hop1 = TestNode::replica(
+        dirs[1].path(),
+        &[NS, "two"],
+        &primary.grpc(),
+        "[grpc_config]\nport = 0\n",
+    )
+    .await;
+    let hop2 = TestNode::replica(dirs[2].path(), &[NS, "two"], &hop1.grpc(), "").await;
+    // Live writes while the chain is up.
+    for i in 0..20 {
+        put(&c, &primary, NS, &format!("live{i}"), b"x").await;
+        put(&c, &primary, "two", &format!("k{i}"), b"y").await;
+    }
+    for ns in [NS, "two"] {
+        wait_synced(&primary, &hop2, ns).await;
+        assert_same_files(&primary.db(ns), &hop1.db(ns));
+        assert_same_files(&primary.db(ns), &hop2.db(ns));
+    }
+    hop2.stop().await;
+    hop1.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_entry_stops_the_follower_and_keeps_its_data() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    for i in 0..3 {
+        put(&c, &primary, NS, &format!("k{i}"), b"good").await;
+    }
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    replica.stop().await;
+    put(&c, &primary, NS, "k3", b"new").await;
+    put(&c, &primary, NS, "k4", b"new").await;
+    primary.stop().await;
+    rusqlite::Connection::open(pdir.path().join("ns.db"))
+        .unwrap()
+        .execute("UPDATE wal_log SET crc = crc + 1 WHERE seq = 5", [])
+        .unwrap();
+    let before = (
+        wal_rows(&rdir.path().join("ns.db")),
+        kv_rows(&rdir.path().join("ns.db")),
+    );
+
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let stats = wait_for(
+        std::time::Duration::from_secs(10),
+        "the follower to stop",
+        async || {
+            let (_, st) = call(
+                &c,
+                Method::GET,
+                &replica.url(&format!("/api/v1/{NS}/stats")),
+                None,
+            )
+            .await;
+            (st["replication"]["state"] == "stopped").then_some(st)
+        },
+    )
+    .await;
+    let err = stats["replication"]["last_error"].as_str().unwrap();
+    assert!(err.contains("crc mismatch at seq 5"), "{err}");
+    // The batch holding the bad entry was refused whole; what the replica had is intact.
+    assert_eq!(
+        (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
+        before
+    );
+    let (s, got) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/k2")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, unb64(got["value"].as_str().unwrap())),
+        (200, b"good".to_vec())
+    );
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_primary_file_stops_the_follower() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    put(&c, &primary, NS, "k", b"v1").await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
+    }
+    let before = (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS)));
+    // A new file at the same address: a new log_id, and a seq 1 that is not the replica's.
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    put(&c, &primary, NS, "k", b"other").await;
+    put(&c, &primary, NS, "k2", b"other").await;
+    let stats = wait_for(
+        std::time::Duration::from_secs(20),
+        "the follower to stop",
+        async || {
+            let (_, st) = call(
+                &c,
+                Method::GET,
+                &replica.url(&format!("/api/v1/{NS}/stats")),
+                None,
+            )
+            .await;
+            (st["replication"]["state"] == "stopped").then_some(st)
+        },
+    )
+    .await;
+    let err = stats["replication"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("history differs") && err.contains("log_id"),
+        "{err}"
+    );
+    assert_eq!(
+        (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
+        before
+    );
+    let (s, got) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/k")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, unb64(got["value"].as_str().unwrap())),
+        (200, b"v1".to_vec())
+    );
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    put(&c, &primary, NS, "k1", b"v").await;
+    put(&c, &primary, NS, "k2", b"v").await;
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let pos = client
+        .position(PositionRequest {
+            namespace: NS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((pos.head_seq, pos.oldest_seq, pos.log_id.len()), (2, 1, 32));
+
+    // A healthy stream stays open across the bad requests below.
+    let mut good = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id: pos.log_id.clone(),
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = good.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    let tail = |namespace: &str, log_id: &str, from_seq, prev_crc| TailRequest {
+        namespace: namespace.into(),
+        log_id: log_id.into(),
+        from_seq,
+        prev_crc,
+    };
+    let other_id = "0123456789abcdef0123456789abcdef";
+    let cases = [
+        (
+            tail("nope", &pos.log_id, 1, 0),
+            tonic::Code::NotFound,
+            ErrorKind::UnknownNamespace,
+        ),
+        (
+            tail(NS, "garbage", 1, 0),
+            tonic::Code::InvalidArgument,
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            tail(NS, &pos.log_id, 0, 0),
+            tonic::Code::InvalidArgument,
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            tail(NS, &pos.log_id, 10, 0),
+            tonic::Code::OutOfRange,
+            ErrorKind::AheadOfUpstream,
+        ),
+        (
+            tail(NS, other_id, 1, 0),
+            tonic::Code::FailedPrecondition,
+            ErrorKind::HistoryDiffers,
+        ),
+        (
+            tail(NS, &pos.log_id, 2, 12345),
+            tonic::Code::FailedPrecondition,
+            ErrorKind::HistoryDiffers,
+        ),
+    ];
+    for (req, code, kind) in cases {
+        let what = format!("{req:?}");
+        let status = client
+            .tail(req)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what} accepted"));
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert_eq!(
+            status.metadata().get(ERROR_KEY).unwrap().to_str().unwrap(),
+            kind.code(),
+            "{what}"
+        );
+        assert!(!status.message().is_empty());
+    }
+    let status = client
+        .position(PositionRequest {
+            namespace: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorKind::of(&status), Some(ErrorKind::UnknownNamespace));
+
+    // The healthy stream still receives new entries as they commit.
+    put(&c, &primary, NS, "k3", b"v").await;
+    let next = loop {
+        let m = good.message().await.unwrap().unwrap();
+        if !m.entries.is_empty() {
+            break m;
+        }
+    };
+    assert_eq!(next.entries[0].seq, 3);
+    assert_eq!(next.entries[0].key, "k3");
+    drop(good);
+    primary.stop().await;
+}

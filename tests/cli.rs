@@ -20,6 +20,14 @@ struct Running {
     seen: Vec<String>,
 }
 
+impl Drop for Running {
+    /// A failing test must not leave a server running (it would hold ports and pipes).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     fn spawn(args: &[&str]) -> Running {
         let mut child = ferry()
@@ -62,7 +70,7 @@ impl Running {
         }
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -179,4 +187,104 @@ fn help_explains_every_option() {
     let out = ferry().arg("--help").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("server"), "{text}");
+}
+
+/// Polls a node's `/stats` for a namespace.
+async fn stats(c: &reqwest::Client, addr: &str, ns: &str) -> serde_json::Value {
+    call(
+        c,
+        reqwest::Method::GET,
+        &format!("http://{addr}/api/v1/{ns}/stats"),
+        None,
+    )
+    .await
+    .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &["ns"], 0).await;
+    let c = reqwest::Client::new();
+    let value = b64(&[b'v'; 200]);
+    for b in 0..100 {
+        let items: Vec<_> = (0..1000)
+            .map(|i| serde_json::json!({"key": format!("k{b}-{i}"), "value": value}))
+            .collect();
+        let body = serde_json::json!({"operation": "put", "items": items}).to_string();
+        let (s, _) = call(
+            &c,
+            reqwest::Method::POST,
+            &primary.url("/api/v1/ns/kv/batch"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let total = primary.head("ns");
+    let config = rdir.path().join("replica.toml");
+    std::fs::write(
+        &config,
+        replica_config(rdir.path(), &["ns"], &primary.grpc(), ""),
+    )
+    .unwrap();
+    let args = ["replica", "--config", config.to_str().unwrap()];
+
+    let mut replica = Running::spawn(&args);
+    let line = replica.wait_line("HTTP listening on ");
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    let applied = wait_for(
+        Duration::from_secs(60),
+        "the catch-up to start",
+        async || {
+            let applied = stats(&c, &addr, "ns").await["replication"]["applied_seq"]
+                .as_i64()
+                .unwrap();
+            (applied > 0).then_some(applied)
+        },
+    )
+    .await;
+    replica.child.kill().unwrap(); // SIGKILL: no graceful anything
+    replica.child.wait().unwrap();
+    assert!(
+        applied < total,
+        "catch-up finished before the kill; the test needs a longer log"
+    );
+
+    // What survived the kill is a consistent prefix of the primary's log.
+    let partial = verify_file(&rdir.path().join("ns.db"));
+    assert!(
+        partial >= applied as usize && partial < total as usize,
+        "{partial}"
+    );
+
+    let mut replica = Running::spawn(&args);
+    replica.wait_line("HTTP listening on ");
+    let resumed = replica.wait_line("following upstream");
+    assert!(
+        resumed.contains(&format!("from_seq={}", partial + 1)),
+        "{resumed}"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the replica to catch up",
+        async || {
+            let st = stats(&c, &addr_of(&replica), "ns").await;
+            (st["replication"]["applied_seq"].as_i64() == Some(total)).then_some(())
+        },
+    )
+    .await;
+    let status = replica.terminate();
+    assert!(status.success());
+    assert_same_files(&primary.db("ns"), &rdir.path().join("ns.db"));
+    primary.stop().await;
+}
+
+fn addr_of(r: &Running) -> String {
+    r.seen
+        .iter()
+        .find_map(|l| l.split("HTTP listening on ").nth(1))
+        .unwrap()
+        .trim()
+        .to_owned()
 }

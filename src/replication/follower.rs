@@ -25,6 +25,8 @@ use crate::store::{Namespace, StoreError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most entries applied in one replica transaction when batches queue up.
+const MAX_APPLY_ENTRIES: usize = 20_000;
 
 /// What a follower is doing, as shown in `/stats`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -215,24 +217,61 @@ impl Follower {
         });
         tracing::info!(namespace = %name, upstream = %self.upstream, from_seq = head.seq + 1, upstream_head = pos.head_seq, "following upstream");
 
-        loop {
-            let msg = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return End::Retry("the upstream ended the stream".into()),
-                Err(s) => return status_end(&s),
-            };
-            self.tracker.set(|s| s.upstream_head_seq = msg.head_seq);
-            if msg.entries.is_empty() {
-                continue;
+        // Receiving and applying run side by side: while one batch is being committed, the
+        // next ones arrive, and everything that arrived meanwhile is applied in the next single
+        // transaction (one fsync), so a replica keeps up with a primary that commits faster
+        // than one fsync per upstream commit would allow.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<super::pb::Entry>>(64);
+        let receive = async {
+            // Owning the sender here means it is dropped when receiving ends, which lets the
+            // applier finish what is queued and stop.
+            let tx = tx;
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return End::Retry("the upstream ended the stream".into()),
+                    Err(s) => return status_end(&s),
+                };
+                self.tracker.set(|s| s.upstream_head_seq = msg.head_seq);
+                if !msg.entries.is_empty() && tx.send(msg.entries).await.is_err() {
+                    return End::Shutdown;
+                }
             }
-            let entries: Result<Vec<Entry>, String> =
-                msg.entries.into_iter().map(Entry::try_from).collect();
-            let entries = match entries {
-                Ok(e) => e,
-                Err(e) => return End::Fatal(format!("the upstream sent an invalid entry: {e}")),
-            };
-            if let Err(e) = self.ns.apply(entries).await {
-                return store_end(e);
+        };
+        let apply = async {
+            while let Some(mut batch) = rx.recv().await {
+                while batch.len() < MAX_APPLY_ENTRIES {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                let entries: Result<Vec<Entry>, String> =
+                    batch.into_iter().map(Entry::try_from).collect();
+                let entries = match entries {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return Some(End::Fatal(format!(
+                            "the upstream sent an invalid entry: {e}"
+                        )));
+                    }
+                };
+                if let Err(e) = self.ns.apply(entries).await {
+                    return Some(store_end(e));
+                }
+            }
+            None
+        };
+        tokio::pin!(receive, apply);
+        tokio::select! {
+            end = &mut apply => end.unwrap_or(End::Shutdown),
+            end = &mut receive => {
+                // Apply what already arrived before reconnecting: the next session starts from
+                // this replica's head, which must not move under it.
+                match apply.await {
+                    Some(failed) => failed,
+                    None => end,
+                }
             }
         }
     }

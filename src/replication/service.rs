@@ -151,7 +151,7 @@ async fn stream_entries(
         while next <= head.seq {
             let from = next;
             let batch = match ns
-                .read(move |c| reader::entries(c, from, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES))
+                .entries_from(from, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
                 .await
             {
                 Ok(b) if !b.is_empty() => b,

@@ -6,6 +6,7 @@
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
 pub mod reader;
+pub mod recent;
 pub mod schema;
 pub mod writer;
 
@@ -59,6 +60,7 @@ pub struct Namespace {
     commands: mpsc::Sender<Command>,
     head: watch::Receiver<Head>,
     readers: reader::Pool,
+    recent: Arc<recent::Recent>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -97,11 +99,13 @@ impl Namespace {
         };
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
+        let recent = Arc::new(recent::Recent::default());
         let writer = Writer {
             namespace: name.to_owned(),
             conn,
             head,
             head_tx,
+            recent: recent.clone(),
             rx,
         };
         let thread = std::thread::Builder::new()
@@ -122,6 +126,7 @@ impl Namespace {
         Ok(Namespace {
             name: name.to_owned(),
             readers: reader::Pool::new(path.clone()),
+            recent,
             path,
             log_id: std::sync::RwLock::new(info.log_id),
             commands: tx,
@@ -191,6 +196,21 @@ impl Namespace {
         rx.await.map_err(|_| StoreError::ShuttingDown)??;
         *self.log_id.write().unwrap() = log_id.to_owned();
         Ok(())
+    }
+
+    /// Entries from `from` on (bounded, ending on a group boundary), from memory when they are
+    /// recent, else from the file. Empty when `from` is past the head.
+    pub async fn entries_from(
+        &self,
+        from: Seq,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        if let Some(entries) = self.recent.since(from, max_count, max_bytes) {
+            return Ok(entries);
+        }
+        self.read(move |c| reader::entries(c, from, max_count, max_bytes))
+            .await
     }
 
     /// Runs a read-only query on a pooled connection, off the async runtime.

@@ -71,6 +71,7 @@ pub(crate) struct Writer {
     pub conn: Connection,
     pub head: Head,
     pub head_tx: watch::Sender<Head>,
+    pub recent: std::sync::Arc<super::recent::Recent>,
     pub rx: mpsc::Receiver<Command>,
 }
 
@@ -109,7 +110,7 @@ impl Writer {
                         }
                         match other {
                             Command::Apply { entries, reply } => {
-                                let _ = reply.send(self.apply(&entries));
+                                let _ = reply.send(self.apply(entries));
                             }
                             Command::AdoptLogId { log_id, reply } => {
                                 let _ = reply.send(self.adopt_log_id(&log_id));
@@ -135,6 +136,7 @@ impl Writer {
         let ts_ms = now_ms();
         let start = self.head;
         let mut pending: Vec<Pending> = Vec::with_capacity(writes.len());
+        let mut fresh = Vec::new();
         let result = (|| -> rusqlite::Result<Head> {
             let tx = self
                 .conn
@@ -143,8 +145,13 @@ impl Writer {
             for (mutations, reply) in writes {
                 // Cached statements: parsing these per request costs as much as the writes.
                 tx.prepare_cached("SAVEPOINT request")?.execute([])?;
-                match append(&tx, head, &mutations, ts_ms) {
-                    Ok(new_head) => {
+                let first_key = mutations
+                    .first()
+                    .map(|m| m.key().to_owned())
+                    .unwrap_or_default();
+                match append(&tx, head, mutations, ts_ms) {
+                    Ok((new_head, entries)) => {
+                        fresh.extend(entries);
                         tx.prepare_cached("RELEASE request")?.execute([])?;
                         let committed = Committed {
                             first_seq: head.seq + 1,
@@ -156,8 +163,7 @@ impl Writer {
                     }
                     Err(e) => {
                         tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
-                        let key = mutations.first().map(Mutation::key).unwrap_or("");
-                        tracing::warn!(namespace = %self.namespace, key, error = %e, "write rolled back; other writes in its group are unaffected");
+                        tracing::warn!(namespace = %self.namespace, key = %first_key, error = %e, "write rolled back; other writes in its group are unaffected");
                         pending.push((reply, Err(StoreError::Sqlite(e.to_string()))));
                     }
                 }
@@ -169,6 +175,7 @@ impl Writer {
             Ok(head) => {
                 self.head = head;
                 if head.seq != start.seq {
+                    self.recent.push(fresh);
                     self.head_tx.send_replace(head);
                 }
                 for (reply, r) in pending {
@@ -190,9 +197,9 @@ impl Writer {
     /// Appends entries produced by the upstream, after checking that they continue this log:
     /// the first seq is head + 1, seqs are consecutive, and every crc matches the chain. Any
     /// mismatch refuses the whole batch and changes nothing.
-    fn apply(&mut self, entries: &[Entry]) -> Result<Head, StoreError> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<Head, StoreError> {
         let mut expect = self.head;
-        for e in entries {
+        for e in &entries {
             if e.seq != expect.seq + 1 {
                 return Err(StoreError::Diverged(format!(
                     "expected seq {} after {}, received {}",
@@ -220,7 +227,7 @@ impl Writer {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for e in entries {
+            for e in &entries {
                 let value = (e.op == Op::Put).then_some(e.value.as_slice());
                 insert.execute(params![
                     e.seq,
@@ -236,6 +243,7 @@ impl Writer {
         }
         tx.commit()?;
         self.head = expect;
+        self.recent.push(entries);
         self.head_tx.send_replace(expect);
         Ok(expect)
     }
@@ -284,34 +292,45 @@ fn update_kv(
 fn append(
     conn: &Connection,
     head: Head,
-    mutations: &[Mutation],
+    mutations: Vec<Mutation>,
     ts_ms: i64,
-) -> rusqlite::Result<Head> {
+) -> rusqlite::Result<(Head, Vec<Entry>)> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let txn = head.seq + 1;
     let mut head = head;
+    let mut entries = Vec::with_capacity(mutations.len());
     for m in mutations {
         let seq = head.seq + 1;
-        let (op, key, value): (Op, &str, Option<&[u8]>) = match m {
-            Mutation::Put { key, value } => (Op::Put, key, Some(value)),
-            Mutation::Delete { key } => (Op::Delete, key, None),
+        let (op, key, value) = match m {
+            Mutation::Put { key, value } => (Op::Put, key, value),
+            Mutation::Delete { key } => (Op::Delete, key, Vec::new()),
         };
-        let crc = chain_crc(head.crc, seq, txn, op, key, value.unwrap_or(&[]), ts_ms);
+        let stored = (op == Op::Put).then_some(value.as_slice());
+        let crc = chain_crc(head.crc, seq, txn, op, &key, &value, ts_ms);
         insert.execute(params![
             seq,
             txn,
             op.as_str(),
             key,
-            value,
+            stored,
             ts_ms,
             crc as i64
         ])?;
-        update_kv(conn, key, value, seq, ts_ms)?;
+        update_kv(conn, &key, stored, seq, ts_ms)?;
         head = Head { seq, crc };
+        entries.push(Entry {
+            seq,
+            txn,
+            op,
+            key,
+            value,
+            ts_ms,
+            crc,
+        });
     }
-    Ok(head)
+    Ok((head, entries))
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -8,7 +8,8 @@
 //!   writes/s;
 //! - fan-out: 100 concurrent tail streams from one primary process at 1,000 writes/s, p99 lag
 //!   from commit to receipt, and the primary's RSS.
-//! Everything uses synchronous=FULL except where noted.
+//!
+//! Everything uses synchronous=FULL.
 
 use std::path::Path;
 use std::sync::Arc;

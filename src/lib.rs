@@ -8,6 +8,7 @@
 //! - [`node`]: wires a node together and shuts it down in order.
 
 pub mod config;
+pub mod crdt;
 pub mod http;
 pub mod log;
 pub mod node;

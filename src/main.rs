@@ -20,7 +20,36 @@ struct Cli {
 enum Command {
     Server(ServerCmd),
     Replica(ReplicaCmd),
+    Demo(DemoCmd),
+    CrdtClient(CrdtClientCmd),
     Watch(WatchCmd),
+}
+
+/// Run the walkthrough's cluster in one process: dc1 (8001/4001), dc2 (8002/4002) and the
+/// replica (8003, ZeroMQ 5555/5556), from the configs directory. Ctrl-C stops all three.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "demo")]
+struct DemoCmd {
+    /// directory holding dc1.toml, dc2.toml and relayer.toml (default: configs)
+    #[argh(option, default = "PathBuf::from(\"configs\")")]
+    configs: PathBuf,
+}
+
+/// The walkthrough's CRDT client: merges LWW registers and G-counters from the replica's
+/// notifications and prints the converged state.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "crdt-client")]
+struct CrdtClientCmd {
+    /// namespace=endpoint to subscribe to; repeat for several (default:
+    /// ad-campaign-dc1=tcp://localhost:5555 and ad-campaign-dc2=tcp://localhost:5556)
+    #[argh(option)]
+    zmq: Vec<String>,
+    /// base URL of the node to read values from (default: http://localhost:8003)
+    #[argh(option, default = "String::from(\"http://localhost:8003\")")]
+    http: String,
+    /// print one JSON line per event instead of text
+    #[argh(switch)]
+    json: bool,
 }
 
 /// Run a primary: owns the namespaces in storage_config.namespaces and takes writes on HTTP.
@@ -96,6 +125,8 @@ fn main() -> ExitCode {
         Command::Server(c) => (c.config, Mode::Primary),
         Command::Replica(c) => (c.config, Mode::Replica),
         Command::Watch(w) => return watch(w),
+        Command::CrdtClient(c) => return crdt_client(c),
+        Command::Demo(d) => return demo(d),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -200,4 +231,101 @@ fn watch(cmd: WatchCmd) -> ExitCode {
             }
         }
     }
+}
+
+fn crdt_client(cmd: CrdtClientCmd) -> ExitCode {
+    let pairs = if cmd.zmq.is_empty() {
+        vec![
+            "ad-campaign-dc1=tcp://localhost:5555".to_owned(),
+            "ad-campaign-dc2=tcp://localhost:5556".to_owned(),
+        ]
+    } else {
+        cmd.zmq
+    };
+    let mut subscriptions = Vec::new();
+    for p in pairs {
+        match p.split_once('=') {
+            Some((ns, endpoint)) if !ns.is_empty() && !endpoint.is_empty() => {
+                subscriptions.push((ns.to_owned(), endpoint.to_owned()))
+            }
+            _ => {
+                eprintln!(
+                    "ferry crdt-client: --zmq {p:?} is not namespace=endpoint (e.g. ad-campaign-dc1=tcp://localhost:5555)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let opts = ferry::crdt::client::Options {
+        subscriptions,
+        http: cmd.http,
+        json: cmd.json,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(ferry::crdt::client::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry crdt-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(cmd: DemoCmd) -> ExitCode {
+    let load = |name: &str| Config::load(&cmd.configs.join(name));
+    let configs = match (load("dc1.toml"), load("dc2.toml"), load("relayer.toml")) {
+        (Ok(a), Ok(b), Ok(c)) => [a, b, c],
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("ferry demo: {e} (run it from the repository root, or pass --configs DIR)");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&configs[0]);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(run_demo(configs)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_demo([dc1, dc2, relayer]: [Config; 3]) -> anyhow::Result<()> {
+    let mut nodes = Vec::new();
+    for (config, mode) in [
+        (dc1, Mode::Primary),
+        (dc2, Mode::Primary),
+        (relayer, Mode::Replica),
+    ] {
+        let listeners = Listeners::bind(&config).await?;
+        nodes.push(Node::start(config, mode, listeners).await?);
+    }
+    println!(
+        r#"
+ferry demo: the walkthrough's three nodes are running in this process (Ctrl-C stops them).
+
+  dc1      primary  HTTP http://localhost:8001  gRPC localhost:4001  namespace ad-campaign-dc1
+  dc2      primary  HTTP http://localhost:8002  gRPC localhost:4002  namespace ad-campaign-dc2
+  replica  read-only HTTP http://localhost:8003, follows dc1 and dc2,
+           ZeroMQ tcp://localhost:5555 (ad-campaign-dc1.kv), tcp://localhost:5556 (ad-campaign-dc2.kv)
+
+Next, in another terminal:
+
+  cargo run --release -- crdt-client          # the walkthrough's CRDT client
+
+and in a third, write to dc1 and dc2 (README.md has every scenario):
+
+  curl -X PUT "http://localhost:8001/api/v1/ad-campaign-dc1/kv/lww:user-status" \
+    -H "Content-Type: application/json" \
+    -d '{{"value": "'"$(echo -n '{{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}}' | base64 | tr -d '\n')"'"}}'
+  curl "http://localhost:8003/api/v1/ad-campaign-dc1/kv/lww:user-status"
+"#
+    );
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; stopping the replica, then the primaries");
+    while let Some(node) = nodes.pop() {
+        node.shutdown().await;
+    }
+    Ok(())
 }

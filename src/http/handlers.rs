@@ -93,8 +93,45 @@ pub async fn health(api: Arc<Api>) -> Response {
     .into_response()
 }
 
-pub async fn get(api: Arc<Api>, ns: String, raw_key: String) -> Result<Response> {
+/// Largest page of `GET /kv` and `GET /changes`.
+pub const MAX_PAGE: usize = 10_000;
+
+fn parse_query<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_urlencoded::from_str(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+}
+
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize> {
+    match limit.unwrap_or(default) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n if n > MAX_PAGE => Err(ApiError::bad_request(format!(
+            "limit must be at most {MAX_PAGE}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// `GET /kv/{key}`, or with no key, `GET /kv?prefix=&after=&limit=`: a page of keys in order.
+pub async fn get(api: Arc<Api>, ns: String, raw_key: String, query: String) -> Result<Response> {
     let namespace = namespace(&api, &ns)?;
+    if raw_key.is_empty() {
+        let q: ListQuery = parse_query(&query)?;
+        let limit = page_limit(q.limit, 100)?;
+        let page = namespace.list(q.prefix, q.after, limit).await?;
+        let next_after = (page.len() == limit)
+            .then(|| page.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let items = page
+            .into_iter()
+            .map(|(key, v)| ListItem {
+                key,
+                value: encode(&v.value),
+                seq: v.seq,
+                ts_ms: v.ts_ms,
+            })
+            .collect();
+        return ok_json(&ListResponse { items, next_after });
+    }
     let key = key_from_path(&raw_key)?;
     match namespace.get(key).await? {
         Some(v) => ok_json(&GetResponse {
@@ -246,5 +283,37 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
                 sent: n.sent.load(std::sync::atomic::Ordering::Relaxed),
                 subscribed_topics: n.subscriptions.load(std::sync::atomic::Ordering::Relaxed),
             }),
+    })
+}
+
+/// `GET /changes?since=N&limit=M`: the log after seq N — how a subscriber that saw a gap in
+/// `seq_num` re-reads what it missed.
+pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Response> {
+    let namespace = namespace(&api, &ns)?;
+    let q: ChangesQuery = parse_query(&query)?;
+    if q.since < 0 {
+        return Err(ApiError::bad_request("since must be 0 or more"));
+    }
+    let limit = page_limit(q.limit, 1000)?;
+    let head = namespace.head().seq;
+    let entries = namespace
+        .entries_from(q.since + 1, limit, usize::MAX)
+        .await?;
+    let entries = entries
+        .into_iter()
+        .take(limit)
+        .map(|e| Change {
+            seq: e.seq,
+            txn: e.txn,
+            op: e.op.as_str(),
+            value: (e.op == crate::log::Op::Put).then(|| encode(&e.value)),
+            key: e.key,
+            ts_ms: e.ts_ms,
+        })
+        .collect();
+    ok_json(&ChangesResponse {
+        namespace: ns,
+        head_seq: head,
+        entries,
     })
 }

@@ -127,6 +127,11 @@ fn body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
         .map(boxed)
 }
 
+/// The query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
 /// Every route of the API, with errors rendered as JSON.
 pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
@@ -162,7 +167,10 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
     let get = key()
         .and(warp::get())
         .and(with_api(api.clone()))
-        .then(|ns, key, api| async move { handlers::respond(handlers::get(api, ns, key).await) })
+        .and(raw_query())
+        .then(|ns, key, api, query| async move {
+            handlers::respond(handlers::get(api, ns, key, query).await)
+        })
         .boxed();
     let put = key()
         .and(warp::put())
@@ -184,6 +192,15 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .and(with_api(api.clone()))
         .then(|ns, api| async move { handlers::respond(handlers::offset(api, ns).await) })
         .boxed();
+    let changes =
+        ns().and(warp::path!("changes"))
+            .and(warp::get())
+            .and(with_api(api.clone()))
+            .and(raw_query())
+            .then(|ns, api, query| async move {
+                handlers::respond(handlers::changes(api, ns, query).await)
+            })
+            .boxed();
     let stats = ns()
         .and(warp::path!("stats"))
         .and(warp::get())
@@ -203,6 +220,8 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .or(offset)
         .unify()
         .or(stats)
+        .unify()
+        .or(changes)
         .unify()
         .recover(error::recover)
         .unify()

@@ -108,3 +108,57 @@ pub struct NotifierStats {
     /// Distinct topic prefixes subscribed to right now.
     pub subscribed_topics: i64,
 }
+
+/// `GET /kv?prefix=&after=&limit=`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub after: String,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListItem {
+    pub key: String,
+    pub value: String,
+    pub seq: Seq,
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListResponse {
+    pub items: Vec<ListItem>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<String>,
+}
+
+/// `GET /changes?since=&limit=`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    pub since: Seq,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Change {
+    pub seq: Seq,
+    pub txn: Seq,
+    pub op: &'static str,
+    pub key: String,
+    /// Absent for a delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChangesResponse {
+    pub namespace: String,
+    pub head_seq: Seq,
+    /// Entries with seq > since, in seq order.
+    pub entries: Vec<Change>,
+}

@@ -229,6 +229,17 @@ impl Namespace {
         self.read(move |c| reader::get(c, &key)).await
     }
 
+    /// Keys with `prefix` after `after`, in key order.
+    pub async fn list(
+        &self,
+        prefix: String,
+        after: String,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        self.read(move |c| reader::list(c, &prefix, &after, limit))
+            .await
+    }
+
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
         let mut stats = self.read(reader::stats).await?;

@@ -176,3 +176,34 @@ pub fn entry_heads(
     })?;
     rows.collect()
 }
+
+/// Keys starting with `prefix`, after `after`, in key order, at most `limit`.
+pub fn list(
+    conn: &Connection,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, Value)>> {
+    // Matching keys are contiguous from `prefix` on in key order: scan from there and stop at
+    // the first key that no longer matches (the primary key index makes this a range scan).
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value, seq, ts_ms FROM kv WHERE key >= ?1 AND key > ?2 ORDER BY key",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![prefix, after])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(0)?;
+        if !key.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push((
+            key,
+            Value {
+                value: r.get(1)?,
+                seq: r.get(2)?,
+                ts_ms: r.get(3)?,
+            },
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,426 @@
+//! `ferry crdt-client`: the walkthrough's client, made robust.
+//!
+//! 1. Subscribes to each namespace's ZeroMQ notifications (topic `<ns>.kv`).
+//! 2. Loads the current state of every `lww:` and `counter:` key over HTTP (key listing), so a
+//!    client started late or restarted is right, not empty. It notes each namespace's head seq
+//!    before listing.
+//! 3. For each notification with a `seq_num` past what it has seen, reads the log from the
+//!    changes feed (`GET /changes?since=`) up to that seq and merges each value. A `seq_num`
+//!    that skips ahead (ZeroMQ dropped messages) is reported as a gap, and the same read fills
+//!    it. A notification already covered is skipped.
+//!
+//! Deletes are reported and leave the CRDT state alone: these CRDTs only grow (write a newer
+//! LWW value to change a register). Malformed values are reported and skipped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::state::{COUNTER_PREFIX, LWW_PREFIX, Outcome, State, plain};
+use crate::log::Seq;
+
+/// Where to listen and read.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// (namespace, ZeroMQ endpoint) pairs.
+    pub subscriptions: Vec<(String, String)>,
+    /// Base URL of the node to read from, e.g. `http://localhost:8003`.
+    pub http: String,
+    /// One JSON line per event instead of the walkthrough's text.
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ZeroMQ {endpoint}: {reason}")]
+    Zmq { endpoint: String, reason: String },
+    #[error("reading {url}: {reason}")]
+    Http { url: String, reason: String },
+}
+
+/// One notification as received.
+#[derive(Debug, Deserialize)]
+struct Notice {
+    key: String,
+    namespace: String,
+    operation: String,
+    seq_num: Seq,
+}
+
+#[derive(Debug, Deserialize)]
+struct Change {
+    seq: Seq,
+    op: String,
+    key: String,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangesPage {
+    head_seq: Seq,
+    entries: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListPage {
+    items: Vec<ListItem>,
+    next_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListItem {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Offset {
+    head_seq: Seq,
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}
+
+/// Reads from the node's HTTP API.
+struct Reader {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Reader {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let fail = |reason: String| ClientError::Http {
+            url: url.clone(),
+            reason,
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
+        if !status.is_success() {
+            return Err(fail(format!("{status}: {text}")));
+        }
+        serde_json::from_str(&text).map_err(|e| fail(format!("unexpected response: {e}")))
+    }
+
+    async fn offset(&self, ns: &str) -> Result<Seq, ClientError> {
+        Ok(self
+            .get::<Offset>(&format!("/api/v1/{ns}/offset"))
+            .await?
+            .head_seq)
+    }
+
+    async fn list(&self, ns: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let query = serde_urlencoded::to_string([
+                ("prefix", prefix),
+                ("after", &after),
+                ("limit", "1000"),
+            ])
+            .expect("query encodes");
+            let page: ListPage = self.get(&format!("/api/v1/{ns}/kv?{query}")).await?;
+            out.extend(page.items.into_iter().map(|i| (i.key, unb64(&i.value))));
+            match page.next_after {
+                Some(next) => after = next,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn changes(&self, ns: &str, since: Seq) -> Result<ChangesPage, ClientError> {
+        self.get(&format!("/api/v1/{ns}/changes?since={since}&limit=1000"))
+            .await
+    }
+}
+
+/// Prints what happens, as text or JSON lines.
+struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    fn line(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    fn event(&self, value: serde_json::Value) {
+        if self.json {
+            println!("{value}");
+        }
+    }
+}
+
+/// Runs the client until `stop` resolves.
+pub async fn run(
+    opts: Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ClientError> {
+    let out = Printer { json: opts.json };
+    let reader = Reader {
+        http: reqwest::Client::new(),
+        base: opts.http.trim_end_matches('/').to_owned(),
+    };
+    out.line("  Waiting for change notifications...\n");
+    let (tx, mut rx) = mpsc::channel::<Notice>(10_000);
+    let running = Arc::new(AtomicBool::new(true));
+    let mut threads = Vec::new();
+    for (ns, endpoint) in &opts.subscriptions {
+        out.line(&format!("  Connecting to ZeroMQ {ns}: {endpoint}"));
+        threads.push(subscribe(ns, endpoint, tx.clone(), running.clone())?);
+    }
+    drop(tx);
+    for (ns, _) in &opts.subscriptions {
+        out.line(&format!("  ZeroMQ listener started for namespace: {ns}"));
+    }
+
+    let mut state = State::default();
+    let mut seen: BTreeMap<String, Seq> = BTreeMap::new();
+    tokio::pin!(stop);
+    // Bootstrap: retried until the node answers (it may start after the client).
+    for (ns, _) in &opts.subscriptions {
+        let mut warned = false;
+        let (head, count) = loop {
+            match bootstrap(&reader, ns, &mut state).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    if !warned {
+                        out.line(&format!(
+                            "  Cannot load {ns} yet ({e}); retrying every second"
+                        ));
+                        out.event(serde_json::json!({"event": "waiting", "namespace": ns, "error": e.to_string()}));
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = &mut stop => return Ok(()),
+                    }
+                }
+            }
+        };
+        seen.insert(ns.clone(), head);
+        out.line(&format!(
+            "  Loaded {count} CRDT keys from {ns} (up to seq {head}) via {}",
+            reader.base
+        ));
+    }
+    out.event(serde_json::json!({"event": "ready", "seqs": seen, "state": state.to_json()}));
+    if !state.lww.is_empty() || !state.counters.is_empty() {
+        out.line(&format!("\n{}", state.render()));
+    }
+
+    loop {
+        let notice = tokio::select! {
+            n = rx.recv() => match n {
+                Some(n) => n,
+                None => break,
+            },
+            _ = &mut stop => break,
+        };
+        let Some(&last) = seen.get(&notice.namespace) else {
+            continue;
+        };
+        if notice.seq_num <= last {
+            continue; // already covered by the bootstrap or an earlier read
+        }
+        out.line(&format!(
+            "  Change notification received\n   Topic: {}.kv\n   Key: {}\n   Operation: {}\n",
+            notice.namespace, notice.key, notice.operation
+        ));
+        if notice.seq_num > last + 1 {
+            out.line(&format!(
+                "  Gap detected in {}: seq {} to {} were not received; reading them from the changes feed",
+                notice.namespace,
+                last + 1,
+                notice.seq_num - 1
+            ));
+            out.event(serde_json::json!({"event": "gap", "namespace": notice.namespace, "from": last + 1, "to": notice.seq_num - 1}));
+        }
+        match catch_up(
+            &reader,
+            &out,
+            &notice.namespace,
+            last,
+            notice.seq_num,
+            &mut state,
+        )
+        .await
+        {
+            Ok(new_last) => {
+                seen.insert(notice.namespace.clone(), new_last);
+            }
+            Err((new_last, e)) => {
+                seen.insert(notice.namespace.clone(), new_last);
+                out.line(&format!(
+                    "  Could not read {} ({e}); will retry on the next notification",
+                    notice.namespace
+                ));
+                out.event(serde_json::json!({"event": "error", "namespace": notice.namespace, "error": e.to_string()}));
+            }
+        }
+        out.line(&format!("\n{}", state.render()));
+        out.event(serde_json::json!({"event": "state", "seqs": seen, "state": state.to_json()}));
+    }
+    running.store(false, Ordering::Relaxed);
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    Ok(())
+}
+
+/// Loads every CRDT key of `ns`; returns (the head seq read before listing, keys loaded).
+async fn bootstrap(
+    reader: &Reader,
+    ns: &str,
+    state: &mut State,
+) -> Result<(Seq, usize), ClientError> {
+    let head = reader.offset(ns).await?;
+    let mut count = 0;
+    for prefix in [LWW_PREFIX, COUNTER_PREFIX] {
+        for (key, value) in reader.list(ns, prefix).await? {
+            state.apply(&key, &value);
+            count += 1;
+        }
+    }
+    Ok((head, count))
+}
+
+/// Reads and merges the log of `ns` after `last` up to at least `target`. Returns the last seq
+/// processed (on error too, with the error).
+async fn catch_up(
+    reader: &Reader,
+    out: &Printer,
+    ns: &str,
+    mut last: Seq,
+    target: Seq,
+    state: &mut State,
+) -> Result<Seq, (Seq, ClientError)> {
+    while last < target {
+        let page = reader.changes(ns, last).await.map_err(|e| (last, e))?;
+        if page.entries.is_empty() {
+            // The node has not applied `target` yet (a notification from a faster node).
+            let _ = page.head_seq;
+            break;
+        }
+        for change in page.entries {
+            last = change.seq;
+            process(out, ns, &change, state);
+        }
+    }
+    Ok(last)
+}
+
+fn process(out: &Printer, ns: &str, change: &Change, state: &mut State) {
+    let key = &change.key;
+    if change.op == "delete" {
+        out.line(&format!(
+            "  Key deleted in {ns}: {key} (the CRDT state keeps its merged value)"
+        ));
+        out.event(serde_json::json!({"event": "update", "namespace": ns, "seq": change.seq, "key": key, "outcome": "deleted"}));
+        return;
+    }
+    let value = change.value.as_deref().map(unb64).unwrap_or_default();
+    let outcome = state.apply(key, &value);
+    if outcome != Outcome::NotCrdt {
+        out.line(&format!("  Processing update: {key}"));
+    }
+    let label = match &outcome {
+        Outcome::LwwUpdated(r) => {
+            out.line(&format!(
+                "  LWW-Register updated: {key}\n   Value: {}\n   Timestamp: {}\n   Replica: {}",
+                plain(&r.value),
+                r.timestamp,
+                r.replica
+            ));
+            "updated"
+        }
+        Outcome::LwwStale { incoming, current } => {
+            out.line(&format!(
+                "    LWW-Register ignored (stale): {key}\n   Incoming timestamp: {}\n   Current timestamp: {}",
+                incoming.timestamp, current.timestamp
+            ));
+            "stale"
+        }
+        Outcome::LwwUnchanged => "unchanged",
+        Outcome::CounterUpdated { total } | Outcome::CounterUnchanged { total } => {
+            let counts =
+                serde_json::to_string(&state.counters[key.as_str()].counts).expect("serializes");
+            out.line(&format!(
+                "  G-Counter merged: {key}\n   Replica Counts: {counts}\n   Total: {total}"
+            ));
+            if matches!(outcome, Outcome::CounterUpdated { .. }) {
+                "updated"
+            } else {
+                "unchanged"
+            }
+        }
+        Outcome::NotCrdt => "not_crdt",
+        Outcome::Malformed(e) => {
+            out.line(&format!(
+                "  Skipping malformed value of {key} in {ns} (seq {}): {e}",
+                change.seq
+            ));
+            "malformed"
+        }
+    };
+    out.event(serde_json::json!({"event": "update", "namespace": ns, "seq": change.seq, "key": key, "outcome": label}));
+}
+
+/// Starts a thread that receives `ns`'s notifications from `endpoint` into `tx`.
+fn subscribe(
+    ns: &str,
+    endpoint: &str,
+    tx: mpsc::Sender<Notice>,
+    running: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, ClientError> {
+    let fail = |e: zmq::Error| ClientError::Zmq {
+        endpoint: endpoint.to_owned(),
+        reason: e.to_string(),
+    };
+    let ctx = zmq::Context::new();
+    let socket = ctx.socket(zmq::SUB).map_err(fail)?;
+    socket.connect(endpoint).map_err(fail)?;
+    socket
+        .set_subscribe(format!("{ns}.kv").as_bytes())
+        .map_err(fail)?;
+    let ns = ns.to_owned();
+    Ok(std::thread::spawn(move || {
+        let _ctx = ctx;
+        while running.load(Ordering::Relaxed) {
+            match socket.poll(zmq::POLLIN, 200) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            let Ok(frames) = socket.recv_multipart(0) else {
+                return;
+            };
+            let Some(body) = frames.get(1) else { continue };
+            match serde_json::from_slice::<Notice>(body) {
+                Ok(n) if n.namespace == ns => {
+                    if tx.blocking_send(n).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("  Ignoring a malformed notification on {ns}: {e}"),
+            }
+        }
+    }))
+}

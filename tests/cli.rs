@@ -2,83 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
-
-/// A `ferry` child process whose stderr is read line by line on a thread.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Running {
-    /// A failing test must not leave a server running (it would hold ports and pipes).
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn spawn(args: &[&str]) -> Running {
-        let mut child = ferry()
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (bounded) for a log line containing `needle` and returns it.
-    fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_line("node stopped");
-        self.child.wait().unwrap()
-    }
 }
 
 #[tokio::test]
@@ -281,10 +211,5 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
 }
 
 fn addr_of(r: &Running) -> String {
-    r.seen
-        .iter()
-        .find_map(|l| l.split("HTTP listening on ").nth(1))
-        .unwrap()
-        .trim()
-        .to_owned()
+    r.find("HTTP listening on ").unwrap()
 }

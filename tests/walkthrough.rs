@@ -1,0 +1,517 @@
+//! The walkthrough end to end with the real binary: dc1, dc2 and the replica started from the
+//! repository's configs (ports and directories rewritten so test runs do not collide), every
+//! write of Scenarios 1-5 and the real-world use cases, and `ferry crdt-client --json`.
+
+mod common;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Reads a repo config and rewrites what a parallel test run must not share.
+fn config(name: &str, dir: &Path, upstreams: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(name),
+    )
+    .unwrap();
+    for p in ["8001", "8002", "8003", "4001", "4002", "5555", "5556"] {
+        text = text.replace(&format!("= {p}\n"), "= 0\n");
+    }
+    for (from, to) in upstreams {
+        text = text.replace(from, to);
+    }
+    let base = base_dir_of(&text);
+    text = text.replace(&base, &dir.display().to_string());
+    format!("listen_ip = \"127.0.0.1\"\n{text}")
+}
+
+fn base_dir_of(text: &str) -> String {
+    let line = text.lines().find(|l| l.starts_with("base_dir")).unwrap();
+    line.split('"').nth(1).unwrap().to_owned()
+}
+
+struct Cluster {
+    dc1: Running,
+    dc2: Running,
+    replica: Running,
+    replica_config: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// dc1 and dc2, then the replica following their real gRPC ports.
+    fn start() -> Cluster {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let conf_dir = &dirs[3];
+        let start_primary = |name: &str, data: &Path| {
+            let path = write(conf_dir, name, &config(name, data, &[]));
+            let mut r = Running::spawn(&["server", "-config", &path]);
+            // HTTP is logged first, then gRPC.
+            let grpc = r
+                .wait_line("gRPC listening on ")
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned();
+            (r, grpc)
+        };
+        let (dc1, g1) = start_primary("dc1.toml", dirs[0].path());
+        let (dc2, g2) = start_primary("dc2.toml", dirs[1].path());
+        let edits = [
+            ("127.0.0.1:4001", g1.as_str()),
+            ("127.0.0.1:4002", g2.as_str()),
+        ];
+        let replica_config = write(
+            conf_dir,
+            "relayer.toml",
+            &config("relayer.toml", dirs[2].path(), &edits),
+        );
+        let mut replica = Running::spawn(&["replica", "-config", &replica_config]);
+        replica.wait_line("HTTP listening on ");
+        Cluster {
+            dc1,
+            dc2,
+            replica,
+            replica_config,
+            _dirs: dirs,
+        }
+    }
+
+    fn http(&self, r: &Running) -> String {
+        format!("http://{}", r.find("HTTP listening on ").unwrap())
+    }
+
+    fn zmq(&self, ns: &str) -> String {
+        let line = self
+            .replica
+            .seen
+            .iter()
+            .find(|l| l.contains("ZeroMQ notifications") && l.contains(&format!("namespace={ns} ")))
+            .unwrap();
+        line.split("endpoint=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn client(&self) -> Running {
+        let (z1, z2) = (self.zmq("ad-campaign-dc1"), self.zmq("ad-campaign-dc2"));
+        let http = self.http(&self.replica);
+        let (z1, z2) = (
+            format!("ad-campaign-dc1={z1}"),
+            format!("ad-campaign-dc2={z2}"),
+        );
+        Running::spawn(&[
+            "crdt-client",
+            "--json",
+            "--http",
+            &http,
+            "--zmq",
+            &z1,
+            "--zmq",
+            &z2,
+        ])
+    }
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// `curl -X PUT .../kv/KEY -d '{"value": "<base64 of json>"}'` as the walkthrough does it.
+async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &str) {
+    let body = format!(r#"{{"value": "{}"}}"#, b64(value.as_bytes()));
+    let resp = c
+        .put(format!("{base}/api/v1/{ns}/kv/{key}"))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{key}");
+}
+
+/// Every write of the walkthrough, in its order. Returns the `date +%s` it used.
+async fn walkthrough_writes(c: &reqwest::Client, dc1: &str, dc2: &str) -> u64 {
+    const D1: &str = "ad-campaign-dc1";
+    const D2: &str = "ad-campaign-dc2";
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Scenario 1
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "lww:user-status",
+        r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "lww:user-status",
+        r#"{"value":"away","timestamp":1698765433000,"replica":"ad-campaign-dc2"}"#,
+    )
+    .await;
+    // Scenario 2: TIMESTAMP=$(date +%s)000
+    let ts = format!("{now}000");
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "lww:config",
+        &format!(r#"{{"value":"DC1 wins?","timestamp":{ts},"replica":"ad-campaign-dc1"}}"#),
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "lww:config",
+        &format!(r#"{{"value":"DC2 wins!","timestamp":{ts},"replica":"ad-campaign-dc2"}}"#),
+    )
+    .await;
+    // Scenario 3
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "counter:page-views",
+        r#"{"replica":"ad-campaign-dc1","count":5}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "counter:page-views",
+        r#"{"replica":"ad-campaign-dc2","count":3}"#,
+    )
+    .await;
+    // Scenario 4
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "lww:feature-flag",
+        r#"{"value":true,"timestamp":2000,"replica":"ad-campaign-dc1"}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "lww:feature-flag",
+        r#"{"value":false,"timestamp":1000,"replica":"ad-campaign-dc2"}"#,
+    )
+    .await;
+    // Scenario 5
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "counter:api-calls",
+        r#"{"replica":"ad-campaign-dc1","count":100}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "counter:api-calls",
+        r#"{"replica":"ad-campaign-dc2","count":75}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "counter:db-queries",
+        r#"{"replica":"ad-campaign-dc1","count":250}"#,
+    )
+    .await;
+    // Real-world use cases
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "lww:user:alice:status",
+        &format!(r#"{{"value":"online","timestamp":{now}000,"replica":"us-east-1"}}"#),
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "lww:user:alice:status",
+        &format!(
+            r#"{{"value":"away","timestamp":{}000,"replica":"eu-west-1"}}"#,
+            now + 5
+        ),
+    )
+    .await;
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "counter:campaign-123:impressions",
+        r#"{"replica":"us-east-1","count":1500}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc2,
+        D2,
+        "counter:campaign-123:impressions",
+        r#"{"replica":"eu-west-1","count":2300}"#,
+    )
+    .await;
+    curl_put(
+        c,
+        dc1,
+        D1,
+        "lww:feature:new-ui",
+        &format!(r#"{{"value":true,"timestamp":{now}000,"replica":"control-plane"}}"#),
+    )
+    .await;
+    now
+}
+
+/// The converged state the walkthrough promises (timestamps from `date` as the test sent them).
+fn expected(now: u64) -> Value {
+    let lww = |v: Value, ts: u64, r: &str| json!({"value": v, "timestamp": ts, "replica": r});
+    json!({
+        "lww": {
+            "lww:config": lww(json!("DC2 wins!"), now * 1000, "ad-campaign-dc2"),
+            "lww:feature-flag": lww(json!(true), 2000, "ad-campaign-dc1"),
+            "lww:feature:new-ui": lww(json!(true), now * 1000, "control-plane"),
+            "lww:user-status": lww(json!("away"), 1698765433000, "ad-campaign-dc2"),
+            "lww:user:alice:status": lww(json!("away"), (now + 5) * 1000, "eu-west-1"),
+        },
+        "counters": {
+            "counter:api-calls": {"counts": {"ad-campaign-dc1": 100, "ad-campaign-dc2": 75}, "total": 175},
+            "counter:campaign-123:impressions": {"counts": {"eu-west-1": 2300, "us-east-1": 1500}, "total": 3800},
+            "counter:db-queries": {"counts": {"ad-campaign-dc1": 250}, "total": 250},
+            "counter:page-views": {"counts": {"ad-campaign-dc1": 5, "ad-campaign-dc2": 3}, "total": 8},
+        }
+    })
+}
+
+/// Waits for a JSON line of `event` whose state equals `want`; returns that state as the
+/// client printed it, and every event seen so far.
+fn wait_state(client: &mut Running, event: &str, want: &Value) -> (Value, Vec<Value>) {
+    let line = client.wait_line_where(&format!("{event} with the converged state"), |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == event && v["state"] == *want)
+    });
+    let state = serde_json::from_str::<Value>(&line).unwrap()["state"].take();
+    (
+        state,
+        client
+            .seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_converges_end_to_end() {
+    let cluster = Cluster::start();
+    let (dc1, dc2) = (cluster.http(&cluster.dc1), cluster.http(&cluster.dc2));
+    let mut client = cluster.client();
+    client.wait_line("\"event\":\"ready\"");
+    // The client subscribes before it loads; make sure the replica's notifiers have both
+    // subscriptions so no notification of the walkthrough is a slow-joiner loss.
+    let c = reqwest::Client::new();
+    for ns in ["ad-campaign-dc1", "ad-campaign-dc2"] {
+        let url = format!("{}/api/v1/{ns}/stats", cluster.http(&cluster.replica));
+        wait_for(
+            std::time::Duration::from_secs(10),
+            "the client's subscription",
+            async || {
+                let (_, st) = call(&c, reqwest::Method::GET, &url, None).await;
+                (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    let now = walkthrough_writes(&c, &dc1, &dc2).await;
+    let want = expected(now);
+    let (state, events) = wait_state(&mut client, "state", &want);
+
+    // The stale write of Scenario 4 was seen and ignored.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["key"] == "lww:feature-flag" && e["outcome"] == "stale"),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "gap"),
+        "no notification should be lost here"
+    );
+
+    // Reading from the replica, as the walkthrough does.
+    let (s, got) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!(
+            "{}/api/v1/ad-campaign-dc1/kv/lww:user-status",
+            cluster.http(&cluster.replica)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        unb64(got["value"].as_str().unwrap()),
+        br#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#
+    );
+
+    // A client started after every write reaches the same state by listing.
+    let mut late = cluster.client();
+    wait_state(&mut late, "ready", &want);
+
+    // The client's converged state, with the timestamps taken from `date` redacted.
+    let snapshot = serde_json::to_string_pretty(&state)
+        .unwrap()
+        .replace(&format!("{}000", now + 5), "\"[date +%s + 5]000\"")
+        .replace(&format!("{now}000"), "\"[date +%s]000\"");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("walkthrough_converged_state", snapshot));
+    drop(late);
+    drop(client);
+}
+
+/// Waits until the replica's notifier for `ns` has a subscription in place.
+async fn wait_subscribed(c: &reqwest::Client, replica_http: &str, ns: &str) {
+    let url = format!("{replica_http}/api/v1/{ns}/stats");
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the client's subscription",
+        async || {
+            let (_, st) = call(c, reqwest::Method::GET, &url, None).await;
+            (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
+        },
+    )
+    .await;
+}
+
+fn counter_state(total: u64) -> Value {
+    json!({"lww": {}, "counters": {"counter:gap": {"counts": {"dc1": total}, "total": total}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_misses_notifications_still_converges() {
+    let mut cluster = Cluster::start();
+    let (dc1, replica_http) = (cluster.http(&cluster.dc1), cluster.http(&cluster.replica));
+    let mut client = cluster.client();
+    client.wait_line("\"event\":\"ready\"");
+    let c = reqwest::Client::new();
+    wait_subscribed(&c, &replica_http, "ad-campaign-dc1").await;
+    let put_count = |n: u64| {
+        let (c, dc1) = (c.clone(), dc1.clone());
+        async move {
+            let v = format!(r#"{{"replica":"dc1","count":{n}}}"#);
+            curl_put(&c, &dc1, "ad-campaign-dc1", "counter:gap", &v).await;
+        }
+    };
+    put_count(1).await;
+    wait_state(&mut client, "state", &counter_state(1));
+
+    // The replica goes away; seqs 2..=11 are written; a run of the replica without notifiers
+    // applies them (so no notification for them is ever published); then the replica comes
+    // back on the same ports. The client's subscription reconnects by itself.
+    let ports = |marker: &str, r: &Running| {
+        r.seen
+            .iter()
+            .filter_map(|l| l.split(marker).nth(1))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    let http_port = ports("HTTP listening on ", &cluster.replica)[0].clone();
+    let (z1, z2) = (
+        cluster.zmq("ad-campaign-dc1"),
+        cluster.zmq("ad-campaign-dc2"),
+    );
+    let zport = |e: &str| e.rsplit(':').next().unwrap().to_owned();
+    let config_path = cluster.replica_config.clone();
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(cluster.replica.terminate().success());
+    for n in 2..=11 {
+        put_count(n).await;
+    }
+    let silent = text[..text.find("## ZeroMQ notifier configuration").unwrap()].to_owned();
+    let silent_path = config_path.replace("relayer.toml", "silent.toml");
+    std::fs::write(&silent_path, &silent).unwrap();
+    let mut catch_up = Running::spawn(&["replica", "-config", &silent_path]);
+    let addr = catch_up
+        .wait_line("HTTP listening on ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the silent catch-up",
+        async || {
+            let (_, off) = call(
+                &c,
+                reqwest::Method::GET,
+                &format!("http://{addr}/api/v1/ad-campaign-dc1/offset"),
+                None,
+            )
+            .await;
+            (off["head_seq"] == 11).then_some(())
+        },
+    )
+    .await;
+    assert!(catch_up.terminate().success());
+
+    let mut same_ports = text.replacen("http_port = 0", &format!("http_port = {http_port}"), 1);
+    same_ports = same_ports.replacen("bind_port = 0", &format!("bind_port = {}", zport(&z1)), 1);
+    same_ports = same_ports.replacen("bind_port = 0", &format!("bind_port = {}", zport(&z2)), 1);
+    std::fs::write(&config_path, same_ports).unwrap();
+    cluster.replica = Running::spawn(&["replica", "-config", &config_path]);
+    cluster.replica.wait_line("HTTP listening on ");
+    wait_subscribed(&c, &replica_http, "ad-campaign-dc1").await;
+
+    // The next notification is seq 12: the client sees the gap and reads 2..=11 itself.
+    put_count(12).await;
+    let (_, events) = wait_state(&mut client, "state", &counter_state(12));
+    let gap = events
+        .iter()
+        .find(|e| e["event"] == "gap")
+        .expect("a gap event");
+    assert_eq!(
+        (
+            gap["namespace"].clone(),
+            gap["from"].clone(),
+            gap["to"].clone()
+        ),
+        (json!("ad-campaign-dc1"), json!(2), json!(11))
+    );
+}

@@ -301,14 +301,29 @@ async fn run_demo([dc1, dc2, relayer]: [Config; 3]) -> anyhow::Result<()> {
         let listeners = Listeners::bind(&config).await?;
         nodes.push(Node::start(config, mode, listeners).await?);
     }
+    let [dc1, dc2, replica] = [&nodes[0], &nodes[1], &nodes[2]];
+    let local = |a: std::net::SocketAddr| format!("localhost:{}", a.port());
+    let grpc = |n: &Node| n.grpc_addr().map(local).unwrap_or_default();
+    let zmq = |ns: &str| {
+        replica
+            .notifier_endpoint(ns)
+            .map(|e| e.replace("0.0.0.0", "localhost"))
+            .unwrap_or_default()
+    };
+    let (h1, h2, h3) = (
+        local(dc1.http_addr()),
+        local(dc2.http_addr()),
+        local(replica.http_addr()),
+    );
+    let (z1, z2) = (zmq("ad-campaign-dc1"), zmq("ad-campaign-dc2"));
     println!(
         r#"
 ferry demo: the walkthrough's three nodes are running in this process (Ctrl-C stops them).
 
-  dc1      primary  HTTP http://localhost:8001  gRPC localhost:4001  namespace ad-campaign-dc1
-  dc2      primary  HTTP http://localhost:8002  gRPC localhost:4002  namespace ad-campaign-dc2
-  replica  read-only HTTP http://localhost:8003, follows dc1 and dc2,
-           ZeroMQ tcp://localhost:5555 (ad-campaign-dc1.kv), tcp://localhost:5556 (ad-campaign-dc2.kv)
+  dc1      primary  HTTP http://{h1}  gRPC {g1}  namespace ad-campaign-dc1
+  dc2      primary  HTTP http://{h2}  gRPC {g2}  namespace ad-campaign-dc2
+  replica  read-only HTTP http://{h3}, follows dc1 and dc2,
+           ZeroMQ {z1} (ad-campaign-dc1.kv), {z2} (ad-campaign-dc2.kv)
 
 Next, in another terminal:
 
@@ -316,11 +331,13 @@ Next, in another terminal:
 
 and in a third, write to dc1 and dc2 (README.md has every scenario):
 
-  curl -X PUT "http://localhost:8001/api/v1/ad-campaign-dc1/kv/lww:user-status" \
+  curl -X PUT "http://{h1}/api/v1/ad-campaign-dc1/kv/lww:user-status" \
     -H "Content-Type: application/json" \
     -d '{{"value": "'"$(echo -n '{{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}}' | base64 | tr -d '\n')"'"}}'
-  curl "http://localhost:8003/api/v1/ad-campaign-dc1/kv/lww:user-status"
-"#
+  curl "http://{h3}/api/v1/ad-campaign-dc1/kv/lww:user-status"
+"#,
+        g1 = grpc(dc1),
+        g2 = grpc(dc2),
     );
     shutdown_signal().await;
     tracing::info!("shutdown requested; stopping the replica, then the primaries");

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const NS: &str = "ad-campaign-dc1";
 
@@ -200,5 +200,123 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         );
     }
     assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn key_listing_and_changes_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    for k in ["lww:b", "counter:x", "lww:a", "lww:c", "lx", "lww;"] {
+        put(&c, &node, NS, k, k.as_bytes()).await;
+    }
+    call(
+        &c,
+        Method::DELETE,
+        &node.url(&format!("/api/v1/{NS}/kv/lww:c")),
+        None,
+    )
+    .await;
+
+    // Prefix listing in key order, paginated with `after`.
+    let list = |q: &str| node.url(&format!("/api/v1/{NS}/kv?{q}"));
+    let (s, page) = call(&c, Method::GET, &list("prefix=lww:&limit=1"), None).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["items"][0]["key"], "lww:a");
+    assert_eq!(unb64(page["items"][0]["value"].as_str().unwrap()), b"lww:a");
+    assert_eq!(page["next_after"], "lww:a");
+    let (_, page) = call(
+        &c,
+        Method::GET,
+        &list("prefix=lww:&after=lww:a&limit=10"),
+        None,
+    )
+    .await;
+    let keys: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].clone())
+        .collect();
+    assert_eq!(keys, [json!("lww:b")]);
+    assert_eq!(page["next_after"], Value::Null);
+    let (_, all) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/kv")),
+        None,
+    )
+    .await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 5);
+
+    // The changes feed: everything after a seq, deletes without a value.
+    let (s, ch) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/changes?since=4")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{ch}");
+    assert_eq!(ch["head_seq"], 7);
+    let seqs: Vec<_> = ch["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [5, 6, 7]);
+    assert_eq!(ch["entries"][2]["op"], "delete");
+    assert_eq!(ch["entries"][2]["key"], "lww:c");
+    assert!(ch["entries"][2].get("value").is_none());
+    assert_eq!(unb64(ch["entries"][0]["value"].as_str().unwrap()), b"lx");
+    let (_, ch) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/changes?since=0&limit=2")),
+        None,
+    )
+    .await;
+    assert_eq!(ch["entries"].as_array().unwrap().len(), 2);
+    let (_, ch) = call(
+        &c,
+        Method::GET,
+        &node.url(&format!("/api/v1/{NS}/changes?since=7")),
+        None,
+    )
+    .await;
+    assert_eq!(ch["entries"], json!([]));
+
+    for (path, needle) in [
+        (
+            format!("/api/v1/{NS}/kv?limit=0"),
+            "limit must be at least 1",
+        ),
+        (
+            format!("/api/v1/{NS}/kv?limit=100000"),
+            "limit must be at most",
+        ),
+        (format!("/api/v1/{NS}/kv?limit=ten"), "invalid query string"),
+        (format!("/api/v1/{NS}/kv?prefx=a"), "invalid query string"),
+        (format!("/api/v1/{NS}/changes"), "invalid query string"),
+        (
+            format!("/api/v1/{NS}/changes?since=-1"),
+            "since must be 0 or more",
+        ),
+        (
+            "/api/v1/nope/changes?since=0".to_string(),
+            "unknown namespace",
+        ),
+    ] {
+        let (s, j) = call(&c, Method::GET, &node.url(&path), None).await;
+        let status = if needle == "unknown namespace" {
+            404
+        } else {
+            400
+        };
+        assert_eq!(s, status, "{path}: {j}");
+        assert!(j["error"].as_str().unwrap().contains(needle), "{path}: {j}");
+    }
     node.stop().await;
 }

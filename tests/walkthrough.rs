@@ -515,3 +515,82 @@ async fn a_client_that_misses_notifications_still_converges() {
         (json!("ad-campaign-dc1"), json!(2), json!(11))
     );
 }
+
+/// Free ports, found by binding port 0 (the tiny window before the demo binds them again is
+/// acceptable for a test).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_cluster_and_stops_on_ctrl_c() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let p = free_ports(7);
+    let ports: Vec<(String, String)> = ["8001", "8002", "8003", "4001", "4002", "5555", "5556"]
+        .iter()
+        .zip(&p)
+        .map(|(from, to)| (from.to_string(), to.to_string()))
+        .collect();
+    for (i, name) in ["dc1.toml", "dc2.toml", "relayer.toml"].iter().enumerate() {
+        let mut text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs")
+                .join(name),
+        )
+        .unwrap();
+        for (from, to) in &ports {
+            text = text.replace(from.as_str(), to);
+        }
+        let base = base_dir_of(&text);
+        text = text.replace(&base, &dirs[i].path().display().to_string());
+        write(
+            &dirs[3],
+            name,
+            &format!("listen_ip = \"127.0.0.1\"\n{text}"),
+        );
+    }
+    let mut demo = Running::spawn(&["demo", "--configs", dirs[3].path().to_str().unwrap()]);
+    demo.wait_line("ferry demo: the walkthrough's three nodes are running");
+    let dc1_line = demo.wait_line("dc1      primary");
+    assert!(
+        dc1_line.contains(&format!("http://localhost:{}", p[0])),
+        "{dc1_line}"
+    );
+
+    let c = reqwest::Client::new();
+    curl_put(
+        &c,
+        &format!("http://127.0.0.1:{}", p[0]),
+        "ad-campaign-dc1",
+        "lww:user-status",
+        r#"{"value":"online","timestamp":1,"replica":"ad-campaign-dc1"}"#,
+    )
+    .await;
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/ad-campaign-dc1/kv/lww:user-status",
+        p[2]
+    );
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the replica to have the write",
+        async || {
+            let (s, _) = call(&c, reqwest::Method::GET, &url, None).await;
+            (s == 200).then_some(())
+        },
+    )
+    .await;
+    let pid = demo.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(demo.child.wait().unwrap().success());
+}

@@ -549,3 +549,60 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
     drop(good);
     primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_a_replica_can_wait_for_a_seq() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let c = reqwest::Client::new();
+    for i in 0..20 {
+        // Read-your-writes: the seq a write returns, presented to the replica right away.
+        let seq = put(&c, &primary, NS, "k", format!("v{i}").as_bytes()).await;
+        let url = replica.url(&format!("/api/v1/{NS}/kv/k?min_seq={seq}"));
+        let (s, got) = call(&c, Method::GET, &url, None).await;
+        assert_eq!(s, 200, "{got}");
+        assert_eq!(got["seq"], seq);
+        assert_eq!(
+            unb64(got["value"].as_str().unwrap()),
+            format!("v{i}").as_bytes()
+        );
+    }
+    let head = primary.head(NS);
+    let (s, j) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!(
+            "/api/v1/{NS}/kv/k?min_seq={}&timeout_ms=50",
+            head + 10
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(s, 504, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("seq {} did not arrive within 50 ms", head + 10)),
+        "{j}"
+    );
+    let (s, j) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/k?min_seq=1&timeout_ms=999999")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{j}");
+    let (s, j) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/kv/k?min_sq=1")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{j}");
+    replica.stop().await;
+    primary.stop().await;
+}

@@ -93,6 +93,45 @@ pub async fn health(api: Arc<Api>) -> Response {
     .into_response()
 }
 
+/// How long `?min_seq=` waits by default, and at most.
+const DEFAULT_WAIT_MS: u64 = 5_000;
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// Read-your-writes: waits until this node has applied `min_seq` (a seq a write returned from
+/// the primary), bounded by `timeout_ms`.
+async fn wait_for_seq(ns: &Namespace, min_seq: i64, timeout_ms: u64) -> Result<()> {
+    if timeout_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let mut head = ns.subscribe();
+    let reached = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), async {
+        while head.borrow_and_update().seq < min_seq {
+            if head.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    match reached {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is shutting down",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "namespace {:?} has applied up to seq {}; seq {min_seq} did not arrive within {timeout_ms} ms (replication lag, or no such seq yet)",
+                ns.name(),
+                ns.head().seq
+            ),
+        )),
+    }
+}
+
 /// Largest page of `GET /kv` and `GET /changes`.
 pub const MAX_PAGE: usize = 10_000;
 
@@ -133,6 +172,10 @@ pub async fn get(api: Arc<Api>, ns: String, raw_key: String, query: String) -> R
         return ok_json(&ListResponse { items, next_after });
     }
     let key = key_from_path(&raw_key)?;
+    let q: GetQuery = parse_query(&query)?;
+    if let Some(min_seq) = q.min_seq {
+        wait_for_seq(&namespace, min_seq, q.timeout_ms.unwrap_or(DEFAULT_WAIT_MS)).await?;
+    }
     match namespace.get(key).await? {
         Some(v) => ok_json(&GetResponse {
             value: encode(&v.value),

@@ -162,3 +162,12 @@ pub struct ChangesResponse {
     /// Entries with seq > since, in seq order.
     pub entries: Vec<Change>,
 }
+
+/// `GET /kv/{key}?min_seq=&timeout_ms=`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// Wait until this node has applied this seq before reading (read-your-writes).
+    pub min_seq: Option<Seq>,
+    pub timeout_ms: Option<u64>,
+}

@@ -221,15 +221,8 @@ async fn a_late_replica_catches_up_and_a_write_to_it_is_refused() {
     .await;
     assert_eq!(s, 403);
     // Reads are served.
-    let (s, got) = call(
-        &c,
-        Method::GET,
-        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
-        None,
-    )
-    .await;
     assert_eq!(
-        (s, unb64(got["value"].as_str().unwrap())),
+        get_value(&c, &replica, NS, "key000001").await,
         (200, vec![b'b'; 100])
     );
     assert_same_files(&primary.db(NS), &replica.db(NS));
@@ -249,41 +242,14 @@ async fn the_primary_restarting_under_a_connected_replica() {
     primary.stop().await;
 
     // While the primary is down the replica keeps serving reads and says it is retrying.
-    let (s, _) = call(
-        &c,
-        Method::GET,
-        &replica.url(&format!("/api/v1/{NS}/kv/key000001")),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
-    wait_for(
-        std::time::Duration::from_secs(10),
-        "the follower to notice",
-        async || {
-            let (_, st) = call(
-                &c,
-                Method::GET,
-                &replica.url(&format!("/api/v1/{NS}/stats")),
-                None,
-            )
-            .await;
-            (st["replication"]["state"] == "retrying").then_some(())
-        },
-    )
-    .await;
+    assert_eq!(get_value(&c, &replica, NS, "key000001").await.0, 200);
+    wait_replication_state(&c, &replica, NS, "retrying").await;
 
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
     batch_put(&c, &primary, NS, 50, 50, 10).await;
     wait_synced(&primary, &replica, NS).await;
     assert_same_files(&primary.db(NS), &replica.db(NS));
-    let (_, st) = call(
-        &c,
-        Method::GET,
-        &replica.url(&format!("/api/v1/{NS}/stats")),
-        None,
-    )
-    .await;
+    let st = stats(&c, &replica, NS).await;
     assert_eq!(st["replication"]["state"], "following");
     assert_eq!(st["replication"]["applied_seq"], 100);
     replica.stop().await;
@@ -344,21 +310,7 @@ async fn a_tampered_entry_stops_the_follower_and_keeps_its_data() {
 
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
     let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
-    let stats = wait_for(
-        std::time::Duration::from_secs(10),
-        "the follower to stop",
-        async || {
-            let (_, st) = call(
-                &c,
-                Method::GET,
-                &replica.url(&format!("/api/v1/{NS}/stats")),
-                None,
-            )
-            .await;
-            (st["replication"]["state"] == "stopped").then_some(st)
-        },
-    )
-    .await;
+    let stats = wait_replication_state(&c, &replica, NS, "stopped").await;
     let err = stats["replication"]["last_error"].as_str().unwrap();
     assert!(err.contains("crc mismatch at seq 5"), "{err}");
     // The batch holding the bad entry was refused whole; what the replica had is intact.
@@ -366,15 +318,8 @@ async fn a_tampered_entry_stops_the_follower_and_keeps_its_data() {
         (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
         before
     );
-    let (s, got) = call(
-        &c,
-        Method::GET,
-        &replica.url(&format!("/api/v1/{NS}/kv/k2")),
-        None,
-    )
-    .await;
     assert_eq!(
-        (s, unb64(got["value"].as_str().unwrap())),
+        get_value(&c, &replica, NS, "k2").await,
         (200, b"good".to_vec())
     );
     replica.stop().await;
@@ -399,21 +344,7 @@ async fn a_replaced_primary_file_stops_the_follower() {
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
     put(&c, &primary, NS, "k", b"other").await;
     put(&c, &primary, NS, "k2", b"other").await;
-    let stats = wait_for(
-        std::time::Duration::from_secs(20),
-        "the follower to stop",
-        async || {
-            let (_, st) = call(
-                &c,
-                Method::GET,
-                &replica.url(&format!("/api/v1/{NS}/stats")),
-                None,
-            )
-            .await;
-            (st["replication"]["state"] == "stopped").then_some(st)
-        },
-    )
-    .await;
+    let stats = wait_replication_state(&c, &replica, NS, "stopped").await;
     let err = stats["replication"]["last_error"].as_str().unwrap();
     assert!(
         err.contains("history differs") && err.contains("log_id"),
@@ -423,15 +354,8 @@ async fn a_replaced_primary_file_stops_the_follower() {
         (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
         before
     );
-    let (s, got) = call(
-        &c,
-        Method::GET,
-        &replica.url(&format!("/api/v1/{NS}/kv/k")),
-        None,
-    )
-    .await;
     assert_eq!(
-        (s, unb64(got["value"].as_str().unwrap())),
+        get_value(&c, &replica, NS, "k").await,
         (200, b"v1".to_vec())
     );
     replica.stop().await;

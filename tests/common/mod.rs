@@ -435,3 +435,49 @@ impl Running {
         self.child.wait().unwrap()
     }
 }
+
+/// `GET /kv/{key}`: (status, decoded value; empty when not found).
+pub async fn get_value(
+    c: &reqwest::Client,
+    node: &TestNode,
+    ns: &str,
+    key: &str,
+) -> (u16, Vec<u8>) {
+    let (s, j) = call(
+        c,
+        reqwest::Method::GET,
+        &node.url(&format!("/api/v1/{ns}/kv/{key}")),
+        None,
+    )
+    .await;
+    (s, unb64(j["value"].as_str().unwrap_or("")))
+}
+
+pub async fn stats(c: &reqwest::Client, node: &TestNode, ns: &str) -> serde_json::Value {
+    call(
+        c,
+        reqwest::Method::GET,
+        &node.url(&format!("/api/v1/{ns}/stats")),
+        None,
+    )
+    .await
+    .1
+}
+
+/// Waits until a replica's follower of `ns` reports `state`; returns the stats.
+pub async fn wait_replication_state(
+    c: &reqwest::Client,
+    node: &TestNode,
+    ns: &str,
+    state: &str,
+) -> serde_json::Value {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("the follower to be {state}"),
+        async || {
+            let st = stats(c, node, ns).await;
+            (st["replication"]["state"] == state).then_some(st)
+        },
+    )
+    .await
+}

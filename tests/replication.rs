@@ -530,3 +530,33 @@ async fn reads_on_a_replica_can_wait_for_a_seq() {
     replica.stop().await;
     primary.stop().await;
 }
+
+#[tokio::test]
+async fn a_taken_notifier_port_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = format!(
+        "{}[notifier_config.{NS}]\nbind_port = {port}\n",
+        primary_config(dir.path(), &[NS])
+    );
+    let config = ferry::config::Config::parse(&text, std::path::Path::new("n.toml")).unwrap();
+    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
+    let err = match ferry::node::Node::start(config, ferry::node::Mode::Primary, listeners).await {
+        Ok(_) => panic!("started with its notifier port taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!(
+            "cannot start the ZeroMQ notifier of namespace \"{NS}\" on tcp://127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("address already in use"),
+        "{err}"
+    );
+    // The namespace file was closed cleanly and opens again.
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    node.stop().await;
+}

@@ -243,8 +243,15 @@ impl Config {
                 return Err(format!("storage_config.namespaces lists {name:?} twice"));
             }
         }
+        let mut followed: Vec<(&str, &str)> = Vec::new();
         for (relayer, r) in &self.relayer_config {
             for name in &r.namespaces {
+                if let Some((other, _)) = followed.iter().find(|(_, n)| *n == name.as_str()) {
+                    return Err(format!(
+                        "namespace {name:?} is followed by both relayer_config.{other} and relayer_config.{relayer}; a namespace has one upstream"
+                    ));
+                }
+                followed.push((relayer, name));
                 if !ns.contains(name) {
                     return Err(format!(
                         "relayer_config.{relayer} follows namespace {name:?}, which is not in storage_config.namespaces"

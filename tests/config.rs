@@ -137,6 +137,12 @@ fn other_invalid_values_are_refused_with_the_reason() {
             "\"z\"",
         ),
         (MINIMAL.replace("8001", "\"eighty\""), "http_port"),
+        (
+            format!(
+                "{MINIMAL}[relayer_config.r1]\nnamespaces = [\"a\"]\nupstream_address = \"h:1\"\n[relayer_config.r2]\nnamespaces = [\"a\"]\nupstream_address = \"h:2\"\n"
+            ),
+            "followed by both relayer_config.r1 and relayer_config.r2",
+        ),
     ];
     for (text, needle) in cases {
         let err = parse_err(&text);

@@ -287,6 +287,12 @@ async fn key_listing_and_changes_feed() {
     )
     .await;
     assert_eq!(ch["entries"], json!([]));
+    // Past the head (a subscriber that heard of seq 1000 from a node further ahead): an empty
+    // page, and the namespace keeps working.
+    let url = node.url(&format!("/api/v1/{NS}/changes?since=1000"));
+    let (s, ch) = call(&c, Method::GET, &url, None).await;
+    assert_eq!((s, ch["entries"].clone()), (200, json!([])));
+    assert_eq!(put(&c, &node, NS, "after", b"x").await, 8);
 
     for (path, needle) in [
         (

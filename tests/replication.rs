@@ -560,3 +560,44 @@ async fn a_taken_notifier_port_is_a_clear_startup_error() {
     let node = TestNode::primary(dir.path(), &[NS]).await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_accepts_but_never_answers_is_retried() {
+    // A black hole: connections are accepted and then nothing is ever sent back.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in hole.incoming().map_while(Result::ok) {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestNode::replica(dir.path(), &[NS], &addr, "").await;
+    let c = reqwest::Client::new();
+    let st = wait_replication_state(&c, &replica, NS, "retrying").await;
+    let err = st["replication"]["last_error"].as_str().unwrap();
+    assert!(err.contains("no answer from the upstream"), "{err}");
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the follower never connected"
+    );
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_created_by_a_primary_can_become_a_replica() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // `ferry server` ran once on the replica's directory: the file has its own log_id and no
+    // entries, so there is no history to lose by following another log.
+    TestNode::primary(rdir.path(), &[NS]).await.stop().await;
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let c = reqwest::Client::new();
+    put(&c, &primary, NS, "k", b"v").await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+    replica.stop().await;
+    primary.stop().await;
+}

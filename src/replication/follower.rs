@@ -25,6 +25,8 @@ use crate::store::{Namespace, StoreError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a follower waits without any message before it reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(3 * super::service::HEARTBEAT.as_secs());
 /// Most entries applied in one replica transaction when batches queue up.
 const MAX_APPLY_ENTRIES: usize = 20_000;
 
@@ -151,7 +153,12 @@ impl Follower {
     /// One connection to the upstream: handshake, then apply batches until something breaks.
     async fn session(&self, backoff: &mut Duration) -> End {
         let endpoint = match Endpoint::from_shared(format!("http://{}", self.upstream)) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+            // Keepalives notice an upstream that vanished without closing the connection.
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_keepalive(Some(Duration::from_secs(10)))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5)),
             Err(e) => {
                 return End::Fatal(format!("invalid upstream_address {:?}: {e}", self.upstream));
             }
@@ -170,14 +177,17 @@ impl Follower {
             ReplicationClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let name = self.ns.name().to_owned();
 
-        let pos = match client
-            .position(PositionRequest {
-                namespace: name.clone(),
-            })
-            .await
-        {
-            Ok(p) => p.into_inner(),
-            Err(s) => return status_end(&s),
+        let position = client.position(PositionRequest {
+            namespace: name.clone(),
+        });
+        let pos = match tokio::time::timeout(SILENCE_LIMIT, position).await {
+            Ok(Ok(p)) => p.into_inner(),
+            Ok(Err(s)) => return status_end(&s),
+            Err(_) => {
+                return End::Retry(format!(
+                    "no answer from the upstream within {SILENCE_LIMIT:?}"
+                ));
+            }
         };
         self.tracker.set(|s| s.upstream_head_seq = pos.head_seq);
         if !is_log_id(&pos.log_id) {
@@ -185,18 +195,19 @@ impl Follower {
             return End::Retry(format!("upstream has no log_id for {name:?} yet"));
         }
         let local = self.ns.log_id();
-        if local.is_empty() {
-            match self.ns.adopt_log_id(&pos.log_id).await {
-                Ok(()) => {
-                    tracing::info!(namespace = %name, log_id = %pos.log_id, "new replica: adopted the upstream's log_id")
-                }
-                Err(e) => return store_end(e),
+        if local != pos.log_id {
+            // An empty log has no history to lose: it takes the upstream's identity (a new
+            // replica, or a file some other run created without entries).
+            if self.ns.head().seq != 0 {
+                return End::Fatal(format!(
+                    "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
+                    pos.log_id
+                ));
             }
-        } else if local != pos.log_id {
-            return End::Fatal(format!(
-                "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
-                pos.log_id
-            ));
+            if let Err(e) = self.ns.adopt_log_id(&pos.log_id).await {
+                return store_end(e);
+            }
+            tracing::info!(namespace = %name, log_id = %pos.log_id, "empty replica: adopted the upstream's log_id");
         }
 
         let head = self.ns.head();
@@ -206,9 +217,14 @@ impl Follower {
             from_seq: head.seq + 1,
             prev_crc: head.crc,
         };
-        let mut stream = match client.tail(request).await {
-            Ok(s) => s.into_inner(),
-            Err(s) => return status_end(&s),
+        let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(s)) => return status_end(&s),
+            Err(_) => {
+                return End::Retry(format!(
+                    "no answer from the upstream within {SILENCE_LIMIT:?}"
+                ));
+            }
         };
         *backoff = BACKOFF_START;
         self.tracker.set(|s| {
@@ -227,10 +243,17 @@ impl Follower {
             // applier finish what is queued and stop.
             let tx = tx;
             loop {
-                let msg = match stream.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return End::Retry("the upstream ended the stream".into()),
-                    Err(s) => return status_end(&s),
+                // The upstream sends at least a heartbeat every HEARTBEAT; silence for several
+                // means it is gone even if the connection looks open.
+                let msg = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
+                    Ok(Ok(Some(m))) => m,
+                    Ok(Ok(None)) => return End::Retry("the upstream ended the stream".into()),
+                    Ok(Err(s)) => return status_end(&s),
+                    Err(_) => {
+                        return End::Retry(format!(
+                            "no message or heartbeat from the upstream for {SILENCE_LIMIT:?}"
+                        ));
+                    }
                 };
                 self.tracker.set(|s| s.upstream_head_seq = msg.head_seq);
                 if !msg.entries.is_empty() && tx.send(msg.entries).await.is_err() {
@@ -277,10 +300,15 @@ impl Follower {
     }
 }
 
+/// Divergence stops the follower; a storage problem (a lock held by another process, a full
+/// disk) may pass, so it is retried with backoff like a network error.
 fn store_end(e: StoreError) -> End {
     match e {
         StoreError::ShuttingDown => End::Shutdown,
-        e => End::Fatal(e.to_string()),
+        StoreError::Diverged(_) | StoreError::BadFile { .. } => End::Fatal(e.to_string()),
+        StoreError::Sqlite(_) | StoreError::Io { .. } => {
+            End::Retry(format!("cannot apply here: {e}"))
+        }
     }
 }
 

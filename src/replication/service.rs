@@ -157,7 +157,7 @@ async fn stream_entries(
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
+                    let _ = tx.try_send(Err(internal(e)));
                     return;
                 }
             };
@@ -172,24 +172,27 @@ async fn stream_entries(
             }
         }
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down")));
+                return;
+            }
             changed = head_rx.changed() => {
                 if changed.is_err() {
-                    // The writer stopped: the node is closing this namespace.
-                    let _ = tx.send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down"))).await;
+                    // The writer stopped: the node is closing this namespace. `try_send`: a
+                    // follower that stopped reading must not hold up shutdown.
+                    let _ = tx.try_send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down")));
                     return;
                 }
             }
             _ = tokio::time::sleep(HEARTBEAT) => {
                 let beat = TailResponse { head_seq: ns.head().seq, entries: Vec::new() };
-                if tx.send(Ok(beat)).await.is_err() {
-                    return;
+                tokio::select! {
+                    sent = tx.send(Ok(beat)) => if sent.is_err() { return },
+                    _ = shutdown.cancelled() => {}
                 }
             }
             _ = tx.closed() => return,
-            _ = shutdown.cancelled() => {
-                let _ = tx.send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down"))).await;
-                return;
-            }
         }
     }
 }

@@ -60,6 +60,10 @@ impl Recent {
         if from < first {
             return None;
         }
+        let past_end = first + ring.entries.len() as Seq;
+        if from >= past_end {
+            return Some(Vec::new());
+        }
         let mut out = Vec::new();
         let mut bytes = 0;
         for e in ring.entries.range((from - first) as usize..) {
@@ -104,6 +108,10 @@ mod tests {
             [3, 4, 5]
         );
         assert!(r.since(6, 10, 1 << 20).unwrap().is_empty(), "caught up");
+        assert!(
+            r.since(100, 10, 1 << 20).unwrap().is_empty(),
+            "past the head"
+        );
         r.push((6..=MAX_ENTRIES as i64 + 10).map(|s| entry(s, s)));
         assert!(r.since(1, 10, 1 << 20).is_none(), "evicted");
     }

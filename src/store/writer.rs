@@ -76,7 +76,6 @@ pub(crate) struct Writer {
 }
 
 type Reply = oneshot::Sender<Result<Committed, StoreError>>;
-type Pending = (Reply, Result<Committed, StoreError>);
 
 impl Writer {
     /// Runs until a `Close` command arrives or every sender is gone.
@@ -135,14 +134,17 @@ impl Writer {
     fn commit_group(&mut self, writes: Vec<(Vec<Mutation>, Reply)>) {
         let ts_ms = now_ms();
         let start = self.head;
-        let mut pending: Vec<Pending> = Vec::with_capacity(writes.len());
+        // Replies are kept apart from the work so that, whatever fails, every caller gets an
+        // answer that says what happened (a dropped reply would read as "shutting down").
+        let (batches, replies): (Vec<_>, Vec<Reply>) = writes.into_iter().unzip();
+        let mut outcomes: Vec<Result<Committed, StoreError>> = Vec::with_capacity(replies.len());
         let mut fresh = Vec::new();
         let result = (|| -> rusqlite::Result<Head> {
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut head = start;
-            for (mutations, reply) in writes {
+            for mutations in batches {
                 // Cached statements: parsing these per request costs as much as the writes.
                 tx.prepare_cached("SAVEPOINT request")?.execute([])?;
                 let first_key = mutations
@@ -153,18 +155,17 @@ impl Writer {
                     Ok((new_head, entries)) => {
                         fresh.extend(entries);
                         tx.prepare_cached("RELEASE request")?.execute([])?;
-                        let committed = Committed {
+                        outcomes.push(Ok(Committed {
                             first_seq: head.seq + 1,
                             last_seq: new_head.seq,
                             ts_ms,
-                        };
+                        }));
                         head = new_head;
-                        pending.push((reply, Ok(committed)));
                     }
                     Err(e) => {
                         tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
                         tracing::warn!(namespace = %self.namespace, key = %first_key, error = %e, "write rolled back; other writes in its group are unaffected");
-                        pending.push((reply, Err(StoreError::Sqlite(e.to_string()))));
+                        outcomes.push(Err(StoreError::Sqlite(e.to_string())));
                     }
                 }
             }
@@ -178,14 +179,14 @@ impl Writer {
                     self.recent.push(fresh);
                     self.head_tx.send_replace(head);
                 }
-                for (reply, r) in pending {
-                    let _ = reply.send(r);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
             Err(e) => {
                 // Nothing of this group is durable; every writer in it learns so.
                 tracing::error!(namespace = %self.namespace, error = %e, "group commit failed; its writes are not stored");
-                for (reply, _) in pending {
+                for reply in replies {
                     let _ = reply.send(Err(StoreError::Sqlite(e.to_string())));
                 }
             }
@@ -257,7 +258,8 @@ impl Writer {
         if current == log_id {
             return Ok(());
         }
-        if !current.is_empty() || self.head.seq != 0 {
+        // An empty log has no history to diverge from, whoever minted its id.
+        if self.head.seq != 0 {
             return Err(StoreError::Diverged(format!(
                 "this file already follows log {current:?} (head seq {}); the upstream's log is {log_id:?}",
                 self.head.seq

@@ -18,6 +18,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -108,7 +109,20 @@ impl Notifier {
         let subscriptions = Arc::new(AtomicI64::new(0));
         let subscribed = subscriptions.clone();
         let start = ns.head().seq;
+        // A task relays head changes to the thread over a std channel (capacity 1: wake-ups
+        // coalesce). When the namespace closes — or the runtime goes away — the task ends, the
+        // sender drops, and the thread finishes on its own.
+        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<Seq>(1);
         let mut head_rx = ns.subscribe();
+        runtime.spawn(async move {
+            while head_rx.changed().await.is_ok() {
+                let head = head_rx.borrow_and_update().seq;
+                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = wake_tx.try_send(head) {
+                    return;
+                }
+            }
+        });
+        let head_now = ns.subscribe();
         let name = ns.name().to_owned();
         let thread = std::thread::Builder::new()
             .name(format!("notify-{name}"))
@@ -118,9 +132,7 @@ impl Notifier {
                 let topic = format!("{name}.kv");
                 let mut last = start;
                 loop {
-                    let woke = runtime.block_on(async {
-                        tokio::time::timeout(SUBSCRIPTION_CHECK, head_rx.changed()).await
-                    });
+                    let woke = wake_rx.recv_timeout(SUBSCRIPTION_CHECK);
                     // Each (un)subscription arrives as a message: 1 or 0, then the topic.
                     while let Ok(msg) = socket.recv_bytes(zmq::DONTWAIT) {
                         match msg.first() {
@@ -130,13 +142,15 @@ impl Notifier {
                         };
                     }
                     match woke {
-                        Ok(Ok(())) => {}
-                        // The writer stopped: the namespace is closing.
-                        Ok(Err(_)) => return,
+                        Ok(_) => {}
                         // Timed out: nothing new, only subscriptions to look at.
-                        Err(_) => continue,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        // The namespace is closing. Publish what was committed, then stop.
+                        Err(RecvTimeoutError::Disconnected) if last >= head_now.borrow().seq => return,
+                        Err(RecvTimeoutError::Disconnected) => {}
                     }
-                    let head = head_rx.borrow_and_update().seq;
+                    // The latest head, even if the relayed value is older (wake-ups coalesce).
+                    let head = head_now.borrow().seq;
                     while last < head {
                         let batch = match reader::entry_heads(&conn, last, head, READ_CHUNK) {
                             Ok(b) if !b.is_empty() => b,

@@ -3,13 +3,16 @@
 //!
 //! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run).
 //!
-//! Measures, all with synchronous=FULL on a file in a temp dir:
+//! Measures, all durable per write (fsync before the reply) on files in a temp dir:
 //! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and
 //!   100 writes per transaction;
 //! - ferry over real HTTP on loopback: 1 writer at a time, then 64 concurrent writers
 //!   (group commit), 100-byte values. Each writer is one keep-alive HTTP/1.1 connection driven
 //!   by a minimal client (pre-built request bytes), so that on a 2-core machine the load
-//!   generator takes as little CPU from the server as possible — as wrk would.
+//!   generator takes as little CPU from the server as possible — as wrk would;
+//! - Redis with `appendonly yes, appendfsync always` (the bar users compare us with), driven by
+//!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
+//!   `redis-server` is on the PATH (`apt-get install redis-server`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -120,6 +123,104 @@ async fn http_round_trip(conn: &mut tokio::net::TcpStream, req: &[u8], buf: &mut
     }
 }
 
+/// Sends one request and reads until `done` says the response is complete.
+async fn round_trip(
+    conn: &mut tokio::net::TcpStream,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(req).await.unwrap();
+    buf.clear();
+    while !done(buf) {
+        let mut chunk = [0u8; 256];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Redis with an fsync per write, same load shape as ferry's. None without redis-server.
+async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let data = dir.join(format!("redis-{writers}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args([
+            "--appendfsync",
+            "always",
+            "--dir",
+            data.to_str().unwrap(),
+            "--daemonize",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut conns = Vec::new();
+    for _ in 0..writers {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(c) => {
+                    c.set_nodelay(true).unwrap();
+                    conns.push(c);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => panic!("redis-server did not start: {e}"),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+    let value = "x".repeat(VALUE_BYTES);
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut conn)| {
+            let value = value.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for i in 0..per_writer {
+                    let key = format!("w{w}-{i}");
+                    let req = format!(
+                        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                        key.len(),
+                        value.len()
+                    );
+                    round_trip(&mut conn, req.as_bytes(), &mut buf, |b| {
+                        b.ends_with(b"\r\n")
+                    })
+                    .await;
+                    assert_eq!(&buf[..], b"+OK\r\n");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = (writers * per_writer) as f64 / start.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(rate)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 1 } else { 3 };
@@ -130,6 +231,8 @@ fn main() {
     let batched = sqlite_ceiling(dir.path(), 50_000 * scale, 100);
     let one = rt.block_on(ferry_http(dir.path(), 1, 1000 * scale));
     let many = rt.block_on(ferry_http(dir.path(), 64, 100 * scale));
+    let redis_one = rt.block_on(redis(dir.path(), 1, 1000 * scale));
+    let redis_many = rt.block_on(redis(dir.path(), 64, 100 * scale));
 
     println!(
         "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s (ratio to SQLite in-process, same run)"
@@ -149,4 +252,24 @@ fn main() {
         many / one,
         many / batched
     );
+    match (redis_one, redis_many) {
+        (Some(one_r), Some(many_r)) => {
+            println!(
+                "redis appendfsync=always, 1 client   {one_r:>10.0}   {:.2}x of sqlite 1 write/txn",
+                one_r / single
+            );
+            println!(
+                "redis appendfsync=always, 64 clients {many_r:>10.0}   {:.2}x of sqlite 1 write/txn",
+                many_r / single
+            );
+            println!(
+                "ferry / redis: 1 writer {:.2}x, 64 writers {:.2}x",
+                one / one_r,
+                many / many_r
+            );
+        }
+        _ => println!(
+            "redis-server not found: `apt-get install redis-server` to measure it side by side"
+        ),
+    }
 }

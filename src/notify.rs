@@ -117,7 +117,8 @@ impl Notifier {
         runtime.spawn(async move {
             while head_rx.changed().await.is_ok() {
                 let head = head_rx.borrow_and_update().seq;
-                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = wake_tx.try_send(head) {
+                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = wake_tx.try_send(head)
+                {
                     return;
                 }
             }

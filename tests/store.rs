@@ -300,3 +300,61 @@ async fn a_node_refuses_to_start_on_a_bad_file_and_says_which() {
         vec![0x42u8; 4096]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_in_sqlite_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = std::sync::Arc::new(Namespace::open(dir.path(), NS, Synchronous::Off).unwrap());
+    // A trigger (installed from outside, as any SQLite user could) makes one key fail inside
+    // the transaction, after all validation.
+    rusqlite::Connection::open(dir.path().join("ns.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON wal_log WHEN NEW.key = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned key'); END;",
+        )
+        .unwrap();
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                let key = if i % 20 == 7 {
+                    "poison".to_owned()
+                } else {
+                    format!("k{i}")
+                };
+                let batch = vec![
+                    ferry::store::Mutation::Put {
+                        key: format!("first{i}"),
+                        value: vec![1],
+                    },
+                    ferry::store::Mutation::Put {
+                        key,
+                        value: vec![2],
+                    },
+                ];
+                (i, ns.write(batch).await)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        if i % 20 == 7 {
+            let err = r.expect_err("the poisoned write must fail").to_string();
+            assert!(err.contains("poisoned key"), "{err}");
+        } else {
+            let c = r.unwrap();
+            assert_eq!(c.last_seq, c.first_seq + 1);
+            ok += 1;
+        }
+    }
+    ns.close().await;
+    // Only the 57 good requests are stored, each whole, with dense seqs.
+    assert_eq!(verify_file(&dir.path().join("ns.db")), ok * 2);
+    let kv = kv_rows(&dir.path().join("ns.db"));
+    assert!(
+        !kv.iter()
+            .any(|(k, _, _)| k == "poison" || k == "first7" || k == "first27")
+    );
+}

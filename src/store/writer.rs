@@ -133,49 +133,21 @@ impl Writer {
 
     fn commit_group(&mut self, writes: Vec<(Vec<Mutation>, Reply)>) {
         let ts_ms = now_ms();
-        let start = self.head;
         // Replies are kept apart from the work so that, whatever fails, every caller gets an
         // answer that says what happened (a dropped reply would read as "shutting down").
         let (batches, replies): (Vec<_>, Vec<Reply>) = writes.into_iter().unzip();
-        let mut outcomes: Vec<Result<Committed, StoreError>> = Vec::with_capacity(replies.len());
-        let mut fresh = Vec::new();
-        let result = (|| -> rusqlite::Result<Head> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut head = start;
-            for mutations in batches {
-                // Cached statements: parsing these per request costs as much as the writes.
-                tx.prepare_cached("SAVEPOINT request")?.execute([])?;
-                let first_key = mutations
-                    .first()
-                    .map(|m| m.key().to_owned())
-                    .unwrap_or_default();
-                match append(&tx, head, mutations, ts_ms) {
-                    Ok((new_head, entries)) => {
-                        fresh.extend(entries);
-                        tx.prepare_cached("RELEASE request")?.execute([])?;
-                        outcomes.push(Ok(Committed {
-                            first_seq: head.seq + 1,
-                            last_seq: new_head.seq,
-                            ts_ms,
-                        }));
-                        head = new_head;
-                    }
-                    Err(e) => {
-                        tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
-                        tracing::warn!(namespace = %self.namespace, key = %first_key, error = %e, "write rolled back; other writes in its group are unaffected");
-                        outcomes.push(Err(StoreError::Sqlite(e.to_string())));
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(head)
-        })();
+        // Fast path: the whole group in one transaction with no savepoints (a savepoint makes
+        // SQLite copy every page it touches into a sub-journal). Requests are validated before
+        // they get here, so a failing one is rare; if one does fail, the group is redone with a
+        // savepoint per request, so only that request fails.
+        let result = match self.run_group(&batches, false, ts_ms) {
+            Err(GroupError::Request) => self.run_group(&batches, true, ts_ms),
+            other => other,
+        };
         match result {
-            Ok(head) => {
-                self.head = head;
-                if head.seq != start.seq {
+            Ok((head, outcomes, fresh)) => {
+                if head.seq != self.head.seq {
+                    self.head = head;
                     self.recent.push(fresh);
                     self.head_tx.send_replace(head);
                 }
@@ -185,14 +157,74 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing of this group is durable; every writer in it learns so.
+                let e = match e {
+                    GroupError::Sqlite(e) => e.to_string(),
+                    GroupError::Request => "a request failed while isolated".to_owned(),
+                };
                 tracing::error!(namespace = %self.namespace, error = %e, "group commit failed; its writes are not stored");
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Sqlite(e.to_string())));
+                    let _ = reply.send(Err(StoreError::Sqlite(e.clone())));
                 }
             }
         }
     }
+
+    /// Runs one group in one transaction. With `isolate`, each request runs in a savepoint and
+    /// a failing request is rolled back alone; without, a failing request abandons the whole
+    /// transaction with [`GroupError::Request`].
+    fn run_group(&mut self, batches: &[Vec<Mutation>], isolate: bool, ts_ms: i64) -> GroupResult {
+        let namespace = &self.namespace;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut head = self.head;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut fresh = Vec::new();
+        for mutations in batches {
+            if isolate {
+                tx.prepare_cached("SAVEPOINT request")?.execute([])?;
+            }
+            match append(&tx, head, mutations, ts_ms) {
+                Ok((new_head, entries)) => {
+                    if isolate {
+                        tx.prepare_cached("RELEASE request")?.execute([])?;
+                    }
+                    fresh.extend(entries);
+                    outcomes.push(Ok(Committed {
+                        first_seq: head.seq + 1,
+                        last_seq: new_head.seq,
+                        ts_ms,
+                    }));
+                    head = new_head;
+                }
+                // Dropping the transaction rolls it back.
+                Err(_) if !isolate => return Err(GroupError::Request),
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    let key = mutations.first().map(Mutation::key).unwrap_or_default();
+                    tracing::warn!(namespace = %namespace, key, error = %e, "write rolled back; other writes in its group are unaffected");
+                    outcomes.push(Err(StoreError::Sqlite(e.to_string())));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((head, outcomes, fresh))
+    }
 }
+
+enum GroupError {
+    /// A request failed on the fast path; redo the group with savepoints.
+    Request,
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for GroupError {
+    fn from(e: rusqlite::Error) -> Self {
+        GroupError::Sqlite(e)
+    }
+}
+
+type GroupResult = Result<(Head, Vec<Result<Committed, StoreError>>, Vec<Entry>), GroupError>;
 
 impl Writer {
     /// Appends entries produced by the upstream, after checking that they continue this log:
@@ -294,7 +326,7 @@ fn update_kv(
 fn append(
     conn: &Connection,
     head: Head,
-    mutations: Vec<Mutation>,
+    mutations: &[Mutation],
     ts_ms: i64,
 ) -> rusqlite::Result<(Head, Vec<Entry>)> {
     let mut insert = conn.prepare_cached(
@@ -306,8 +338,8 @@ fn append(
     for m in mutations {
         let seq = head.seq + 1;
         let (op, key, value) = match m {
-            Mutation::Put { key, value } => (Op::Put, key, value),
-            Mutation::Delete { key } => (Op::Delete, key, Vec::new()),
+            Mutation::Put { key, value } => (Op::Put, key.clone(), value.clone()),
+            Mutation::Delete { key } => (Op::Delete, key.clone(), Vec::new()),
         };
         let stored = (op == Op::Put).then_some(value.as_slice());
         let crc = chain_crc(head.crc, seq, txn, op, &key, &value, ts_ms);

@@ -601,3 +601,58 @@ async fn an_empty_file_created_by_a_primary_can_become_a_replica() {
     replica.stop().await;
     primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_show_position_lag_and_notifications() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let c = reqwest::Client::new();
+    let _sub = Subscriber::connect(&replica, NS).await;
+    batch_put(&c, &primary, NS, 0, 3, 5).await;
+    wait_synced(&primary, &replica, NS).await;
+    let text = |node: &TestNode| {
+        let (c, url) = (c.clone(), node.url("/metrics"));
+        async move {
+            let resp = c.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(ct.starts_with("text/plain"), "{ct}");
+            resp.text().await.unwrap()
+        }
+    };
+    let p = text(&primary).await;
+    assert!(
+        p.contains("# TYPE ferry_head_seq gauge\nferry_head_seq{namespace=\"ns\"} 3\n"),
+        "{p}"
+    );
+    assert!(
+        !p.contains("ferry_replication_lag_entries{"),
+        "a primary has no followers: {p}"
+    );
+    let want = [
+        "ferry_head_seq{namespace=\"ns\"} 3",
+        "ferry_replication_upstream_head_seq{namespace=\"ns\"} 3",
+        "ferry_replication_lag_entries{namespace=\"ns\"} 0",
+        "ferry_replication_following{namespace=\"ns\"} 1",
+        "ferry_notifications_sent_total{namespace=\"ns\"} 3",
+        "ferry_notifier_subscribed_topics{namespace=\"ns\"} 1",
+    ];
+    let r = wait_for(
+        std::time::Duration::from_secs(10),
+        "the replica's metrics",
+        async || {
+            let r = text(&replica).await;
+            want.iter()
+                .all(|line| r.lines().any(|l| l == *line))
+                .then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        r.contains("# TYPE ferry_notifications_sent_total counter"),
+        "{r}"
+    );
+    replica.stop().await;
+    primary.stop().await;
+}

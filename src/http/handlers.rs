@@ -360,3 +360,90 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
         entries,
     })
 }
+
+/// `GET /metrics`: Prometheus text format, one series per namespace.
+pub async fn metrics(api: Arc<Api>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, series: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in series {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let label = |ns: &str| format!("namespace=\"{ns}\"");
+    let namespaces: Vec<_> = api.store.iter().cloned().collect();
+    family(
+        "ferry_head_seq",
+        "gauge",
+        "Seq of the last entry committed to the namespace's log.",
+        namespaces
+            .iter()
+            .map(|n| (label(n.name()), n.head().seq.to_string()))
+            .collect(),
+    );
+    let followed: Vec<_> = namespaces
+        .iter()
+        .filter_map(|n| {
+            api.followers
+                .get(n.name())
+                .map(|t| (n.name().to_owned(), t.snapshot(n)))
+        })
+        .collect();
+    family(
+        "ferry_replication_upstream_head_seq",
+        "gauge",
+        "Head seq the upstream last reported (replicas).",
+        followed
+            .iter()
+            .map(|(n, s)| (label(n), s.upstream_head_seq.to_string()))
+            .collect(),
+    );
+    family(
+        "ferry_replication_lag_entries",
+        "gauge",
+        "Entries the upstream has that this replica has not applied yet.",
+        followed
+            .iter()
+            .map(|(n, s)| (label(n), s.lag.to_string()))
+            .collect(),
+    );
+    family(
+        "ferry_replication_following",
+        "gauge",
+        "1 while the follower is streaming from its upstream, else 0 (see /stats for why).",
+        followed
+            .iter()
+            .map(|(n, s)| {
+                let on = s.state == crate::replication::follower::State::Following;
+                (label(n), u8::from(on).to_string())
+            })
+            .collect(),
+    );
+    let notifiers: Vec<_> = api.notifications.iter().collect();
+    family(
+        "ferry_notifications_sent_total",
+        "counter",
+        "ZeroMQ notifications handed to the publisher socket.",
+        notifiers
+            .iter()
+            .map(|(n, c)| (label(n), c.sent.load(Ordering::Relaxed).to_string()))
+            .collect(),
+    );
+    family(
+        "ferry_notifier_subscribed_topics",
+        "gauge",
+        "Distinct topic prefixes subscribed to on the namespace's ZeroMQ socket.",
+        notifiers
+            .iter()
+            .map(|(n, c)| {
+                (
+                    label(n),
+                    c.subscriptions.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect(),
+    );
+    warp::reply::with_header(out, "content-type", "text/plain; version=0.0.4").into_response()
+}

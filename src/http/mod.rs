@@ -139,6 +139,11 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .and(with_api(api.clone()))
         .then(handlers::health)
         .boxed();
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_api(api.clone()))
+        .then(handlers::metrics)
+        .boxed();
 
     // /api/v1/{namespace}/...
     let ns = || {
@@ -209,6 +214,8 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .boxed();
 
     health
+        .or(metrics)
+        .unify()
         .or(batch)
         .unify()
         .or(get)

@@ -96,31 +96,25 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
     rate
 }
 
-/// Sends one request on a keep-alive connection and reads one response; returns its status.
+/// Sends one HTTP/1.1 request on a keep-alive connection, reads one response; returns its
+/// status.
 async fn http_round_trip(conn: &mut tokio::net::TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(req).await.unwrap();
-    buf.clear();
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = conn.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = std::str::from_utf8(&buf[..end])
-            .unwrap()
-            .to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            return head[9..12].parse().unwrap();
-        }
-    }
+    round_trip(conn, req, buf, |b| {
+        http_response_len(b).is_some_and(|n| b.len() >= n)
+    })
+    .await;
+    std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap()
+}
+
+/// Length of the HTTP response at the start of `buf`, once its head has arrived.
+fn http_response_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
+    let body: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    Some(end + 4 + body)
 }
 
 /// Sends one request and reads until `done` says the response is complete.

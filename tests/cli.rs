@@ -213,3 +213,35 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
 fn addr_of(r: &Running) -> String {
     r.find("HTTP listening on ").unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_watch_prints_each_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[notifier_config.ns]\nbind_port = 0\n",
+        primary_config(dir.path(), &["ns"])
+    );
+    let node = TestNode::start(&text, dir.path()).await;
+    let endpoint = node.node.notifier_endpoint("ns").unwrap().to_owned();
+    let mut watch = Running::spawn(&["watch", "-e", &endpoint, "--topic", "ns.kv"]);
+    watch.wait_line(&format!("watching {endpoint}"));
+    let c = reqwest::Client::new();
+    wait_for(Duration::from_secs(10), "the watcher's subscription", async || {
+        (stats(&c, &node.base.replace("http://", ""), "ns").await["notifier"]["subscribed_topics"]
+            .as_i64()
+            >= Some(1))
+        .then_some(())
+    })
+    .await;
+    let seq = put(&c, &node, "ns", "lww:user-status", b"online").await;
+    let line = watch.wait_line("ns.kv ");
+    let json: serde_json::Value =
+        serde_json::from_str(line.strip_prefix("ns.kv ").unwrap()).unwrap();
+    assert_eq!(json["key"], "lww:user-status");
+    assert_eq!(json["operation"], "put");
+    assert_eq!(json["namespace"], "ns");
+    assert_eq!(json["entry_type"], "kv");
+    assert_eq!(json["seq_num"], seq);
+    drop(watch);
+    node.stop().await;
+}

@@ -385,6 +385,51 @@ async fn the_walkthrough_converges_end_to_end() {
     let mut late = cluster.client();
     wait_state(&mut late, "ready", &want);
 
+    // A malformed value and a delete are reported; neither changes the converged state, and
+    // the client carries on.
+    curl_put(
+        &c,
+        &dc1,
+        "ad-campaign-dc1",
+        "lww:broken",
+        "this is not JSON",
+    )
+    .await;
+    let del = c
+        .delete(format!(
+            "{dc2}/api/v1/ad-campaign-dc2/kv/counter:page-views"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    curl_put(
+        &c,
+        &dc1,
+        "ad-campaign-dc1",
+        "counter:page-views",
+        r#"{"replica":"ad-campaign-dc1","count":6}"#,
+    )
+    .await;
+    let mut after = want.clone();
+    after["counters"]["counter:page-views"] =
+        json!({"counts": {"ad-campaign-dc1": 6, "ad-campaign-dc2": 3}, "total": 9});
+    let (_, events) = wait_state(&mut client, "state", &after);
+    let outcome = |key: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == "update" && e["key"] == key && e["seq"].as_i64() > Some(5))
+            .map(|e| e["outcome"].clone())
+    };
+    assert_eq!(outcome("lww:broken"), Some(json!("malformed")));
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e["key"] == "counter:page-views" && e["outcome"] == "deleted")
+            .map(|e| e["namespace"].clone()),
+        Some(json!("ad-campaign-dc2"))
+    );
+
     // The client's converged state, with the timestamps taken from `date` redacted.
     let snapshot = serde_json::to_string_pretty(&state)
         .unwrap()

@@ -5,10 +5,15 @@
 //! - [`log`]: the log vocabulary — `Seq`, `Entry`, `Op`, the crc chain.
 //! - [`store`]: one SQLite file per namespace; the writer thread (group commit) and readers.
 //! - [`http`]: the warp HTTP/JSON API.
+//! - [`replication`]: the gRPC log stream (service and follower).
+//! - [`notify`]: ZeroMQ change notifications (and `ferry watch`).
 //! - [`node`]: wires a node together and shuts it down in order.
+//! - [`crdt`]: LWW registers, G-counters and the walkthrough's client.
+//! - [`demo`]: `ferry demo`, the walkthrough's cluster in one process.
 
 pub mod config;
 pub mod crdt;
+pub mod demo;
 pub mod http;
 pub mod log;
 pub mod node;

@@ -197,38 +197,11 @@ fn watch(cmd: WatchCmd) -> ExitCode {
     } else {
         cmd.endpoint
     };
-    let ctx = zmq::Context::new();
-    let socket = match ctx.socket(zmq::SUB) {
-        Ok(s) => s,
+    match ferry::notify::watch(&endpoints, &cmd.topic, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry watch: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    for e in &endpoints {
-        if let Err(err) = socket.connect(e) {
-            eprintln!("ferry watch: cannot connect to {e}: {err}");
-            return ExitCode::FAILURE;
-        }
-        eprintln!("watching {e}");
-    }
-    if let Err(e) = socket.set_subscribe(cmd.topic.as_bytes()) {
-        eprintln!("ferry watch: {e}");
-        return ExitCode::FAILURE;
-    }
-    loop {
-        match socket.recv_multipart(0) {
-            Ok(frames) => {
-                let text: Vec<String> = frames
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect();
-                println!("{}", text.join(" "));
-            }
-            Err(e) => {
-                eprintln!("ferry watch: {e}");
-                return ExitCode::FAILURE;
-            }
+            ExitCode::FAILURE
         }
     }
 }
@@ -282,67 +255,11 @@ fn demo(cmd: DemoCmd) -> ExitCode {
     };
     init_tracing(&configs[0]);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    match runtime.block_on(run_demo(configs)) {
+    match runtime.block_on(ferry::demo::run(configs, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry demo: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn run_demo([dc1, dc2, relayer]: [Config; 3]) -> anyhow::Result<()> {
-    let mut nodes = Vec::new();
-    for (config, mode) in [
-        (dc1, Mode::Primary),
-        (dc2, Mode::Primary),
-        (relayer, Mode::Replica),
-    ] {
-        let listeners = Listeners::bind(&config).await?;
-        nodes.push(Node::start(config, mode, listeners).await?);
-    }
-    let [dc1, dc2, replica] = [&nodes[0], &nodes[1], &nodes[2]];
-    let local = |a: std::net::SocketAddr| format!("localhost:{}", a.port());
-    let grpc = |n: &Node| n.grpc_addr().map(local).unwrap_or_default();
-    let zmq = |ns: &str| {
-        replica
-            .notifier_endpoint(ns)
-            .map(|e| e.replace("0.0.0.0", "localhost"))
-            .unwrap_or_default()
-    };
-    let (h1, h2, h3) = (
-        local(dc1.http_addr()),
-        local(dc2.http_addr()),
-        local(replica.http_addr()),
-    );
-    let (z1, z2) = (zmq("ad-campaign-dc1"), zmq("ad-campaign-dc2"));
-    println!(
-        r#"
-ferry demo: the walkthrough's three nodes are running in this process (Ctrl-C stops them).
-
-  dc1      primary  HTTP http://{h1}  gRPC {g1}  namespace ad-campaign-dc1
-  dc2      primary  HTTP http://{h2}  gRPC {g2}  namespace ad-campaign-dc2
-  replica  read-only HTTP http://{h3}, follows dc1 and dc2,
-           ZeroMQ {z1} (ad-campaign-dc1.kv), {z2} (ad-campaign-dc2.kv)
-
-Next, in another terminal:
-
-  cargo run --release -- crdt-client          # the walkthrough's CRDT client
-
-and in a third, write to dc1 and dc2 (README.md has every scenario):
-
-  curl -X PUT "http://{h1}/api/v1/ad-campaign-dc1/kv/lww:user-status" \
-    -H "Content-Type: application/json" \
-    -d '{{"value": "'"$(echo -n '{{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}}' | base64 | tr -d '\n')"'"}}'
-  curl "http://{h3}/api/v1/ad-campaign-dc1/kv/lww:user-status"
-"#,
-        g1 = grpc(dc1),
-        g2 = grpc(dc2),
-    );
-    shutdown_signal().await;
-    tracing::info!("shutdown requested; stopping the replica, then the primaries");
-    while let Some(node) = nodes.pop() {
-        node.shutdown().await;
-    }
-    Ok(())
 }

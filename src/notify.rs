@@ -220,3 +220,29 @@ impl Notifier {
         }
     }
 }
+
+/// `ferry watch`: subscribes to `endpoints` (topics starting with `topic`) and writes each
+/// notification as one line, `topic json`, until the output or the socket fails.
+pub fn watch(
+    endpoints: &[String],
+    topic: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), String> {
+    let ctx = zmq::Context::new();
+    let socket = ctx.socket(zmq::SUB).map_err(|e| e.to_string())?;
+    for e in endpoints {
+        socket
+            .connect(e)
+            .map_err(|err| format!("cannot connect to {e}: {err}"))?;
+        eprintln!("watching {e}");
+    }
+    socket
+        .set_subscribe(topic.as_bytes())
+        .map_err(|e| e.to_string())?;
+    loop {
+        let frames = socket.recv_multipart(0).map_err(|e| e.to_string())?;
+        let text: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
+        writeln!(out, "{}", text.join(" ")).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+}

@@ -215,21 +215,62 @@ async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
     Some(rate)
 }
 
+/// One measurement of every configuration, in its own directory.
+struct Round {
+    single: f64,
+    batched: f64,
+    one: f64,
+    many: f64,
+    redis: Option<(f64, f64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let scale = if quick { 1 } else { 3 };
+    let (scale, rounds) = if quick { (1, 1) } else { (3, 5) };
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
-    let single = sqlite_ceiling(dir.path(), 1000 * scale, 1);
-    let batched = sqlite_ceiling(dir.path(), 50_000 * scale, 100);
-    let one = rt.block_on(ferry_http(dir.path(), 1, 1000 * scale));
-    let many = rt.block_on(ferry_http(dir.path(), 64, 100 * scale));
-    let redis_one = rt.block_on(redis(dir.path(), 1, 1000 * scale));
-    let redis_many = rt.block_on(redis(dir.path(), 64, 100 * scale));
+    // Several interleaved rounds, reporting medians: on a shared machine one round can be
+    // off by a third.
+    let results: Vec<Round> = (0..rounds)
+        .map(|r| {
+            let d = dir.path().join(format!("round{r}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let redis = rt
+                .block_on(redis(&d, 1, 1000 * scale))
+                .zip(rt.block_on(redis(&d, 64, 100 * scale)));
+            Round {
+                single: sqlite_ceiling(&d, 1000 * scale, 1),
+                batched: sqlite_ceiling(&d, 50_000 * scale, 100),
+                one: rt.block_on(ferry_http(&d, 1, 1000 * scale)),
+                many: rt.block_on(ferry_http(&d, 64, 100 * scale)),
+                redis,
+            }
+        })
+        .collect();
+    let med = |f: &dyn Fn(&Round) -> f64| median(results.iter().map(f).collect());
+    let (single, batched, one, many) = (
+        med(&|r| r.single),
+        med(&|r| r.batched),
+        med(&|r| r.one),
+        med(&|r| r.many),
+    );
+    let redis_one = results
+        .iter()
+        .all(|r| r.redis.is_some())
+        .then(|| med(&|r| r.redis.unwrap().0));
+    let redis_many = results
+        .iter()
+        .all(|r| r.redis.is_some())
+        .then(|| med(&|r| r.redis.unwrap().1));
 
     println!(
-        "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s (ratio to SQLite in-process, same run)"
+        "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s, median of {rounds} round(s) (ratio to SQLite in-process, same run)"
     );
     println!("sqlite in-process, 1 write/txn        {single:>10.0}   1.00x");
     println!(
@@ -245,6 +286,13 @@ fn main() {
         many / single,
         many / one,
         many / batched
+    );
+    println!(
+        "ratio 64 writers / 1 writer per round: {:?}",
+        results
+            .iter()
+            .map(|r| format!("{:.1}", r.many / r.one))
+            .collect::<Vec<_>>()
     );
     match (redis_one, redis_many) {
         (Some(one_r), Some(many_r)) => {

@@ -173,6 +173,9 @@ impl Node {
                     tasks.spawn(follower.run(shutdown.clone()));
                 }
             }
+            for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
+                tracing::warn!(namespace = %name, "no relayer_config follows this namespace: this node is its primary and accepts writes to it");
+            }
         }
 
         let api = Arc::new(Api {

@@ -174,6 +174,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (Method::PUT, kv_url.clone(), Some(big), 413, "over the limit of 1024 bytes"),
         (Method::PUT, node.url(&format!("/api/v1/{NS}/kv/")), Some(r#"{"value":"YQ=="}"#.into()), 400, "key is empty"),
         (Method::PUT, node.url(&format!("/api/v1/{NS}/kv/%FF")), Some(r#"{"value":"YQ=="}"#.into()), 400, "not valid UTF-8"),
+        (Method::PUT, node.url(&format!("/api/v1/{NS}/kv/{}", "k".repeat(5000))), Some(r#"{"value":"YQ=="}"#.into()), 400, "is 5000 bytes long; the limit is 4096"),
         (Method::PUT, node.url("/api/v1/nope/kv/k"), Some(r#"{"value":"YQ=="}"#.into()), 404, "unknown namespace \"nope\""),
         (Method::GET, node.url("/api/v1/nope/kv/k"), None, 404, "unknown namespace"),
         (Method::GET, node.url("/api/v1/nope/stats"), None, 404, "unknown namespace"),

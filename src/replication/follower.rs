@@ -237,7 +237,9 @@ impl Follower {
         // next ones arrive, and everything that arrived meanwhile is applied in the next single
         // transaction (one fsync), so a replica keeps up with a primary that commits faster
         // than one fsync per upstream commit would allow.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<super::pb::Entry>>(64);
+        // At most 16 batches (each at most ~1 MiB) wait here: enough to keep the writer busy,
+        // bounded so a fast upstream cannot fill a slow replica's memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<super::pb::Entry>>(16);
         let receive = async {
             // Owning the sender here means it is dropped when receiving ends, which lets the
             // applier finish what is queued and stop.

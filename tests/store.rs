@@ -185,6 +185,8 @@ async fn writes_queued_before_shutdown_are_committed_and_later_ones_refused() {
     for w in writes {
         w.await.unwrap().unwrap();
     }
+    let empty = ns.write(Vec::new()).await;
+    assert!(matches!(empty, Err(StoreError::EmptyWrite)), "{empty:?}");
     ns.close().await;
     let late = ns
         .write(vec![ferry::store::Mutation::Delete { key: "k1".into() }])

@@ -44,6 +44,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let status = match e {
             StoreError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::EmptyWrite => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -33,6 +33,9 @@ pub enum StoreError {
     Sqlite(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A write with no mutations: it would take no seq and change nothing.
+    #[error("nothing to write: the write has no items")]
+    EmptyWrite,
     /// Entries offered to a replica do not continue its log.
     #[error("history differs: {0}")]
     Diverged(String),
@@ -162,7 +165,9 @@ impl Namespace {
     /// Commits `mutations` atomically as consecutive log entries. Returns once durable (as
     /// durable as `synchronous` makes it).
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<Committed, StoreError> {
-        assert!(!mutations.is_empty(), "callers reject empty writes");
+        if mutations.is_empty() {
+            return Err(StoreError::EmptyWrite);
+        }
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Write { mutations, reply })

@@ -119,8 +119,8 @@ fn help_explains_every_option() {
     assert!(text.contains("server"), "{text}");
 }
 
-/// Polls a node's `/stats` for a namespace.
-async fn stats(c: &reqwest::Client, addr: &str, ns: &str) -> serde_json::Value {
+/// `/stats` of a namespace on a node running as a child process at `addr`.
+async fn stats_at(c: &reqwest::Client, addr: &str, ns: &str) -> serde_json::Value {
     call(
         c,
         reqwest::Method::GET,
@@ -167,7 +167,7 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
         Duration::from_secs(60),
         "the catch-up to start",
         async || {
-            let applied = stats(&c, &addr, "ns").await["replication"]["applied_seq"]
+            let applied = stats_at(&c, &addr, "ns").await["replication"]["applied_seq"]
                 .as_i64()
                 .unwrap();
             (applied > 0).then_some(applied)
@@ -199,7 +199,7 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
         Duration::from_secs(60),
         "the replica to catch up",
         async || {
-            let st = stats(&c, &addr_of(&replica), "ns").await;
+            let st = stats_at(&c, &addr_of(&replica), "ns").await;
             (st["replication"]["applied_seq"].as_i64() == Some(total)).then_some(())
         },
     )
@@ -226,13 +226,7 @@ async fn ferry_watch_prints_each_notification() {
     let mut watch = Running::spawn(&["watch", "-e", &endpoint, "--topic", "ns.kv"]);
     watch.wait_line(&format!("watching {endpoint}"));
     let c = reqwest::Client::new();
-    wait_for(Duration::from_secs(10), "the watcher's subscription", async || {
-        (stats(&c, &node.base.replace("http://", ""), "ns").await["notifier"]["subscribed_topics"]
-            .as_i64()
-            >= Some(1))
-        .then_some(())
-    })
-    .await;
+    wait_subscribed(&c, &node, "ns").await;
     let seq = put(&c, &node, "ns", "lww:user-status", b"online").await;
     let line = watch.wait_line("ns.kv ");
     let json: serde_json::Value =

@@ -336,16 +336,7 @@ async fn the_walkthrough_converges_end_to_end() {
     // subscriptions so no notification of the walkthrough is a slow-joiner loss.
     let c = reqwest::Client::new();
     for ns in ["ad-campaign-dc1", "ad-campaign-dc2"] {
-        let url = format!("{}/api/v1/{ns}/stats", cluster.http(&cluster.replica));
-        wait_for(
-            std::time::Duration::from_secs(10),
-            "the client's subscription",
-            async || {
-                let (_, st) = call(&c, reqwest::Method::GET, &url, None).await;
-                (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
-            },
-        )
-        .await;
+        wait_subscribed_at(&c, &cluster.http(&cluster.replica), ns).await;
     }
 
     let now = walkthrough_writes(&c, &dc1, &dc2).await;
@@ -447,8 +438,9 @@ async fn the_walkthrough_converges_end_to_end() {
     drop(client);
 }
 
-/// Waits until the replica's notifier for `ns` has a subscription in place.
-async fn wait_subscribed(c: &reqwest::Client, replica_http: &str, ns: &str) {
+/// Waits until the notifier for `ns` of the replica (a child process at `replica_http`) has a
+/// subscription in place.
+async fn wait_subscribed_at(c: &reqwest::Client, replica_http: &str, ns: &str) {
     let url = format!("{replica_http}/api/v1/{ns}/stats");
     wait_for(
         std::time::Duration::from_secs(20),
@@ -472,7 +464,7 @@ async fn a_client_that_misses_notifications_still_converges() {
     let mut client = cluster.client();
     client.wait_line("\"event\":\"ready\"");
     let c = reqwest::Client::new();
-    wait_subscribed(&c, &replica_http, "ad-campaign-dc1").await;
+    wait_subscribed_at(&c, &replica_http, "ad-campaign-dc1").await;
     let put_count = |n: u64| {
         let (c, dc1) = (c.clone(), dc1.clone());
         async move {
@@ -546,7 +538,7 @@ async fn a_client_that_misses_notifications_still_converges() {
     std::fs::write(&config_path, same_ports).unwrap();
     cluster.replica = Running::spawn(&["replica", "-config", &config_path]);
     cluster.replica.wait_line("HTTP listening on ");
-    wait_subscribed(&c, &replica_http, "ad-campaign-dc1").await;
+    wait_subscribed_at(&c, &replica_http, "ad-campaign-dc1").await;
 
     // The next notification is seq 12: the client sees the gap and reads 2..=11 itself.
     put_count(12).await;

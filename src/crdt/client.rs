@@ -62,7 +62,6 @@ struct Change {
 
 #[derive(Debug, Deserialize)]
 struct ChangesPage {
-    head_seq: Seq,
     entries: Vec<Change>,
 }
 
@@ -315,7 +314,6 @@ async fn catch_up(
         let page = reader.changes(ns, last).await.map_err(|e| (last, e))?;
         if page.entries.is_empty() {
             // The node has not applied `target` yet (a notification from a faster node).
-            let _ = page.head_seq;
             break;
         }
         for change in page.entries {

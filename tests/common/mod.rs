@@ -307,17 +307,7 @@ impl Subscriber {
         socket.set_rcvhwm(1_000_000).unwrap();
         socket.connect(&endpoint).unwrap();
         socket.set_subscribe(b"").unwrap();
-        let client = reqwest::Client::new();
-        let url = node.url(&format!("/api/v1/{ns}/stats"));
-        wait_for(
-            Duration::from_secs(10),
-            "the subscription to reach the notifier",
-            async || {
-                let (_, stats) = call(&client, reqwest::Method::GET, &url, None).await;
-                (stats["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
-            },
-        )
-        .await;
+        wait_subscribed(&reqwest::Client::new(), node, ns).await;
         Subscriber { socket, _ctx: ctx }
     }
 
@@ -480,4 +470,18 @@ pub async fn wait_replication_state(
         },
     )
     .await
+}
+
+/// Waits until `node`'s notifier for `ns` reports a subscription in place (so nothing published
+/// afterwards can be lost to the ZeroMQ slow-joiner window).
+pub async fn wait_subscribed(c: &reqwest::Client, node: &TestNode, ns: &str) {
+    wait_for(
+        Duration::from_secs(10),
+        "the subscription to reach the notifier",
+        async || {
+            let st = stats(c, node, ns).await;
+            (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
+        },
+    )
+    .await;
 }

@@ -65,14 +65,7 @@ impl Replication for ReplicationService {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         let head = ns.head();
-        let oldest = ns
-            .read(|c| {
-                c.query_row("SELECT COALESCE(MIN(seq), 0) FROM wal_log", [], |r| {
-                    r.get(0)
-                })
-            })
-            .await
-            .map_err(internal)?;
+        let oldest = ns.read(reader::oldest).await.map_err(internal)?;
         Ok(Response::new(PositionResponse {
             namespace: req.namespace,
             log_id: ns.log_id(),

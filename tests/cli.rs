@@ -69,6 +69,13 @@ fn run_fail(args: &[&str]) -> String {
 
 #[test]
 fn startup_errors_are_one_clear_line() {
+    let err = run_fail(&["crdt-client", "--zmq", "tcp://localhost:5555"]);
+    assert!(err.contains("is not namespace=endpoint"), "{err}");
+    let err = run_fail(&["demo", "--configs", "/no/such/dir"]);
+    assert!(
+        err.contains("/no/such/dir/dc1.toml") && err.contains("--configs DIR"),
+        "{err}"
+    );
     let err = run_fail(&["server", "-config", "/no/such/dc1.toml"]);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(

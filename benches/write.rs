@@ -1,7 +1,9 @@
 //! Write throughput of a primary, as a ratio of what SQLite itself does on this machine in the
 //! same run (the machines are shared and noisy; ratios are comparable, absolute numbers less so).
 //!
-//! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run).
+//! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run). For a quick A/B of
+//! one load shape, `cargo bench --bench write -- --writers N [--sync full|normal|off]` runs only
+//! ferry with N writers, 3 times.
 //!
 //! Measures, all durable per write (fsync before the reply) on files in a temp dir:
 //! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and
@@ -52,9 +54,16 @@ fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize) -> f64 {
     seq as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn ferry_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
+/// One ferry run: writes/s, and how many of the machine's cores the process kept busy
+/// (server and load generator together) — to tell a CPU-bound run from one waiting on the disk.
+struct Run {
+    rate: f64,
+    cores: f64,
+}
+
+async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str) -> Run {
     let text = format!(
-        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\n[log_config]\nlog_level = \"warn\"\n",
+        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\nsynchronous = {sync:?}\n[log_config]\nlog_level = \"warn\"\n",
         dir.join(format!("ferry-{writers}")).display().to_string()
     );
     let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
@@ -70,6 +79,7 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
         conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
     let start = Instant::now();
+    let cpu = cpu_seconds();
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
@@ -91,9 +101,35 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = (writers * per_writer) as f64 / start.elapsed().as_secs_f64();
+    let secs = start.elapsed().as_secs_f64();
+    let run = Run {
+        rate: (writers * per_writer) as f64 / secs,
+        cores: (cpu_seconds() - cpu) / secs,
+    };
     node.shutdown().await;
-    rate
+    run
+}
+
+/// CPU time (user + system) this process has used so far, from /proc (0 where there is none).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Sends one HTTP/1.1 request on a keep-alive connection, reads one response; returns its
@@ -219,8 +255,8 @@ async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
 struct Round {
     single: f64,
     batched: f64,
-    one: f64,
-    many: f64,
+    one: Run,
+    many: Run,
     redis: Option<(f64, f64)>,
 }
 
@@ -229,11 +265,44 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The value following `flag` on the command line.
+fn arg(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    Some(
+        args.get(i + 1)
+            .unwrap_or_else(|| panic!("{flag} needs a value"))
+            .clone(),
+    )
+}
+
+/// `--writers N`: only ferry, N writers, 3 runs (for comparing two builds).
+fn only_ferry(rt: &tokio::runtime::Runtime, writers: usize, sync: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    for r in 0..3 {
+        let d = dir.path().join(format!("run{r}"));
+        let run = rt.block_on(ferry_http(&d, writers, 64_000 / writers.max(16), sync));
+        println!(
+            "ferry HTTP, synchronous={sync}, {writers} writer(s): {:.0} writes/s, {:.2} cores busy",
+            run.rate, run.cores
+        );
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (scale, rounds) = if quick { (1, 1) } else { (3, 5) };
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Some(writers) = arg("--writers") {
+        let writers = writers.parse().expect("--writers takes a number");
+        only_ferry(
+            &rt,
+            writers,
+            &arg("--sync").unwrap_or_else(|| "full".into()),
+        );
+        return;
+    }
 
     // Several interleaved rounds, reporting medians: on a shared machine one round can be
     // off by a third.
@@ -247,8 +316,8 @@ fn main() {
             Round {
                 single: sqlite_ceiling(&d, 1000 * scale, 1),
                 batched: sqlite_ceiling(&d, 50_000 * scale, 100),
-                one: rt.block_on(ferry_http(&d, 1, 1000 * scale)),
-                many: rt.block_on(ferry_http(&d, 64, 100 * scale)),
+                one: rt.block_on(ferry_http(&d, 1, 1000 * scale, "full")),
+                many: rt.block_on(ferry_http(&d, 64, 100 * scale, "full")),
                 redis,
             }
         })
@@ -257,9 +326,10 @@ fn main() {
     let (single, batched, one, many) = (
         med(&|r| r.single),
         med(&|r| r.batched),
-        med(&|r| r.one),
-        med(&|r| r.many),
+        med(&|r| r.one.rate),
+        med(&|r| r.many.rate),
     );
+    let (one_cores, many_cores) = (med(&|r| r.one.cores), med(&|r| r.many.cores));
     let redis_one = results
         .iter()
         .all(|r| r.redis.is_some())
@@ -278,11 +348,11 @@ fn main() {
         batched / single
     );
     println!(
-        "ferry HTTP, 1 writer                  {one:>10.0}   {:.2}x of sqlite 1 write/txn",
+        "ferry HTTP, 1 writer                  {one:>10.0}   {:.2}x of sqlite 1 write/txn ({one_cores:.2} cores busy)",
         one / single
     );
     println!(
-        "ferry HTTP, 64 writers (group commit) {many:>10.0}   {:.2}x of sqlite 1 write/txn, {:.2}x of ferry 1 writer, {:.3}x of sqlite 100 writes/txn",
+        "ferry HTTP, 64 writers (group commit) {many:>10.0}   {:.2}x of sqlite 1 write/txn, {:.2}x of ferry 1 writer, {:.3}x of sqlite 100 writes/txn ({many_cores:.2} cores busy)",
         many / single,
         many / one,
         many / batched
@@ -291,7 +361,7 @@ fn main() {
         "ratio 64 writers / 1 writer per round: {:?}",
         results
             .iter()
-            .map(|r| format!("{:.1}", r.many / r.one))
+            .map(|r| format!("{:.1}", r.many.rate / r.one.rate))
             .collect::<Vec<_>>()
     );
     match (redis_one, redis_many) {

@@ -59,6 +59,10 @@ fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize) -> f64 {
 struct Run {
     rate: f64,
     cores: f64,
+    /// Requests per SQLite transaction (group commit's effect).
+    per_commit: f64,
+    /// Share of the run the writer thread spent inside transactions (fsync included).
+    writer_busy: f64,
 }
 
 async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str) -> Run {
@@ -102,9 +106,14 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str) -
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
+    let counters = node.store().get("bench").unwrap().commit_counters();
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     let run = Run {
         rate: (writers * per_writer) as f64 / secs,
         cores: (cpu_seconds() - cpu) / secs,
+        per_commit: load(&counters.requests) / load(&counters.commits).max(1.0),
+        writer_busy: load(&counters.micros) / 1e6 / secs,
     };
     node.shutdown().await;
     run
@@ -283,8 +292,11 @@ fn only_ferry(rt: &tokio::runtime::Runtime, writers: usize, sync: &str) {
         let d = dir.path().join(format!("run{r}"));
         let run = rt.block_on(ferry_http(&d, writers, 64_000 / writers.max(16), sync));
         println!(
-            "ferry HTTP, synchronous={sync}, {writers} writer(s): {:.0} writes/s, {:.2} cores busy",
-            run.rate, run.cores
+            "ferry HTTP, synchronous={sync}, {writers} writer(s): {:.0} writes/s, {:.2} cores busy, {:.1} requests per commit, writer in transactions {:.0}% of the time",
+            run.rate,
+            run.cores,
+            run.per_commit,
+            run.writer_busy * 100.0
         );
     }
 }
@@ -330,6 +342,7 @@ fn main() {
         med(&|r| r.many.rate),
     );
     let (one_cores, many_cores) = (med(&|r| r.one.cores), med(&|r| r.many.cores));
+    let (per_commit, writer_busy) = (med(&|r| r.many.per_commit), med(&|r| r.many.writer_busy));
     let redis_one = results
         .iter()
         .all(|r| r.redis.is_some())
@@ -356,6 +369,10 @@ fn main() {
         many / single,
         many / one,
         many / batched
+    );
+    println!(
+        "  64 writers: {per_commit:.1} requests per commit, writer in transactions {:.0}% of the time",
+        writer_busy * 100.0
     );
     println!(
         "ratio 64 writers / 1 writer per round: {:?}",

@@ -653,6 +653,18 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
         r.contains("# TYPE ferry_notifications_sent_total counter"),
         "{r}"
     );
+    // One batch request on the primary, one commit for it; the replica commits what it
+    // applies, and stores no client requests.
+    assert_eq!(
+        metric(&c, &primary, "ferry_commit_requests_total", NS).await,
+        1.0
+    );
+    assert_eq!(metric(&c, &primary, "ferry_commits_total", NS).await, 1.0);
+    assert!(metric(&c, &replica, "ferry_commits_total", NS).await >= 1.0);
+    assert_eq!(
+        metric(&c, &replica, "ferry_commit_requests_total", NS).await,
+        0.0
+    );
     replica.stop().await;
     primary.stop().await;
 }

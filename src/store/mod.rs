@@ -20,7 +20,7 @@ use crate::config::{StorageConfig, Synchronous};
 use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
 use writer::{Command, Writer};
-pub use writer::{Committed, Mutation};
+pub use writer::{CommitCounters, Committed, Mutation};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,6 +65,7 @@ pub struct Namespace {
     readers: reader::Pool,
     recent: Arc<recent::Recent>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Arc<CommitCounters>,
 }
 
 impl Namespace {
@@ -103,6 +104,7 @@ impl Namespace {
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let recent = Arc::new(recent::Recent::default());
+        let counters = Arc::new(CommitCounters::default());
         let writer = Writer {
             namespace: name.to_owned(),
             conn,
@@ -110,6 +112,7 @@ impl Namespace {
             head_tx,
             recent: recent.clone(),
             rx,
+            counters: counters.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("writer-{name}"))
@@ -135,6 +138,7 @@ impl Namespace {
             commands: tx,
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
+            counters,
         })
     }
 
@@ -155,6 +159,11 @@ impl Namespace {
     /// The last committed entry.
     pub fn head(&self) -> Head {
         *self.head.borrow()
+    }
+
+    /// What the writer has committed since this node opened the namespace.
+    pub fn commit_counters(&self) -> &CommitCounters {
+        &self.counters
     }
 
     /// A receiver that changes after every commit that appended entries.

@@ -62,6 +62,29 @@ pub(crate) enum Command {
     Close { reply: oneshot::Sender<()> },
 }
 
+/// What the writer has committed since the node started: how well group commit is working
+/// (requests per commit) and how busy the writer is (seconds in commits per second), for
+/// `/metrics`.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// SQLite transactions committed: groups of client writes, and replicated batches.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Client write requests (PUT, DELETE, batch) acknowledged as stored.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Time spent in those transactions, from BEGIN to the end of COMMIT (fsync included).
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+impl CommitCounters {
+    fn add(&self, requests: usize, started: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.requests.fetch_add(requests as u64, Relaxed);
+        self.micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+    }
+}
+
 /// Caps on one group so a flood of writers cannot build an unbounded transaction.
 const MAX_GROUP_REQUESTS: usize = 4096;
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
@@ -73,6 +96,7 @@ pub(crate) struct Writer {
     pub head_tx: watch::Sender<Head>,
     pub recent: std::sync::Arc<super::recent::Recent>,
     pub rx: mpsc::Receiver<Command>,
+    pub counters: std::sync::Arc<CommitCounters>,
 }
 
 type Reply = oneshot::Sender<Result<Committed, StoreError>>;
@@ -140,12 +164,15 @@ impl Writer {
         // SQLite copy every page it touches into a sub-journal). Requests are validated before
         // they get here, so a failing one is rare; if one does fail, the group is redone with a
         // savepoint per request, so only that request fails.
+        let started = std::time::Instant::now();
         let result = match self.run_group(&batches, false, ts_ms) {
             Err(GroupError::Request) => self.run_group(&batches, true, ts_ms),
             other => other,
         };
         match result {
             Ok((head, outcomes, fresh)) => {
+                let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+                self.counters.add(stored, started);
                 if head.seq != self.head.seq {
                     self.head = head;
                     self.recent.push(fresh);
@@ -253,6 +280,7 @@ impl Writer {
         if entries.is_empty() {
             return Ok(self.head);
         }
+        let started = std::time::Instant::now();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -275,6 +303,7 @@ impl Writer {
             }
         }
         tx.commit()?;
+        self.counters.add(0, started);
         self.head = expect;
         self.recent.push(entries);
         self.head_tx.send_replace(expect);

@@ -485,3 +485,21 @@ pub async fn wait_subscribed(c: &reqwest::Client, node: &TestNode, ns: &str) {
     )
     .await;
 }
+
+/// The value of one `/metrics` series for namespace `ns` (panics when it is missing).
+pub async fn metric(c: &reqwest::Client, node: &TestNode, name: &str, ns: &str) -> f64 {
+    let text = c
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("{name}{{namespace=\"{ns}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}

@@ -361,6 +361,12 @@ async fn a_write_that_fails_in_sqlite_fails_alone() {
         }
     }
     ns.close().await;
+    // The failed requests are not counted as stored.
+    let stored = ns
+        .commit_counters()
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stored, ok as u64);
     // Only the 57 good requests are stored, each whole, with dense seqs.
     assert_eq!(verify_file(&dir.path().join("ns.db")), ok * 2);
     let kv = kv_rows(&dir.path().join("ns.db"));

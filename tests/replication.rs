@@ -611,17 +611,7 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
     let _sub = Subscriber::connect(&replica, NS).await;
     batch_put(&c, &primary, NS, 0, 3, 5).await;
     wait_synced(&primary, &replica, NS).await;
-    let text = |node: &TestNode| {
-        let (c, url) = (c.clone(), node.url("/metrics"));
-        async move {
-            let resp = c.get(url).send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-            assert!(ct.starts_with("text/plain"), "{ct}");
-            resp.text().await.unwrap()
-        }
-    };
-    let p = text(&primary).await;
+    let p = metrics(&c, &primary).await;
     assert!(
         p.contains("# TYPE ferry_head_seq gauge\nferry_head_seq{namespace=\"ns\"} 3\n"),
         "{p}"
@@ -642,7 +632,7 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
         std::time::Duration::from_secs(10),
         "the replica's metrics",
         async || {
-            let r = text(&replica).await;
+            let r = metrics(&c, &replica).await;
             want.iter()
                 .all(|line| r.lines().any(|l| l == *line))
                 .then_some(r)
@@ -655,16 +645,10 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
     );
     // One batch request on the primary, one commit for it; the replica commits what it
     // applies, and stores no client requests.
-    assert_eq!(
-        metric(&c, &primary, "ferry_commit_requests_total", NS).await,
-        1.0
-    );
-    assert_eq!(metric(&c, &primary, "ferry_commits_total", NS).await, 1.0);
-    assert!(metric(&c, &replica, "ferry_commits_total", NS).await >= 1.0);
-    assert_eq!(
-        metric(&c, &replica, "ferry_commit_requests_total", NS).await,
-        0.0
-    );
+    assert_eq!(metric(&p, "ferry_commit_requests_total", NS), 1.0);
+    assert_eq!(metric(&p, "ferry_commits_total", NS), 1.0);
+    assert!(metric(&r, "ferry_commits_total", NS) >= 1.0);
+    assert_eq!(metric(&r, "ferry_commit_requests_total", NS), 0.0);
     replica.stop().await;
     primary.stop().await;
 }

@@ -438,21 +438,6 @@ async fn the_walkthrough_converges_end_to_end() {
     drop(client);
 }
 
-/// Waits until the notifier for `ns` of the replica (a child process at `replica_http`) has a
-/// subscription in place.
-async fn wait_subscribed_at(c: &reqwest::Client, replica_http: &str, ns: &str) {
-    let url = format!("{replica_http}/api/v1/{ns}/stats");
-    wait_for(
-        std::time::Duration::from_secs(20),
-        "the client's subscription",
-        async || {
-            let (_, st) = call(c, reqwest::Method::GET, &url, None).await;
-            (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
-        },
-    )
-    .await;
-}
-
 fn counter_state(total: u64) -> Value {
     json!({"lww": {}, "counters": {"counter:gap": {"counts": {"dc1": total}, "total": total}}})
 }

@@ -383,36 +383,30 @@ pub async fn metrics(api: Arc<Api>) -> Response {
             .map(|n| (label(n.name()), n.head().seq.to_string()))
             .collect(),
     );
-    let counter =
-        |name: &str, help: &str, value: &dyn Fn(&crate::store::CommitCounters) -> String| {
-            (
-                name.to_owned(),
-                help.to_owned(),
-                namespaces
-                    .iter()
-                    .map(|n| (label(n.name()), value(n.commit_counters())))
-                    .collect::<Vec<_>>(),
-            )
-        };
-    for (name, help, series) in [
-        counter(
-            "ferry_commits_total",
-            "SQLite transactions the writer committed: groups of client writes, and replicated batches.",
-            &|c| c.commits.load(Ordering::Relaxed).to_string(),
-        ),
-        counter(
-            "ferry_commit_requests_total",
-            "Client write requests stored; divided by ferry_commits_total, the size of a group commit.",
-            &|c| c.requests.load(Ordering::Relaxed).to_string(),
-        ),
-        counter(
-            "ferry_commit_seconds_total",
-            "Time the writer spent in transactions, BEGIN to end of COMMIT (fsync included); its rate is how busy the writer is.",
-            &|c| format!("{:.6}", c.micros.load(Ordering::Relaxed) as f64 / 1e6),
-        ),
-    ] {
-        family(&name, "counter", &help, series);
-    }
+    let commits = |value: fn(&crate::store::CommitCounters) -> String| {
+        namespaces
+            .iter()
+            .map(|n| (label(n.name()), value(n.commit_counters())))
+            .collect()
+    };
+    family(
+        "ferry_commits_total",
+        "counter",
+        "SQLite transactions the writer committed: groups of client writes, and replicated batches.",
+        commits(|c| c.commits.load(Ordering::Relaxed).to_string()),
+    );
+    family(
+        "ferry_commit_requests_total",
+        "counter",
+        "Client write requests stored; divided by ferry_commits_total, the size of a group commit.",
+        commits(|c| c.requests.load(Ordering::Relaxed).to_string()),
+    );
+    family(
+        "ferry_commit_seconds_total",
+        "counter",
+        "Time the writer spent in transactions, BEGIN to end of COMMIT (fsync included); its rate is how busy the writer is.",
+        commits(|c| format!("{:.6}", c.micros.load(Ordering::Relaxed) as f64 / 1e6)),
+    );
     let followed: Vec<_> = namespaces
         .iter()
         .filter_map(|n| {

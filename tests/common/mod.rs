@@ -475,27 +475,34 @@ pub async fn wait_replication_state(
 /// Waits until `node`'s notifier for `ns` reports a subscription in place (so nothing published
 /// afterwards can be lost to the ZeroMQ slow-joiner window).
 pub async fn wait_subscribed(c: &reqwest::Client, node: &TestNode, ns: &str) {
+    wait_subscribed_at(c, &node.url(""), ns).await;
+}
+
+/// [`wait_subscribed`] for any node serving HTTP at `base` (e.g. a child process).
+pub async fn wait_subscribed_at(c: &reqwest::Client, base: &str, ns: &str) {
+    let url = format!("{base}/api/v1/{ns}/stats");
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the subscription to reach the notifier",
         async || {
-            let st = stats(c, node, ns).await;
+            let (_, st) = call(c, reqwest::Method::GET, &url, None).await;
             (st["notifier"]["subscribed_topics"].as_i64() >= Some(1)).then_some(())
         },
     )
     .await;
 }
 
-/// The value of one `/metrics` series for namespace `ns` (panics when it is missing).
-pub async fn metric(c: &reqwest::Client, node: &TestNode, name: &str, ns: &str) -> f64 {
-    let text = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+/// A node's `/metrics` text (checked to be served as Prometheus text).
+pub async fn metrics(c: &reqwest::Client, node: &TestNode) -> String {
+    let resp = c.get(node.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    resp.text().await.unwrap()
+}
+
+/// The value of one series for namespace `ns` in `/metrics` text (panics when it is missing).
+pub fn metric(text: &str, name: &str, ns: &str) -> f64 {
     let series = format!("{name}{{namespace=\"{ns}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

@@ -2,8 +2,8 @@
 //! same run (the machines are shared and noisy; ratios are comparable, absolute numbers less so).
 //!
 //! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run). For a quick A/B of
-//! one load shape, `cargo bench --bench write -- --writers N [--sync full|normal|off]` runs only
-//! ferry with N writers, 3 times.
+//! one load shape, `cargo bench --bench write -- --writers N [--sync full|normal|off]
+//! [--keys ordered|per-writer] [--per-writer WRITES]` runs only ferry with N writers, 3 times.
 //!
 //! Measures, all durable per write (fsync before the reply) on files in a temp dir:
 //! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and
@@ -12,6 +12,9 @@
 //!   (group commit), 100-byte values. Each writer is one keep-alive HTTP/1.1 connection driven
 //!   by a minimal client (pre-built request bytes), so that on a 2-core machine the load
 //!   generator takes as little CPU from the server as possible — as wrk would;
+//! - both for two key patterns (see [`Keys`]), each beside in-process SQLite writing the same
+//!   keys in groups of the size ferry's writer formed, which is what group commit can at best
+//!   reach with them;
 //! - Redis with `appendonly yes, appendfsync always` (the bar users compare us with), driven by
 //!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
 //!   `redis-server` is on the PATH (`apt-get install redis-server`).
@@ -25,9 +28,42 @@ use ferry::config::Config;
 use ferry::node::{Listeners, Mode, Node};
 
 const VALUE_BYTES: usize = 100;
+/// Writers in the concurrent runs.
+const WRITERS: usize = 64;
 
-fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize) -> f64 {
-    let path = dir.join(format!("ceiling-{per_txn}.db"));
+/// Which keys the writers write: where in the `kv` index each write lands decides how many
+/// pages a commit dirties, and so what SQLite itself can do, more than anything ferry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// Each new key sorts after the ones before it, across writers (`00000042-w7`): ids that
+    /// start with a timestamp or a counter, like ULIDs or event logs. A commit's writes share
+    /// the last pages of the index. The SQLite ceiling rows use these keys.
+    Ordered,
+    /// Each writer appends to a range of its own (`w7-42`): 64 places in the index, so every
+    /// write in a group dirties a page of its own (4 KiB flushed per 100-byte value).
+    PerWriter,
+}
+
+impl Keys {
+    fn key(self, writer: usize, i: usize) -> String {
+        match self {
+            Keys::Ordered => format!("{i:08}-w{writer}"),
+            Keys::PerWriter => format!("w{writer}-{i}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Keys::Ordered => "ordered",
+            Keys::PerWriter => "per-writer",
+        }
+    }
+}
+
+/// In-process SQLite writing `writes` times, `per_txn` writes per transaction, the writes
+/// taking turns among [`WRITERS`] writers' keys as ferry's load does.
+fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize, keys: Keys) -> f64 {
+    let path = dir.join(format!("ceiling-{per_txn}-{}.db", keys.name()));
     let mut conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
@@ -39,14 +75,16 @@ fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize) -> f64 {
     while (seq as usize) < writes {
         let tx = conn.transaction().unwrap();
         for _ in 0..per_txn {
+            let (writer, i) = (seq as usize % WRITERS, seq as usize / WRITERS);
+            let key = keys.key(writer, i);
             seq += 1;
             tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, 0, 0)")
                 .unwrap()
-                .execute(rusqlite::params![seq, format!("key{seq}"), value])
+                .execute(rusqlite::params![seq, key, value])
                 .unwrap();
             tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, 0) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq")
                 .unwrap()
-                .execute(rusqlite::params![format!("key{seq}"), value, seq])
+                .execute(rusqlite::params![key, value, seq])
                 .unwrap();
         }
         tx.commit().unwrap();
@@ -65,10 +103,12 @@ struct Run {
     writer_busy: f64,
 }
 
-async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str) -> Run {
+async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str, keys: Keys) -> Run {
     let text = format!(
         "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\nsynchronous = {sync:?}\n[log_config]\nlog_level = \"warn\"\n",
-        dir.join(format!("ferry-{writers}")).display().to_string()
+        dir.join(format!("ferry-{writers}-{}", keys.name()))
+            .display()
+            .to_string()
     );
     let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
     let listeners = Listeners::bind(&config).await.unwrap();
@@ -93,7 +133,8 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str) -
                 let mut buf = Vec::with_capacity(1024);
                 for i in 0..per_writer {
                     let req = format!(
-                        "PUT /api/v1/bench/kv/w{w}-{i} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        "PUT /api/v1/bench/kv/{} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        keys.key(w, i),
                         body.len()
                     );
                     let status = http_round_trip(&mut conn, req.as_bytes(), &mut buf).await;
@@ -260,13 +301,47 @@ async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
     Some(rate)
 }
 
+/// One key pattern, measured once.
+struct Pattern {
+    one: Run,
+    many: Run,
+    /// In-process SQLite, the same keys, 1 write per transaction.
+    sqlite_one: f64,
+    /// In-process SQLite, the same keys, as many writes per transaction as ferry's 64-writer
+    /// run committed together (its requests per commit).
+    sqlite_group: f64,
+}
+
+fn pattern(rt: &tokio::runtime::Runtime, dir: &Path, keys: Keys, scale: usize) -> Pattern {
+    let dir = dir.join(keys.name());
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = rt.block_on(ferry_http(&dir, 1, 1000 * scale, "full", keys));
+    let many = rt.block_on(ferry_http(&dir, WRITERS, 100 * scale, "full", keys));
+    let group = (many.per_commit.round() as usize).max(1);
+    Pattern {
+        sqlite_one: sqlite_ceiling(&dir, 1000 * scale, 1, keys),
+        sqlite_group: sqlite_ceiling(&dir, 100 * scale * WRITERS, group, keys),
+        one,
+        many,
+    }
+}
+
 /// One measurement of every configuration, in its own directory.
 struct Round {
     single: f64,
     batched: f64,
-    one: Run,
-    many: Run,
+    ordered: Pattern,
+    per_writer: Pattern,
     redis: Option<(f64, f64)>,
+}
+
+impl Round {
+    fn of(&self, keys: Keys) -> &Pattern {
+        match keys {
+            Keys::Ordered => &self.ordered,
+            Keys::PerWriter => &self.per_writer,
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -286,13 +361,20 @@ fn arg(flag: &str) -> Option<String> {
 }
 
 /// `--writers N`: only ferry, N writers, 3 runs (for comparing two builds).
-fn only_ferry(rt: &tokio::runtime::Runtime, writers: usize, sync: &str) {
+fn only_ferry(
+    rt: &tokio::runtime::Runtime,
+    writers: usize,
+    per_writer: usize,
+    sync: &str,
+    keys: Keys,
+) {
     let dir = tempfile::tempdir().unwrap();
     for r in 0..3 {
         let d = dir.path().join(format!("run{r}"));
-        let run = rt.block_on(ferry_http(&d, writers, 64_000 / writers.max(16), sync));
+        let run = rt.block_on(ferry_http(&d, writers, per_writer, sync, keys));
         println!(
-            "ferry HTTP, synchronous={sync}, {writers} writer(s): {:.0} writes/s, {:.2} cores busy, {:.1} requests per commit, writer in transactions {:.0}% of the time",
+            "ferry HTTP, synchronous={sync}, {} keys, {writers} writer(s): {:.0} writes/s, {:.2} cores busy, {:.1} requests per commit, writer in transactions {:.0}% of the time",
+            keys.name(),
             run.rate,
             run.cores,
             run.per_commit,
@@ -307,11 +389,21 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(writers) = arg("--writers") {
-        let writers = writers.parse().expect("--writers takes a number");
+        let writers: usize = writers.parse().expect("--writers takes a number");
+        let keys = match arg("--keys").as_deref() {
+            None | Some("ordered") => Keys::Ordered,
+            Some("per-writer") => Keys::PerWriter,
+            Some(other) => panic!("--keys takes ordered or per-writer, not {other:?}"),
+        };
+        let per_writer = arg("--per-writer").map_or(64_000 / writers.max(16), |n| {
+            n.parse().expect("--per-writer takes a number")
+        });
         only_ferry(
             &rt,
             writers,
+            per_writer,
             &arg("--sync").unwrap_or_else(|| "full".into()),
+            keys,
         );
         return;
     }
@@ -324,81 +416,85 @@ fn main() {
             std::fs::create_dir_all(&d).unwrap();
             let redis = rt
                 .block_on(redis(&d, 1, 1000 * scale))
-                .zip(rt.block_on(redis(&d, 64, 100 * scale)));
+                .zip(rt.block_on(redis(&d, WRITERS, 100 * scale)));
             Round {
-                single: sqlite_ceiling(&d, 1000 * scale, 1),
-                batched: sqlite_ceiling(&d, 50_000 * scale, 100),
-                one: rt.block_on(ferry_http(&d, 1, 1000 * scale, "full")),
-                many: rt.block_on(ferry_http(&d, 64, 100 * scale, "full")),
+                single: sqlite_ceiling(&d, 1000 * scale, 1, Keys::Ordered),
+                batched: sqlite_ceiling(&d, 50_000 * scale, 100, Keys::Ordered),
+                ordered: pattern(&rt, &d, Keys::Ordered, scale),
+                per_writer: pattern(&rt, &d, Keys::PerWriter, scale),
                 redis,
             }
         })
         .collect();
     let med = |f: &dyn Fn(&Round) -> f64| median(results.iter().map(f).collect());
-    let (single, batched, one, many) = (
-        med(&|r| r.single),
-        med(&|r| r.batched),
-        med(&|r| r.one.rate),
-        med(&|r| r.many.rate),
-    );
-    let (one_cores, many_cores) = (med(&|r| r.one.cores), med(&|r| r.many.cores));
-    let (per_commit, writer_busy) = (med(&|r| r.many.per_commit), med(&|r| r.many.writer_busy));
-    let redis_one = results
-        .iter()
-        .all(|r| r.redis.is_some())
-        .then(|| med(&|r| r.redis.unwrap().0));
-    let redis_many = results
-        .iter()
-        .all(|r| r.redis.is_some())
-        .then(|| med(&|r| r.redis.unwrap().1));
+    let (single, batched) = (med(&|r| r.single), med(&|r| r.batched));
 
     println!(
-        "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s, median of {rounds} round(s) (ratio to SQLite in-process, same run)"
+        "synchronous=FULL, {VALUE_BYTES}-byte values, writes/s, median of {rounds} round(s) (ratios are within the same run)"
     );
-    println!("sqlite in-process, 1 write/txn        {single:>10.0}   1.00x");
+    println!("sqlite in-process, 1 write/txn          {single:>8.0}   1.00x");
     println!(
-        "sqlite in-process, 100 writes/txn     {batched:>10.0}   {:.2}x",
+        "sqlite in-process, 100 writes/txn       {batched:>8.0}   {:.2}x of 1 write/txn",
         batched / single
     );
-    println!(
-        "ferry HTTP, 1 writer                  {one:>10.0}   {:.2}x of sqlite 1 write/txn ({one_cores:.2} cores busy)",
-        one / single
-    );
-    println!(
-        "ferry HTTP, 64 writers (group commit) {many:>10.0}   {:.2}x of sqlite 1 write/txn, {:.2}x of ferry 1 writer, {:.3}x of sqlite 100 writes/txn ({many_cores:.2} cores busy)",
-        many / single,
-        many / one,
-        many / batched
-    );
-    println!(
-        "  64 writers: {per_commit:.1} requests per commit, writer in transactions {:.0}% of the time",
-        writer_busy * 100.0
-    );
-    println!(
-        "ratio 64 writers / 1 writer per round: {:?}",
-        results
-            .iter()
-            .map(|r| format!("{:.1}", r.many.rate / r.one.rate))
-            .collect::<Vec<_>>()
-    );
-    match (redis_one, redis_many) {
-        (Some(one_r), Some(many_r)) => {
-            println!(
-                "redis appendfsync=always, 1 client   {one_r:>10.0}   {:.2}x of sqlite 1 write/txn",
-                one_r / single
-            );
-            println!(
-                "redis appendfsync=always, 64 clients {many_r:>10.0}   {:.2}x of sqlite 1 write/txn",
-                many_r / single
-            );
-            println!(
-                "ferry / redis: 1 writer {:.2}x, 64 writers {:.2}x",
-                one / one_r,
-                many / many_r
-            );
+    let mut ferry_one = 0.0;
+    let mut ferry_many = 0.0;
+    for keys in [Keys::Ordered, Keys::PerWriter] {
+        let one = med(&|r| r.of(keys).one.rate);
+        let many = med(&|r| r.of(keys).many.rate);
+        let group = med(&|r| r.of(keys).many.per_commit);
+        let (sqlite_one, sqlite_group) = (
+            med(&|r| r.of(keys).sqlite_one),
+            med(&|r| r.of(keys).sqlite_group),
+        );
+        if keys == Keys::Ordered {
+            (ferry_one, ferry_many) = (one, many);
         }
-        _ => println!(
+        println!("{} keys (`{}`):", keys.name(), keys.key(7, 42));
+        println!(
+            "  ferry HTTP, 1 writer                  {one:>8.0}   {:.2}x of sqlite 1 write/txn ({:.2} cores busy)",
+            one / single,
+            med(&|r| r.of(keys).one.cores)
+        );
+        println!(
+            "  ferry HTTP, {WRITERS} writers                {many:>8.0}   {:.1}x of ferry 1 writer ({:.2} cores busy, {group:.1} requests per commit, writer in transactions {:.0}% of the time)",
+            many / one,
+            med(&|r| r.of(keys).many.cores),
+            med(&|r| r.of(keys).many.writer_busy) * 100.0
+        );
+        println!(
+            "  sqlite in-process, same keys: 1 write/txn {sqlite_one:.0}, {group:.0} writes/txn {sqlite_group:.0} ({:.1}x): ferry {WRITERS} writers at {:.2}x of it",
+            sqlite_group / sqlite_one,
+            many / sqlite_group
+        );
+        println!(
+            "  ratio {WRITERS} writers / 1 writer per round: {:?}",
+            results
+                .iter()
+                .map(|r| format!("{:.1}", r.of(keys).many.rate / r.of(keys).one.rate))
+                .collect::<Vec<_>>()
+        );
+    }
+    let redis_all = results.iter().all(|r| r.redis.is_some());
+    if redis_all {
+        let one_r = med(&|r| r.redis.unwrap().0);
+        let many_r = med(&|r| r.redis.unwrap().1);
+        println!(
+            "redis appendfsync=always, 1 client     {one_r:>8.0}   {:.2}x of sqlite 1 write/txn",
+            one_r / single
+        );
+        println!(
+            "redis appendfsync=always, {WRITERS} clients   {many_r:>8.0}   {:.2}x of sqlite 1 write/txn",
+            many_r / single
+        );
+        println!(
+            "ferry (ordered keys) / redis: 1 writer {:.2}x, {WRITERS} writers {:.2}x",
+            ferry_one / one_r,
+            ferry_many / many_r
+        );
+    } else {
+        println!(
             "redis-server not found: `apt-get install redis-server` to measure it side by side"
-        ),
+        );
     }
 }

@@ -11,6 +11,26 @@ use serde_json::json;
 
 const NS: &str = "ns";
 
+/// The temp dirs of a [`pair`], deleted when dropped.
+struct Dirs {
+    primary: tempfile::TempDir,
+    _replica: tempfile::TempDir,
+}
+
+/// A primary serving gRPC and a replica of it, for namespace [`NS`], each on a temp dir of its
+/// own. Bindings drop last to first, so `let (dirs, primary, replica) = pair().await` keeps
+/// the dirs until the nodes are gone.
+async fn pair() -> (Dirs, TestNode, TestNode) {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let dirs = Dirs {
+        primary: pdir,
+        _replica: rdir,
+    };
+    (dirs, primary, replica)
+}
+
 async fn batch_put(
     c: &reqwest::Client,
     node: &TestNode,
@@ -35,9 +55,7 @@ async fn batch_put(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_transcript() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let (_dirs, primary, replica) = pair().await;
     let sub = Subscriber::connect(&replica, NS).await;
     let c = reqwest::Client::new();
 
@@ -125,9 +143,7 @@ async fn replication_transcript() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_applied_entry_is_notified_once_in_order() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let (_dirs, primary, replica) = pair().await;
     let sub = Subscriber::connect(&replica, NS).await;
     let c = reqwest::Client::new();
     // Concurrent single writes and batches, so the replica applies groups of many sizes.
@@ -232,10 +248,8 @@ async fn a_late_replica_catches_up_and_a_write_to_it_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_restarting_under_a_connected_replica() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let (dirs, primary, replica) = pair().await;
     let port = primary.node.grpc_addr().unwrap().port();
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
     let c = reqwest::Client::new();
     batch_put(&c, &primary, NS, 0, 50, 10).await;
     wait_synced(&primary, &replica, NS).await;
@@ -245,7 +259,7 @@ async fn the_primary_restarting_under_a_connected_replica() {
     assert_eq!(get_value(&c, &replica, NS, "key000001").await.0, 200);
     wait_replication_state(&c, &replica, NS, "retrying").await;
 
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    let primary = TestNode::primary_with_grpc(dirs.primary.path(), &[NS], port).await;
     batch_put(&c, &primary, NS, 50, 50, 10).await;
     wait_synced(&primary, &replica, NS).await;
     assert_same_files(&primary.db(NS), &replica.db(NS));
@@ -476,9 +490,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_on_a_replica_can_wait_for_a_seq() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let (_dirs, primary, replica) = pair().await;
     let c = reqwest::Client::new();
     for i in 0..20 {
         // Read-your-writes: the seq a write returns, presented to the replica right away.
@@ -604,9 +616,7 @@ async fn an_empty_file_created_by_a_primary_can_become_a_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_show_position_lag_and_notifications() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let (_dirs, primary, replica) = pair().await;
     let c = reqwest::Client::new();
     let _sub = Subscriber::connect(&replica, NS).await;
     batch_put(&c, &primary, NS, 0, 3, 5).await;

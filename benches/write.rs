@@ -35,9 +35,10 @@ const WRITERS: usize = 64;
 /// pages a commit dirties, and so what SQLite itself can do, more than anything ferry does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
-    /// Each new key sorts after the ones before it, across writers (`00000042-w7`): ids that
-    /// start with a timestamp or a counter, like ULIDs or event logs. A commit's writes share
-    /// the last pages of the index. The SQLite ceiling rows use these keys.
+    /// Keys start with a counter all writers advance together (`00000042-w7`, the writer's
+    /// 42nd): ids that start with a time, like ULIDs or event logs. New keys land at the end of
+    /// the index, so a commit's writes share its last pages. The SQLite ceiling rows use these
+    /// keys.
     Ordered,
     /// Each writer appends to a range of its own (`w7-42`): 64 places in the index, so every
     /// write in a group dirties a page of its own (4 KiB flushed per 100-byte value).

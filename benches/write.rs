@@ -35,8 +35,8 @@ const WRITERS: usize = 64;
 /// pages a commit dirties, and so what SQLite itself can do, more than anything ferry does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
-    /// Keys start with a counter all writers advance together (`00000042-w7`, the writer's
-    /// 42nd): ids that start with a time, like ULIDs or event logs. New keys land at the end of
+    /// Keys start with a counter all writers advance together (`00000042-w7`: writer 7,
+    /// write 42): ids that start with a time, like ULIDs or event logs. New keys land at the end of
     /// the index, so a commit's writes share its last pages. The SQLite ceiling rows use these
     /// keys.
     Ordered,

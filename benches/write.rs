@@ -36,9 +36,9 @@ const WRITERS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keys {
     /// Keys start with a counter all writers advance together (`00000042-w7`: writer 7,
-    /// write 42): ids that start with a time, like ULIDs or event logs. New keys land at the end of
-    /// the index, so a commit's writes share its last pages. The SQLite ceiling rows use these
-    /// keys.
+    /// write 42), like ids that start with a time (ULIDs, event logs). New keys land at the
+    /// end of the index, so a commit's writes share its last pages. The SQLite ceiling rows
+    /// use these keys.
     Ordered,
     /// Each writer appends to a range of its own (`w7-42`): 64 places in the index, so every
     /// write in a group dirties a page of its own (4 KiB flushed per 100-byte value).

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use ferry::replication::pb::replication_client::ReplicationClient;
-use ferry::replication::pb::{PositionRequest, TailRequest};
+use ferry::replication::pb::{PositionRequest, SnapshotChunk, SnapshotRequest, TailRequest};
 use ferry::replication::{ERROR_KEY, ErrorKind};
 use reqwest::Method;
 use serde_json::json;
@@ -293,6 +293,11 @@ async fn replicas_chain_and_end_identical() {
         wait_synced(&primary, &hop2, ns).await;
         assert_same_files(&primary.db(ns), &hop1.db(ns));
         assert_same_files(&primary.db(ns), &hop2.db(ns));
+        // A replica serving the stream serves the same snapshot as the primary.
+        assert_eq!(
+            snapshot(&hop1, ns).await.unwrap(),
+            snapshot(&primary, ns).await.unwrap()
+        );
     }
     hop2.stop().await;
     hop1.stop().await;
@@ -660,5 +665,109 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
     assert!(metric(&r, "ferry_commits_total", NS) >= 1.0);
     assert_eq!(metric(&r, "ferry_commit_requests_total", NS), 0.0);
     replica.stop().await;
+    primary.stop().await;
+}
+
+/// Every chunk of a `Snapshot` of `ns` from `node`, in order.
+async fn snapshot(node: &TestNode, ns: &str) -> Result<Vec<SnapshotChunk>, tonic::Status> {
+    let mut client = ReplicationClient::connect(format!("http://{}", node.grpc()))
+        .await
+        .unwrap();
+    let mut stream = client
+        .snapshot(SnapshotRequest {
+            namespace: ns.into(),
+        })
+        .await?
+        .into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_the_kv_of_one_seq_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    let c = reqwest::Client::new();
+    // 3,500 values of 1,000 bytes: more than the 1 MiB a chunk holds, three times over.
+    for b in 0..7 {
+        batch_put(&c, &primary, NS, b * 500, 500, 1000).await;
+    }
+    // Overwrites and deletes, so that kv is not simply every key ever written.
+    batch_put(&c, &primary, NS, 100, 50, 20).await;
+    for i in 10..20 {
+        let url = primary.url(&format!("/api/v1/{NS}/kv/key{i:06}"));
+        assert_eq!(call(&c, Method::DELETE, &url, None).await.0, 200);
+    }
+    let before = primary.node.store().get(NS).unwrap().head().seq;
+
+    // Writes keep committing while the snapshot is read.
+    let writes = async {
+        for i in 0..100 {
+            put(&c, &primary, NS, &format!("live{i:03}"), b"during").await;
+            put(&c, &primary, NS, &format!("key{i:06}"), b"overwritten").await;
+        }
+    };
+    let (chunks, ()) = tokio::join!(snapshot(&primary, NS), writes);
+    let chunks = chunks.unwrap();
+
+    let (log_id, seq, crc) = (&chunks[0].log_id, chunks[0].seq, chunks[0].crc);
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!((&chunk.log_id, chunk.seq, chunk.crc), (log_id, seq, crc));
+        assert_eq!(chunk.done, i == chunks.len() - 1, "done on chunk {i}");
+    }
+    assert_eq!(*log_id, primary.node.store().get(NS).unwrap().log_id());
+    let head = primary.node.store().get(NS).unwrap().head().seq;
+    assert!(before <= seq && seq <= head, "{before} <= {seq} <= {head}");
+
+    // The rows are exactly what replaying the log up to `seq` gives, in key order.
+    let log = wal_rows(&primary.db(NS));
+    let mut replay = std::collections::BTreeMap::new();
+    for r in log.iter().take_while(|r| r.seq <= seq) {
+        match r.op.as_str() {
+            "put" => replay.insert(r.key.clone(), (r.value.clone().unwrap(), r.seq, r.ts_ms)),
+            _ => replay.remove(&r.key),
+        };
+    }
+    let rows: Vec<_> = chunks
+        .into_iter()
+        .flat_map(|c| c.rows)
+        .map(|r| (r.key, (r.value, r.seq, r.ts_ms)))
+        .collect();
+    assert!(
+        rows.windows(2).all(|w| w[0].0 < w[1].0),
+        "keys out of order"
+    );
+    assert_eq!(rows, replay.into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        i64::from(crc),
+        log[seq as usize - 1].crc,
+        "crc of entry {seq}"
+    );
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_an_empty_log_and_of_an_unknown_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    let chunks = snapshot(&primary, NS).await.unwrap();
+    assert_eq!(
+        chunks,
+        vec![SnapshotChunk {
+            log_id: primary.node.store().get(NS).unwrap().log_id(),
+            seq: 0,
+            crc: 0,
+            rows: vec![],
+            done: true,
+        }]
+    );
+    let err = snapshot(&primary, "nope").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(ErrorKind::of(&err), Some(ErrorKind::UnknownNamespace));
+    assert!(err.message().contains("nope"), "{}", err.message());
     primary.stop().await;
 }

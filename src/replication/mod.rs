@@ -1,6 +1,6 @@
 //! Log shipping over gRPC (DESIGN.md §3, `proto/ferry/v1/replication.proto`).
 //!
-//! - [`service`]: the upstream side — `Position` and the `Tail` stream, served by primaries and
+//! - [`service`]: the upstream side — `Position`, the `Tail` stream and `Snapshot`, served by primaries and
 //!   by replicas that have a `[grpc_config]` (chaining).
 //! - [`follower`]: the replica side — one task per followed namespace: connect, verify, apply,
 //!   retry with backoff, stop on divergence.
@@ -117,6 +117,17 @@ impl TryFrom<pb::Entry> for Entry {
             ts_ms: e.ts_ms,
             crc: e.crc,
         })
+    }
+}
+
+impl From<crate::store::reader::KvRow> for pb::KvRow {
+    fn from(r: crate::store::reader::KvRow) -> pb::KvRow {
+        pb::KvRow {
+            key: r.key,
+            value: r.value,
+            seq: r.seq,
+            ts_ms: r.ts_ms,
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The upstream side of replication: `Position` and the `Tail` stream.
+//! The upstream side of replication: `Position`, the `Tail` stream, and `Snapshot`.
 //!
 //! Each tail stream is one task that waits on the namespace's head signal (no polling), reads
 //! what is new through the shared reader pool, and sends it in bounded batches over a small
@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::pb::replication_server::Replication;
-use super::pb::{PositionRequest, PositionResponse, TailRequest, TailResponse};
+use super::pb::{
+    PositionRequest, PositionResponse, SnapshotChunk, SnapshotRequest, TailRequest, TailResponse,
+};
 use super::{ErrorKind, is_log_id};
 use crate::store::{Namespace, Store, StoreError, reader};
 
@@ -55,6 +57,7 @@ fn internal(e: StoreError) -> Status {
 }
 
 type TailStream = Pin<Box<dyn Stream<Item = Result<TailResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Replication for ReplicationService {
@@ -128,6 +131,59 @@ impl Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let ns = self.namespace(&req.into_inner().namespace)?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(stream_snapshot(ns, tx, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends a consistent copy of `kv` in chunks. The rows are read in one read transaction on a
+/// blocking thread, which waits for the client to take each chunk (memory stays at a few
+/// chunks) and gives up when it leaves or the node stops.
+async fn stream_snapshot(
+    ns: Arc<Namespace>,
+    tx: mpsc::Sender<Result<SnapshotChunk, Status>>,
+    shutdown: CancellationToken,
+) {
+    let log_id = ns.log_id();
+    let runtime = tokio::runtime::Handle::current();
+    let chunks = tx.clone();
+    let read = ns.read(move |conn| {
+        reader::snapshot(
+            conn,
+            MAX_BATCH_ENTRIES,
+            MAX_BATCH_BYTES,
+            |seq, crc, rows, done| {
+                let chunk = SnapshotChunk {
+                    log_id: log_id.clone(),
+                    seq,
+                    crc,
+                    rows: rows.into_iter().map(Into::into).collect(),
+                    done,
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        sent = chunks.send(Ok(chunk)) => sent.is_ok(),
+                        _ = shutdown.cancelled() => {
+                            let _ = chunks.try_send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down")));
+                            false
+                        }
+                    }
+                })
+            },
+        )
+    });
+    if let Err(e) = read.await {
+        let _ = tx.send(Err(internal(e))).await;
     }
 }
 

@@ -101,6 +101,52 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<Stats> {
     })
 }
 
+/// One `kv` row, verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRow {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub seq: Seq,
+    pub ts_ms: i64,
+}
+
+/// A consistent copy of `kv`, read in one transaction: `send` gets the seq and crc of the last
+/// entry the copy includes (0, 0 for an empty log), the next rows in key order, at most
+/// `max_rows` of them or `max_bytes` of keys and values (at least one), and whether this is the
+/// last call. Stops early, without error, when `send` returns false.
+pub fn snapshot(
+    conn: &Connection,
+    max_rows: usize,
+    max_bytes: usize,
+    mut send: impl FnMut(Seq, u32, Vec<KvRow>, bool) -> bool,
+) -> rusqlite::Result<()> {
+    // The read transaction starts at the first SELECT: the head and every row below come
+    // from the same state of the file, whatever commits meanwhile.
+    let tx = conn.unchecked_transaction()?;
+    let (seq, crc) = super::schema::head(&tx)?;
+    let mut stmt = tx.prepare("SELECT key, value, seq, ts_ms FROM kv ORDER BY key")?;
+    let mut rows = stmt.query([])?;
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    while let Some(r) = rows.next()? {
+        let row = KvRow {
+            key: r.get(0)?,
+            value: r.get(1)?,
+            seq: r.get(2)?,
+            ts_ms: r.get(3)?,
+        };
+        bytes += row.key.len() + row.value.len();
+        chunk.push(row);
+        if chunk.len() >= max_rows || bytes >= max_bytes {
+            if !send(seq, crc, std::mem::take(&mut chunk), false) {
+                return Ok(());
+            }
+            bytes = 0;
+        }
+    }
+    send(seq, crc, chunk, true);
+    Ok(())
+}
+
 /// Oldest seq still in the log; 0 when it is empty. (A bare `MIN(seq)` on the primary key is
 /// one b-tree descent; wrapped in other expressions SQLite would scan.)
 pub fn oldest(conn: &Connection) -> rusqlite::Result<Seq> {

@@ -1,7 +1,7 @@
 //! Log shipping over gRPC (DESIGN.md §3, `proto/ferry/v1/replication.proto`).
 //!
-//! - [`service`]: the upstream side — `Position`, the `Tail` stream and `Snapshot`, served by primaries and
-//!   by replicas that have a `[grpc_config]` (chaining).
+//! - [`service`]: the upstream side — `Position`, the `Tail` stream and `Snapshot`, served by
+//!   primaries and by replicas that have a `[grpc_config]` (chaining).
 //! - [`follower`]: the replica side — one task per followed namespace: connect, verify, apply,
 //!   retry with backoff, stop on divergence.
 //! - here: the generated protobuf code, conversions to domain types, and the typed errors.

@@ -170,14 +170,16 @@ async fn stream_snapshot(
                     rows: rows.into_iter().map(Into::into).collect(),
                     done,
                 };
-                runtime.block_on(async {
+                let sent = runtime.block_on(async {
                     tokio::select! {
-                        sent = chunks.send(Ok(chunk)) => sent.is_ok(),
-                        _ = shutdown.cancelled() => {
-                            let _ = chunks.try_send(Err(ErrorKind::ShuttingDown.status("the upstream is shutting down")));
-                            false
-                        }
+                        sent = chunks.send(Ok(chunk)) => Some(sent.is_ok()),
+                        _ = shutdown.cancelled() => None,
                     }
+                });
+                sent.unwrap_or_else(|| {
+                    let stopping = ErrorKind::ShuttingDown.status("the upstream is shutting down");
+                    let _ = chunks.try_send(Err(stopping));
+                    false
                 })
             },
         )

@@ -111,9 +111,10 @@ pub struct KvRow {
 }
 
 /// A consistent copy of `kv`, read in one transaction: `send` gets the seq and crc of the last
-/// entry the copy includes (0, 0 for an empty log), the next rows in key order, at most
-/// `max_rows` of them or `max_bytes` of keys and values (at least one), and whether this is the
-/// last call. Stops early, without error, when `send` returns false.
+/// entry the copy includes (0, 0 for an empty log), the next rows in key order (up to
+/// `max_rows` of them, or until they reach `max_bytes` of keys and values; the last call may
+/// have none), and whether this is the last call. Stops early, without error, when `send`
+/// returns false.
 pub fn snapshot(
     conn: &Connection,
     max_rows: usize,

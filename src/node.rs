@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for gRPC streams to finish before closing them.
+const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -216,16 +219,32 @@ impl Node {
                 let service = ReplicationService::new(store.clone(), shutdown.clone());
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
-                    let served = tonic::transport::Server::builder()
+                    let server = tonic::transport::Server::builder()
                         .add_service(
                             ReplicationServer::new(service)
                                 .max_encoding_message_size(64 * 1024 * 1024),
                         )
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::TcpListenerStream::new(listener),
-                            stop.cancelled_owned(),
-                        )
-                        .await;
+                            stop.clone().cancelled_owned(),
+                        );
+                    // Streams end on their own once shutdown begins (they send
+                    // `shutting-down`), but a client that stopped reading leaves its stream
+                    // stuck behind HTTP/2 flow control, and the graceful drain would wait for
+                    // it forever.
+                    let drained = async {
+                        stop.cancelled().await;
+                        tokio::time::sleep(GRPC_DRAIN).await;
+                    };
+                    let served = tokio::select! {
+                        served = server => served,
+                        () = drained => {
+                            tracing::warn!(
+                                "gRPC streams still open {GRPC_DRAIN:?} after shutdown began (clients not reading?); closing them"
+                            );
+                            Ok(())
+                        }
+                    };
                     if let Err(e) = served {
                         tracing::error!(error = %e, "gRPC server failed");
                     }

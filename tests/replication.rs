@@ -771,3 +771,52 @@ async fn a_snapshot_of_an_empty_log_and_of_an_unknown_namespace() {
     assert!(err.message().contains("nope"), "{}", err.message());
     primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    let c = reqwest::Client::new();
+    // 10 MB: far more than a stream's flow-control window and the server's buffers hold, so
+    // the server's side really is left waiting.
+    for b in 0..20 {
+        batch_put(&c, &primary, NS, b * 500, 500, 1000).await;
+    }
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let mut snapshot = client
+        .snapshot(SnapshotRequest {
+            namespace: NS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = snapshot.message().await.unwrap().expect("a first chunk");
+    assert!(!first.done);
+    let log_id = first.log_id.clone();
+    let mut tail = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id,
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tail.message().await.unwrap().is_some());
+    // Both readers stop pulling: the server's side of each waits on them.
+    tokio::time::timeout(std::time::Duration::from_secs(10), primary.stop())
+        .await
+        .expect("shutdown waited on stalled stream readers");
+    // What is left of the snapshot ends without `done`: cut short, and recognisably so.
+    let mut done = false;
+    while let Ok(Some(chunk)) = snapshot.message().await {
+        done |= chunk.done;
+    }
+    assert!(
+        !done,
+        "a snapshot cut by shutdown must not claim to be complete"
+    );
+}

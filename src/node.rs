@@ -2,8 +2,9 @@
 //! notifiers — and shuts it down in order.
 //!
 //! Shutdown order matters for "no acknowledged write is lost": first the listeners stop
-//! accepting and in-flight requests finish (their writes are committed and answered), then
-//! each namespace's writer drains its queue and closes its file.
+//! accepting and in-flight requests finish (their writes are committed and answered; a client
+//! that stopped reading is waited for [`DRAIN`] at most), then each namespace's writer drains
+//! its queue and closes its file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,9 +12,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// How long shutdown waits for gRPC streams to finish before closing them.
-const GRPC_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -23,6 +21,30 @@ use crate::replication::follower::Follower;
 use crate::replication::pb::replication_server::ReplicationServer;
 use crate::replication::service::ReplicationService;
 use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for in-flight HTTP requests and gRPC streams before it stops
+/// waiting for them.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `server`, which stops accepting and drains its connections once `stop` is cancelled,
+/// until it finishes or [`DRAIN`] has passed since `stop`. A client that stopped reading a
+/// response leaves it stuck behind TCP or HTTP/2 flow control, and a graceful drain would wait
+/// for it forever.
+async fn drained<T>(
+    what: &str,
+    server: impl Future<Output = T>,
+    stop: CancellationToken,
+) -> Option<T> {
+    tokio::select! {
+        out = server => Some(out),
+        () = async { stop.cancelled().await; tokio::time::sleep(DRAIN).await } => {
+            tracing::warn!(
+                "{what} connections still busy {DRAIN:?} after shutdown began (clients not reading?); no longer waiting for them"
+            );
+            None
+        }
+    }
+}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +228,10 @@ impl Node {
             })
         };
         let http_addr = local_addr(&listeners.http, "HTTP")?;
-        tasks.spawn(http::serve(
-            api,
-            listeners.http,
-            shutdown.clone().cancelled_owned(),
+        tasks.spawn(drained(
+            "HTTP",
+            http::serve(api, listeners.http, shutdown.clone().cancelled_owned()),
+            shutdown.clone(),
         ));
         tracing::info!("HTTP listening on {http_addr}");
 
@@ -229,22 +251,8 @@ impl Node {
                             stop.clone().cancelled_owned(),
                         );
                     // Streams end on their own once shutdown begins (they send
-                    // `shutting-down`), but a client that stopped reading leaves its stream
-                    // stuck behind HTTP/2 flow control, and the graceful drain would wait for
-                    // it forever.
-                    let drained = async {
-                        stop.cancelled().await;
-                        tokio::time::sleep(GRPC_DRAIN).await;
-                    };
-                    let served = tokio::select! {
-                        served = server => served,
-                        () = drained => {
-                            tracing::warn!(
-                                "gRPC streams still open {GRPC_DRAIN:?} after shutdown began (clients not reading?); closing them"
-                            );
-                            Ok(())
-                        }
-                    };
+                    // `shutting-down`); `drained` covers clients that stopped reading.
+                    let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));
                     if let Err(e) = served {
                         tracing::error!(error = %e, "gRPC server failed");
                     }

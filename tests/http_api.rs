@@ -327,3 +327,40 @@ async fn key_listing_and_changes_feed() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_up_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &["ns"]).await;
+    let c = reqwest::Client::new();
+    // 10 MB of values: the listing below answers ~14 MB, far more than socket buffers hold.
+    let value = b64(&[b'v'; 1000]);
+    for b in 0..20 {
+        let items: Vec<_> = (0..500)
+            .map(|i| json!({"key": format!("k{b:02}{i:03}"), "value": value}))
+            .collect();
+        let body = json!({"operation": "put", "items": items}).to_string();
+        let (s, j) = call(
+            &c,
+            Method::POST,
+            &node.url("/api/v1/ns/kv/batch"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(s, 200, "{j}");
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(node.node.http_addr()).await.unwrap();
+    conn.write_all(b"GET /api/v1/ns/kv?limit=10000 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The server is answering; from here on the client reads nothing more.
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    tokio::time::timeout(std::time::Duration::from_secs(10), node.stop())
+        .await
+        .expect("shutdown waited on a client that stopped reading");
+}

@@ -820,3 +820,41 @@ async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
         "a snapshot cut by shutdown must not claim to be complete"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_on_a_pruned_log_is_told_a_snapshot_is_needed() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let c = reqwest::Client::new();
+    batch_put(&c, &primary, NS, 0, 100, 10).await;
+    primary.stop().await;
+    // What retention will do: drop the oldest entries (kv keeps their effect).
+    rusqlite::Connection::open(pdir.path().join("ns.db"))
+        .unwrap()
+        .execute("DELETE FROM wal_log WHERE seq <= 50", [])
+        .unwrap();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let tail_from = |from_seq| TailRequest {
+        namespace: NS.into(),
+        log_id: primary.node.store().get(NS).unwrap().log_id(),
+        from_seq,
+        prev_crc: 0,
+    };
+    let err = client.tail(tail_from(1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(ErrorKind::of(&err), Some(ErrorKind::SnapshotNeeded));
+    assert!(err.message().contains("starts at 51"), "{}", err.message());
+
+    // A brand-new replica says so and stops, instead of reporting a diverged log.
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    let st = wait_replication_state(&c, &replica, NS, "stopped").await;
+    let reason = st["replication"]["last_error"].as_str().unwrap();
+    assert!(reason.contains("bootstrap from a snapshot"), "{reason}");
+    assert_eq!(stats(&c, &replica, NS).await["head_seq"], 0);
+    replica.stop().await;
+    primary.stop().await;
+}

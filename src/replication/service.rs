@@ -107,6 +107,14 @@ impl Replication for ReplicationService {
                 req.from_seq, head.seq
             )));
         }
+        let oldest = ns.read(reader::oldest).await.map_err(internal)?;
+        if req.from_seq < oldest {
+            // A follower asking for pruned entries, e.g. a brand-new one on a pruned log.
+            return Err(ErrorKind::SnapshotNeeded.status(format!(
+                "entries from {} are no longer in the log (it starts at {oldest}); bootstrap from a snapshot",
+                req.from_seq
+            )));
+        }
         if req.from_seq > 1 {
             let prev = req.from_seq - 1;
             let crc = ns

@@ -364,3 +364,40 @@ async fn a_client_that_stops_reading_does_not_hold_up_shutdown() {
         .await
         .expect("shutdown waited on a client that stopped reading");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_below_a_pruned_log_are_gone_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    for i in 0..10 {
+        put(&c, &node, NS, &format!("k{i}"), b"v").await;
+    }
+    node.stop().await;
+    // What retention will do: drop the oldest entries (kv keeps their effect).
+    rusqlite::Connection::open(dir.path().join(format!("{NS}.db")))
+        .unwrap()
+        .execute("DELETE FROM wal_log WHERE seq <= 5", [])
+        .unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+
+    // A client that last saw seq 3 would miss 4 and 5: it is told so, with what to do.
+    let url = node.url(&format!("/api/v1/{NS}/changes?since=3"));
+    let (status, body) = call(&c, Method::GET, &url, None).await;
+    assert_eq!(status, 410, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("starts at seq 6"), "{error}");
+    assert!(error.contains("head seq 10"), "{error}");
+    // From the oldest entry on, the feed answers as before.
+    let url = node.url(&format!("/api/v1/{NS}/changes?since=5"));
+    let (status, body) = call(&c, Method::GET, &url, None).await;
+    assert_eq!(status, 200, "{body}");
+    let seqs: Vec<_> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [6, 7, 8, 9, 10]);
+    node.stop().await;
+}

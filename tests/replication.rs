@@ -777,9 +777,9 @@ async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
     let c = reqwest::Client::new();
-    // 10 MB: far more than a stream's flow-control window and the server's buffers hold, so
-    // the server's side really is left waiting.
-    for b in 0..20 {
+    // 15 MB: far more than a stream's flow-control window and the server's buffers hold
+    // (about 4 chunks of 1 MiB), so the server's side really is left waiting.
+    for b in 0..30 {
         batch_put(&c, &primary, NS, b * 500, 500, 1000).await;
     }
     let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))

@@ -668,6 +668,16 @@ async fn prometheus_metrics_show_position_lag_and_notifications() {
     primary.stop().await;
 }
 
+/// A primary serving gRPC with `n` values of 1,000 bytes in [`NS`] (keys `key000000` on).
+async fn primary_with_values(dir: &std::path::Path, n: usize) -> (TestNode, reqwest::Client) {
+    let primary = TestNode::primary_with_grpc(dir, &[NS], 0).await;
+    let c = reqwest::Client::new();
+    for from in (0..n).step_by(500) {
+        batch_put(&c, &primary, NS, from, 500.min(n - from), 1000).await;
+    }
+    (primary, c)
+}
+
 /// Every chunk of a `Snapshot` of `ns` from `node`, in order.
 async fn snapshot(node: &TestNode, ns: &str) -> Result<Vec<SnapshotChunk>, tonic::Status> {
     let mut client = ReplicationClient::connect(format!("http://{}", node.grpc()))
@@ -689,12 +699,8 @@ async fn snapshot(node: &TestNode, ns: &str) -> Result<Vec<SnapshotChunk>, tonic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_the_kv_of_one_seq_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
-    let c = reqwest::Client::new();
     // 3,500 values of 1,000 bytes: more than the 1 MiB a chunk holds, three times over.
-    for b in 0..7 {
-        batch_put(&c, &primary, NS, b * 500, 500, 1000).await;
-    }
+    let (primary, c) = primary_with_values(dir.path(), 3_500).await;
     // Overwrites and deletes, so that kv is not simply every key ever written.
     batch_put(&c, &primary, NS, 100, 50, 20).await;
     for i in 10..20 {
@@ -775,13 +781,9 @@ async fn a_snapshot_of_an_empty_log_and_of_an_unknown_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
-    let c = reqwest::Client::new();
     // 15 MB: far more than a stream's flow-control window and the server's buffers hold
     // (about 4 chunks of 1 MiB), so the server's side really is left waiting.
-    for b in 0..30 {
-        batch_put(&c, &primary, NS, b * 500, 500, 1000).await;
-    }
+    let (primary, _) = primary_with_values(dir.path(), 15_000).await;
     let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
         .await
         .unwrap();

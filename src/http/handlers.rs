@@ -339,20 +339,20 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
     }
     let limit = page_limit(q.limit, 1000)?;
     let head = namespace.head().seq;
-    let oldest = namespace.read(crate::store::reader::oldest).await?;
-    if q.since + 1 < oldest {
-        // Answering from `oldest` would hide the gap from a client recovering missed changes.
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            format!(
-                "the entries after seq {} were pruned: the log of {ns:?} starts at seq {oldest}; read the keys again (GET /api/v1/{ns}/kv) and continue from head seq {head}",
-                q.since
-            ),
-        ));
-    }
     let entries = namespace
         .entries_from(q.since + 1, limit, usize::MAX)
         .await?;
+    // Entries start at the oldest one kept: answering from a later seq than asked would hide
+    // the gap from a client recovering missed changes.
+    if let Some(first) = entries.first().filter(|e| e.seq > q.since + 1) {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "the entries after seq {} were pruned: the log of {ns:?} starts at seq {}; read the keys again (GET /api/v1/{ns}/kv) and continue from head seq {head}",
+                q.since, first.seq
+            ),
+        ));
+    }
     let entries = entries
         .into_iter()
         .take(limit)

@@ -678,17 +678,23 @@ async fn primary_with_values(dir: &std::path::Path, n: usize) -> (TestNode, reqw
     (primary, c)
 }
 
-/// Every chunk of a `Snapshot` of `ns` from `node`, in order.
-async fn snapshot(node: &TestNode, ns: &str) -> Result<Vec<SnapshotChunk>, tonic::Status> {
+/// A `Snapshot` stream of `ns` from `node`, not read yet.
+async fn open_snapshot(
+    node: &TestNode,
+    ns: &str,
+) -> Result<tonic::Streaming<SnapshotChunk>, tonic::Status> {
     let mut client = ReplicationClient::connect(format!("http://{}", node.grpc()))
         .await
         .unwrap();
-    let mut stream = client
-        .snapshot(SnapshotRequest {
-            namespace: ns.into(),
-        })
-        .await?
-        .into_inner();
+    let request = SnapshotRequest {
+        namespace: ns.into(),
+    };
+    Ok(client.snapshot(request).await?.into_inner())
+}
+
+/// Every chunk of a `Snapshot` of `ns` from `node`, in order.
+async fn snapshot(node: &TestNode, ns: &str) -> Result<Vec<SnapshotChunk>, tonic::Status> {
+    let mut stream = open_snapshot(node, ns).await?;
     let mut chunks = Vec::new();
     while let Some(chunk) = stream.message().await? {
         chunks.push(chunk);
@@ -784,19 +790,13 @@ async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
     // 15 MB: far more than a stream's flow-control window and the server's buffers hold
     // (about 4 chunks of 1 MiB), so the server's side really is left waiting.
     let (primary, _) = primary_with_values(dir.path(), 15_000).await;
-    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
-        .await
-        .unwrap();
-    let mut snapshot = client
-        .snapshot(SnapshotRequest {
-            namespace: NS.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut snapshot = open_snapshot(&primary, NS).await.unwrap();
     let first = snapshot.message().await.unwrap().expect("a first chunk");
     assert!(!first.done);
     let log_id = first.log_id.clone();
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
     let mut tail = client
         .tail(TailRequest {
             namespace: NS.into(),

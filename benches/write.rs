@@ -391,11 +391,12 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(writers) = arg("--writers") {
         let writers: usize = writers.parse().expect("--writers takes a number");
-        let keys = match arg("--keys").as_deref() {
-            None | Some("ordered") => Keys::Ordered,
-            Some("per-writer") => Keys::PerWriter,
-            Some(other) => panic!("--keys takes ordered or per-writer, not {other:?}"),
-        };
+        let keys = arg("--keys").map_or(Keys::Ordered, |name| {
+            [Keys::Ordered, Keys::PerWriter]
+                .into_iter()
+                .find(|k| k.name() == name)
+                .unwrap_or_else(|| panic!("--keys takes ordered or per-writer, not {name:?}"))
+        });
         let per_writer = arg("--per-writer").map_or(64_000 / writers.max(16), |n| {
             n.parse().expect("--per-writer takes a number")
         });

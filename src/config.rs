@@ -99,7 +99,84 @@ pub struct StorageConfig {
     pub bytes_per_sync: Option<toml::Value>,
     pub segment_size: Option<toml::Value>,
     pub arena_size: Option<toml::Value>,
-    pub wal_cleanup_config: Option<toml::Value>,
+    /// Log retention; absent or `enabled = false` keeps the whole log.
+    pub wal_cleanup_config: Option<WalCleanupConfig>,
+}
+
+/// `[storage_config.wal_cleanup_config]`: which old `wal_log` entries are pruned.
+///
+/// An entry is pruned when it is older than `max_age` or more than `max_entries` behind the
+/// head, whichever says so first; the head entry is always kept, and `kv` is never pruned.
+/// Pruning waits for connected followers that still need an entry, up to twice either limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalCleanupConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often to look for entries to prune (default 5m).
+    #[serde(default = "default_cleanup_interval", with = "duration")]
+    pub interval: std::time::Duration,
+    /// Prune entries written longer ago than this, e.g. "5h".
+    #[serde(default, with = "opt_duration")]
+    pub max_age: Option<std::time::Duration>,
+    /// Keep at most this many newest entries (ferry's key).
+    pub max_entries: Option<u64>,
+    // The walkthrough engine's segment counts: no segments here.
+    pub min_segments: Option<toml::Value>,
+    pub max_segments: Option<toml::Value>,
+}
+
+fn default_cleanup_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+/// Parses a duration as the walkthrough writes them: a number and a unit, `ms`, `s`, `m`, `h`
+/// or `d` ("5m", "1h", "250ms"); several may follow each other ("1h30m").
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: use a number and a unit (ms, s, m, h, d), e.g. \"5m\"")
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = std::time::Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total += std::time::Duration::from_millis(n.checked_mul(unit_ms).ok_or_else(bad)?);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+mod duration {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +207,11 @@ pub struct RelayerConfig {
     pub upstream_address: String,
     pub segment_lag_threshold: Option<toml::Value>,
     pub allow_insecure: Option<bool>,
+    /// What to do when this replica's history differs from the upstream's: "rebootstrap"
+    /// (default: keep the entries the upstream lacks in a rollback file, then install a
+    /// snapshot) or "stop".
+    #[serde(default)]
+    pub on_divergence: crate::replication::follower::OnDivergence,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +348,23 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = &self.storage_config.wal_cleanup_config
+            && w.enabled
+        {
+            if w.max_age.is_none() && w.max_entries.is_none() {
+                return Err("storage_config.wal_cleanup_config is enabled but sets neither max_age nor max_entries".into());
+            }
+            if w.interval.is_zero() {
+                return Err(
+                    "storage_config.wal_cleanup_config.interval must be greater than 0".into(),
+                );
+            }
+            if w.max_entries == Some(0) {
+                return Err(
+                    "storage_config.wal_cleanup_config.max_entries must be at least 1".into(),
+                );
+            }
+        }
         if self.http_config.max_body_bytes == 0 {
             return Err("http_config.max_body_bytes must be greater than 0".into());
         }
@@ -304,11 +403,13 @@ impl Config {
             ENGINE,
         );
         note(s.arena_size.is_some(), "storage_config.arena_size", ENGINE);
-        note(
-            s.wal_cleanup_config.is_some(),
-            "storage_config.wal_cleanup_config",
-            "wal_log retention is not implemented yet; the whole log is kept",
-        );
+        if let Some(w) = &s.wal_cleanup_config {
+            note(
+                w.min_segments.is_some() || w.max_segments.is_some(),
+                "storage_config.wal_cleanup_config.min_segments/max_segments",
+                "ferry's log has no segments; retention follows max_age and max_entries",
+            );
+        }
         note(
             self.write_notify_config.is_some(),
             "write_notify_config",

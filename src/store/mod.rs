@@ -7,11 +7,14 @@
 
 pub mod reader;
 pub mod recent;
+pub mod retention;
 pub mod schema;
+pub mod snapshot;
 pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,7 +23,7 @@ use crate::config::{StorageConfig, Synchronous};
 use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
 use writer::{Command, Writer};
-pub use writer::{CommitCounters, Committed, Mutation};
+pub use writer::{CommitCounters, Committed, Mutation, Prune, Pruned};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +55,9 @@ impl From<rusqlite::Error> for StoreError {
 pub struct Head {
     pub seq: Seq,
     pub crc: u32,
+    /// Counts the times this node replaced the namespace's history with a snapshot. A change
+    /// tells tail streams and the notifier that positions they hold belong to the old history.
+    pub epoch: u32,
 }
 
 /// One open namespace.
@@ -66,6 +72,31 @@ pub struct Namespace {
     recent: Arc<recent::Recent>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
+    /// `meta.base_seq`, kept current by the writer.
+    base_seq: Arc<AtomicI64>,
+    /// The next seq each live tail stream will send: retention holds back for them.
+    tails: Mutex<BTreeMap<u64, Arc<AtomicI64>>>,
+    next_tail: AtomicU64,
+}
+
+/// A live tail stream's position, registered with its namespace while the stream lives.
+pub struct TailPosition<'a> {
+    ns: &'a Namespace,
+    id: u64,
+    next: Arc<AtomicI64>,
+}
+
+impl TailPosition<'_> {
+    /// The next seq this stream will send.
+    pub fn set(&self, next: Seq) {
+        self.next.store(next, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TailPosition<'_> {
+    fn drop(&mut self) {
+        self.ns.tails.lock().unwrap().remove(&self.id);
+    }
 }
 
 impl Namespace {
@@ -100,7 +131,9 @@ impl Namespace {
         let head = Head {
             seq: info.head_seq,
             crc: info.head_crc,
+            epoch: 0,
         };
+        let base_seq = Arc::new(AtomicI64::new(info.base_seq));
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let recent = Arc::new(recent::Recent::default());
@@ -113,6 +146,7 @@ impl Namespace {
             recent: recent.clone(),
             rx,
             counters: counters.clone(),
+            base_seq: base_seq.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("writer-{name}"))
@@ -139,6 +173,9 @@ impl Namespace {
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
             counters,
+            base_seq,
+            tails: Mutex::new(BTreeMap::new()),
+            next_tail: AtomicU64::new(0),
         })
     }
 
@@ -210,6 +247,64 @@ impl Namespace {
         rx.await.map_err(|_| StoreError::ShuttingDown)??;
         *self.log_id.write().unwrap() = log_id.to_owned();
         Ok(())
+    }
+
+    /// The entry just before the oldest retained one (0 when nothing was ever pruned).
+    pub fn base_seq(&self) -> Seq {
+        self.base_seq.load(Ordering::Relaxed)
+    }
+
+    /// Registers a live tail stream that will send `next` first; retention holds back for it
+    /// while the returned guard lives.
+    pub fn register_tail(&self, next: Seq) -> TailPosition<'_> {
+        let id = self.next_tail.fetch_add(1, Ordering::Relaxed);
+        let pos = Arc::new(AtomicI64::new(next));
+        self.tails.lock().unwrap().insert(id, pos.clone());
+        TailPosition {
+            ns: self,
+            id,
+            next: pos,
+        }
+    }
+
+    /// The smallest next seq of the live tail streams (the slowest connected follower), if any.
+    pub fn slowest_tail(&self) -> Option<Seq> {
+        let tails = self.tails.lock().unwrap();
+        tails.values().map(|p| p.load(Ordering::Relaxed)).min()
+    }
+
+    /// Deletes old entries as `prune` allows (one bounded transaction).
+    pub async fn prune(&self, prune: Prune) -> Result<Pruned, StoreError> {
+        self.request(|reply| Command::Prune { prune, reply }).await
+    }
+
+    /// Replaces this namespace's state and history with the snapshot staged in `staging`
+    /// (see [`snapshot::Staging`]), atomically, and takes the snapshot's log_id.
+    pub async fn install_snapshot(&self, staging: &Path) -> Result<Head, StoreError> {
+        let staging = staging.to_owned();
+        let head = self
+            .request(|reply| Command::Install { staging, reply })
+            .await?;
+        let log_id = self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+        });
+        *self.log_id.write().unwrap() = log_id.await?;
+        Ok(head)
+    }
+
+    /// Sends one command to the writer thread and waits for its reply.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
     /// Entries from `from` on (bounded, ending on a group boundary), from memory when they are

@@ -72,31 +72,34 @@ pub fn get(conn: &Connection, key: &str) -> rusqlite::Result<Option<Value>> {
 pub struct Stats {
     pub keys: i64,
     pub wal_entries: i64,
-    /// Oldest seq still in wal_log (0 when empty).
+    /// Oldest seq still in wal_log (0 when the log never had an entry; `base_seq + 1`, past
+    /// the head, when every entry was pruned or a snapshot was installed).
     pub oldest_seq: Seq,
     pub head_seq: Seq,
+    /// The entry just before the oldest retained one (0 when nothing was ever pruned).
+    pub base_seq: Seq,
     pub file_bytes: u64,
 }
 
 pub fn stats(conn: &Connection) -> rusqlite::Result<Stats> {
-    let keys = conn.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0))?;
-    let oldest_seq = oldest(conn)?;
-    let head_seq: Seq = conn
-        .query_row("SELECT MAX(seq) FROM wal_log", [], |r| {
-            r.get::<_, Option<Seq>>(0)
-        })?
-        .unwrap_or(0);
+    // One read transaction, so the counts agree with each other.
+    let tx = conn.unchecked_transaction()?;
+    let keys = tx.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0))?;
+    let (base_seq, _) = super::schema::base(&tx)?;
+    let (head_seq, _) = super::schema::head(&tx)?;
+    let oldest_seq = if head_seq == 0 { 0 } else { oldest(&tx)? };
     // Seqs are dense, so the count is derived; COUNT(*) would read the whole log.
     let wal_entries = if head_seq == 0 {
         0
     } else {
-        head_seq - oldest_seq + 1
+        (head_seq - oldest_seq + 1).max(0)
     };
     Ok(Stats {
         keys,
         wal_entries,
         oldest_seq,
         head_seq,
+        base_seq,
         file_bytes: 0,
     })
 }
@@ -110,13 +113,14 @@ pub struct KvRow {
     pub ts_ms: i64,
 }
 
-/// A consistent copy of `kv`, read in one transaction: `send` gets the seq and crc of the last
+/// A consistent copy of `kv` (the keys after `after_key`, or all), read in one transaction: `send` gets the seq and crc of the last
 /// entry the copy includes (0, 0 for an empty log), the next rows in key order (up to
 /// `max_rows` of them, or until they reach `max_bytes` of keys and values; the last call may
 /// have none), and whether this is the last call. Stops early, without error, when `send`
 /// returns false.
 pub fn snapshot(
     conn: &Connection,
+    after_key: Option<&str>,
     max_rows: usize,
     max_bytes: usize,
     mut send: impl FnMut(Seq, u32, Vec<KvRow>, bool) -> bool,
@@ -125,8 +129,9 @@ pub fn snapshot(
     // from the same state of the file, whatever commits meanwhile.
     let tx = conn.unchecked_transaction()?;
     let (seq, crc) = super::schema::head(&tx)?;
-    let mut stmt = tx.prepare("SELECT key, value, seq, ts_ms FROM kv ORDER BY key")?;
-    let mut rows = stmt.query([])?;
+    let mut stmt =
+        tx.prepare("SELECT key, value, seq, ts_ms FROM kv WHERE key > ?1 ORDER BY key")?;
+    let mut rows = stmt.query([after_key.unwrap_or("")])?;
     let (mut chunk, mut bytes) = (Vec::new(), 0);
     while let Some(r) = rows.next()? {
         let row = KvRow {
@@ -148,14 +153,17 @@ pub fn snapshot(
     Ok(())
 }
 
-/// Oldest seq still in the log; 0 when it is empty. (A bare `MIN(seq)` on the primary key is
-/// one b-tree descent; wrapped in other expressions SQLite would scan.)
+/// The first seq a follower can read from this log: the oldest retained entry, or
+/// `base_seq + 1` when none is retained (1 for a log that never had any). (A bare `MIN(seq)`
+/// on the primary key is one b-tree descent; wrapped in other expressions SQLite would scan.)
 pub fn oldest(conn: &Connection) -> rusqlite::Result<Seq> {
-    Ok(conn
-        .query_row("SELECT MIN(seq) FROM wal_log", [], |r| {
-            r.get::<_, Option<Seq>>(0)
-        })?
-        .unwrap_or(0))
+    let min = conn
+        .prepare_cached("SELECT MIN(seq) FROM wal_log")?
+        .query_row([], |r| r.get::<_, Option<Seq>>(0))?;
+    match min {
+        Some(seq) => Ok(seq),
+        None => Ok(super::schema::base(conn)?.0 + 1),
+    }
 }
 
 /// Entries from `from` on, in seq order: at least one, stopping once `max_count` entries or
@@ -201,12 +209,22 @@ pub fn entries(
     Ok(out)
 }
 
-/// The crc of entry `seq`, if the log has it.
+/// The crc of entry `seq`, if the log still knows it: a retained entry, the base (the entry
+/// just before the oldest retained one), or 0 for seq 0.
 pub fn crc_at(conn: &Connection, seq: Seq) -> rusqlite::Result<Option<u32>> {
-    conn.prepare_cached("SELECT crc FROM wal_log WHERE seq = ?1")?
+    let crc = conn
+        .prepare_cached("SELECT crc FROM wal_log WHERE seq = ?1")?
         .query_row([seq], |r| r.get::<_, i64>(0))
-        .optional()
-        .map(|o| o.map(|c| c as u32))
+        .optional()?;
+    if let Some(c) = crc {
+        return Ok(Some(c as u32));
+    }
+    let (base_seq, base_crc) = super::schema::base(conn)?;
+    Ok(match seq {
+        0 => Some(0),
+        s if s == base_seq => Some(base_crc),
+        _ => None,
+    })
 }
 
 /// What a notification says about an entry (no value).

@@ -52,6 +52,13 @@ impl Recent {
         }
     }
 
+    /// Forgets every entry: the history they belong to was replaced (a snapshot install).
+    pub fn clear(&self) {
+        let mut ring = self.ring.lock().unwrap();
+        ring.entries.clear();
+        ring.bytes = 0;
+    }
+
     /// Entries from `from` on, bounded like [`super::reader::entries`] (never ending inside an
     /// atomic group). `None` when `from` is older than the window: read the file instead.
     pub fn since(&self, from: Seq, max_count: usize, max_bytes: usize) -> Option<Vec<Entry>> {

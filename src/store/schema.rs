@@ -13,6 +13,9 @@ use crate::log::Seq;
 const MIGRATIONS: &[(&str, &str)] =
     &[("0001_init", include_str!("../../migrations/0001_init.sql"))];
 
+/// Bytes the `-wal` file is truncated to after a checkpoint (`PRAGMA journal_size_limit`).
+pub const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -22,6 +25,7 @@ pub struct FileInfo {
     pub log_id: String,
     pub head_seq: Seq,
     pub head_crc: u32,
+    pub base_seq: Seq,
     pub created: bool,
 }
 
@@ -31,6 +35,9 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", sync.pragma())?;
+    // After a checkpoint has copied the WAL into the file, cut the WAL back to this size: a
+    // burst of writes (or a long-held snapshot read) must not leave a huge WAL file behind.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(())
 }
 
@@ -90,6 +97,7 @@ pub fn open_writer(
     };
     let log_id = meta("log_id")?.ok_or_else(|| bad("meta.log_id is missing".into()))?;
     let (head_seq, head_crc) = head(&conn).map_err(|e| bad(format!("cannot read wal_log: {e}")))?;
+    let (base_seq, _) = base(&conn).map_err(|e| bad(format!("cannot read meta: {e}")))?;
     if log_id.is_empty() && head_seq != 0 {
         return Err(bad("meta.log_id is empty but wal_log has entries".into()));
     }
@@ -109,6 +117,7 @@ pub fn open_writer(
             log_id,
             head_seq,
             head_crc,
+            base_seq,
             created,
         },
     ))
@@ -131,15 +140,49 @@ fn migrate(conn: &Connection, from: i64, identity: Option<(&str, String)>) -> ru
     tx.commit()
 }
 
-/// The last entry's seq and crc; (0, 0) for an empty log.
+/// The last entry's seq and crc. With no entries: the base (the entry just before the oldest
+/// retained one, see [`base`]); (0, 0) for a log that never had any.
 pub fn head(conn: &Connection) -> rusqlite::Result<(Seq, u32)> {
-    conn.query_row(
-        "SELECT seq, crc FROM wal_log ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u32)),
-    )
-    .optional()
-    .map(|o| o.unwrap_or((0, 0)))
+    let last = conn
+        .query_row(
+            "SELECT seq, crc FROM wal_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u32)),
+        )
+        .optional()?;
+    match last {
+        Some(h) => Ok(h),
+        None => base(conn),
+    }
+}
+
+/// `meta.base_seq` and `meta.base_crc`: the seq and crc of the entry just before the oldest
+/// one retained in `wal_log`, written when entries are pruned or a snapshot is installed.
+/// (0, 0) when the log was never pruned: it starts at seq 1, chained from crc 0.
+pub fn base(conn: &Connection) -> rusqlite::Result<(Seq, u32)> {
+    let get = |name: &str| -> rusqlite::Result<i64> {
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, String>(0))
+            .optional()
+            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    };
+    Ok((get("base_seq")?, get("base_crc")? as u32))
+}
+
+/// Records the base (see [`base`]); part of the caller's transaction.
+pub fn set_base(conn: &Connection, seq: Seq, crc: u32) -> rusqlite::Result<()> {
+    set_meta(conn, "base_seq", &seq.to_string())?;
+    set_meta(conn, "base_crc", &crc.to_string())
+}
+
+/// Writes one `meta` row; part of the caller's transaction.
+pub fn set_meta(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
+    Ok(())
 }
 
 /// Opens a read-only connection to an existing, already checked namespace file.

@@ -58,8 +58,35 @@ pub(crate) enum Command {
         log_id: String,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Delete the oldest entries (see [`Prune`]), in one small transaction.
+    Prune {
+        prune: Prune,
+        reply: oneshot::Sender<Result<Pruned, StoreError>>,
+    },
+    /// Replace this namespace's state with a staged snapshot, in one transaction.
+    Install {
+        staging: std::path::PathBuf,
+        reply: oneshot::Sender<Result<Head, StoreError>>,
+    },
     /// Finish everything queued before this, then stop.
     Close { reply: oneshot::Sender<()> },
+}
+
+/// Which old entries to delete: the oldest ones, up to `max_rows` of them, with seq <= `upto`
+/// and, when `older_than_ms` is set, written before it. The head entry is never deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct Prune {
+    pub upto: Seq,
+    pub older_than_ms: Option<i64>,
+    pub max_rows: usize,
+}
+
+/// What one prune step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub deleted: usize,
+    /// The new base: the entry just before the oldest retained one.
+    pub base_seq: Seq,
 }
 
 /// What the writer has committed since the node started: how well group commit is working
@@ -97,6 +124,8 @@ pub(crate) struct Writer {
     pub recent: std::sync::Arc<super::recent::Recent>,
     pub rx: mpsc::Receiver<Command>,
     pub counters: std::sync::Arc<CommitCounters>,
+    /// `meta.base_seq`, shared with readers that must not look up the meta table per request.
+    pub base_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 type Reply = oneshot::Sender<Result<Committed, StoreError>>;
@@ -137,6 +166,12 @@ impl Writer {
                             }
                             Command::AdoptLogId { log_id, reply } => {
                                 let _ = reply.send(self.adopt_log_id(&log_id));
+                            }
+                            Command::Prune { prune, reply } => {
+                                let _ = reply.send(self.prune(prune));
+                            }
+                            Command::Install { staging, reply } => {
+                                let _ = reply.send(self.install(&staging));
                             }
                             Command::Close { reply } => {
                                 // Commands queued after Close are dropped with the channel;
@@ -275,7 +310,11 @@ impl Writer {
                     e.seq, e.crc, crc
                 )));
             }
-            expect = Head { seq: e.seq, crc };
+            expect = Head {
+                seq: e.seq,
+                crc,
+                ..expect
+            };
         }
         if entries.is_empty() {
             return Ok(self.head);
@@ -284,26 +323,15 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for e in &entries {
-                let value = (e.op == Op::Put).then_some(e.value.as_slice());
-                insert.execute(params![
-                    e.seq,
-                    e.txn,
-                    e.op.as_str(),
-                    e.key,
-                    value,
-                    e.ts_ms,
-                    e.crc as i64
-                ])?;
-                update_kv(&tx, &e.key, value, e.seq, e.ts_ms)?;
-            }
+        for e in &entries {
+            store_entry(&tx, e)?;
         }
         tx.commit()?;
         self.counters.add(0, started);
+        let expect = Head {
+            epoch: self.head.epoch,
+            ..expect
+        };
         self.head = expect;
         self.recent.push(entries);
         self.head_tx.send_replace(expect);
@@ -332,7 +360,77 @@ impl Writer {
     }
 }
 
-fn update_kv(
+impl Writer {
+    /// Deletes the oldest entries `prune` allows, in one transaction, and moves the base up to
+    /// the last one deleted. A bounded number of rows per call keeps each transaction short, so
+    /// writers queued behind it wait for milliseconds, not for the whole backlog.
+    fn prune(&mut self, prune: Prune) -> Result<Pruned, StoreError> {
+        let upto = prune.upto.min(self.head.seq - 1);
+        let base_now = self.base_seq.load(std::sync::atomic::Ordering::Relaxed);
+        if upto <= base_now {
+            return Ok(Pruned {
+                deleted: 0,
+                base_seq: base_now,
+            });
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The candidates, oldest first; stop at the first one too young to go.
+        let mut last: Option<(Seq, u32)> = None;
+        let mut deleted = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, crc, ts_ms FROM wal_log WHERE seq <= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![upto, prune.max_rows as i64])?;
+            while let Some(r) = rows.next()? {
+                let (seq, crc, ts_ms): (Seq, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                if prune.older_than_ms.is_some_and(|cutoff| ts_ms >= cutoff) {
+                    break;
+                }
+                last = Some((seq, crc as u32));
+                deleted += 1;
+            }
+        }
+        let Some((base_seq, base_crc)) = last else {
+            return Ok(Pruned {
+                deleted: 0,
+                base_seq: base_now,
+            });
+        };
+        tx.prepare_cached("DELETE FROM wal_log WHERE seq <= ?1")?
+            .execute([base_seq])?;
+        super::schema::set_base(&tx, base_seq, base_crc)?;
+        tx.commit()?;
+        self.base_seq
+            .store(base_seq, std::sync::atomic::Ordering::Relaxed);
+        Ok(Pruned { deleted, base_seq })
+    }
+
+    /// Replaces `kv`, `wal_log` and the log's identity with a staged snapshot (see
+    /// [`super::snapshot`]) in ONE transaction: a crash leaves either the old state or the new.
+    fn install(&mut self, staging: &std::path::Path) -> Result<Head, StoreError> {
+        let installed = super::snapshot::install(&self.conn, staging)?;
+        let head = Head {
+            seq: installed.head.0,
+            crc: installed.head.1,
+            epoch: self.head.epoch + 1,
+        };
+        self.head = head;
+        self.base_seq
+            .store(installed.base.0, std::sync::atomic::Ordering::Relaxed);
+        // What the window held belongs to the replaced history.
+        self.recent.clear();
+        self.recent.push(installed.replayed);
+        self.counters.add(0, std::time::Instant::now());
+        tracing::info!(namespace = %self.namespace, log_id = %installed.log_id, base_seq = installed.base.0, head_seq = head.seq, keys = installed.keys, "snapshot installed");
+        self.head_tx.send_replace(head);
+        Ok(head)
+    }
+}
+
+pub(crate) fn update_kv(
     conn: &Connection,
     key: &str,
     value: Option<&[u8]>,
@@ -351,6 +449,26 @@ fn update_kv(
     Ok(())
 }
 
+/// Stores one entry: appends it to `wal_log` and applies it to `kv`. The one primitive behind
+/// a primary's writes, a replica's applies and a snapshot's replay, so that "a replica equals
+/// its primary" holds by construction.
+pub(crate) fn store_entry(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
+    let value = (e.op == Op::Put).then_some(e.value.as_slice());
+    conn.prepare_cached(
+        "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.seq,
+        e.txn,
+        e.op.as_str(),
+        e.key,
+        value,
+        e.ts_ms,
+        e.crc as i64
+    ])?;
+    update_kv(conn, &e.key, value, e.seq, e.ts_ms)
+}
+
 /// Appends one request's mutations after `head`, updating `kv` to match.
 fn append(
     conn: &Connection,
@@ -358,9 +476,6 @@ fn append(
     mutations: &[Mutation],
     ts_ms: i64,
 ) -> rusqlite::Result<(Head, Vec<Entry>)> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO wal_log (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
     let txn = head.seq + 1;
     let mut head = head;
     let mut entries = Vec::with_capacity(mutations.len());
@@ -370,20 +485,8 @@ fn append(
             Mutation::Put { key, value } => (Op::Put, key.clone(), value.clone()),
             Mutation::Delete { key } => (Op::Delete, key.clone(), Vec::new()),
         };
-        let stored = (op == Op::Put).then_some(value.as_slice());
         let crc = chain_crc(head.crc, seq, txn, op, &key, &value, ts_ms);
-        insert.execute(params![
-            seq,
-            txn,
-            op.as_str(),
-            key,
-            stored,
-            ts_ms,
-            crc as i64
-        ])?;
-        update_kv(conn, &key, stored, seq, ts_ms)?;
-        head = Head { seq, crc };
-        entries.push(Entry {
+        let entry = Entry {
             seq,
             txn,
             op,
@@ -391,7 +494,10 @@ fn append(
             value,
             ts_ms,
             crc,
-        });
+        };
+        store_entry(conn, &entry)?;
+        head = Head { seq, crc, ..head };
+        entries.push(entry);
     }
     Ok((head, entries))
 }

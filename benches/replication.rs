@@ -192,6 +192,7 @@ async fn fan_out(dir: &Path, streams: usize, rate: u64, seconds: u64) -> (Durati
         .unwrap();
     let log_id = client
         .position(PositionRequest {
+            probe_seq: 0,
             namespace: "ns".into(),
         })
         .await

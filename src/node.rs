@@ -185,6 +185,21 @@ impl Node {
             }
         }
 
+        if let Some(retention) = config
+            .storage_config
+            .wal_cleanup_config
+            .as_ref()
+            .filter(|w| w.enabled)
+        {
+            for ns in store.iter() {
+                tasks.spawn(crate::store::retention::run(
+                    ns.clone(),
+                    retention.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+
         let mut followers = BTreeMap::new();
         if mode == Mode::Replica {
             for relayer in config.relayer_config.values() {
@@ -193,7 +208,8 @@ impl Node {
                         .get(name)
                         .expect("config validation checked the namespace")
                         .clone();
-                    let follower = Follower::new(ns, relayer.upstream_address.clone());
+                    let follower =
+                        Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
                     followers.insert(name.clone(), follower.tracker());
                     tasks.spawn(follower.run(shutdown.clone()));
                 }
@@ -238,7 +254,8 @@ impl Node {
         let grpc_addr = match listeners.grpc {
             Some(listener) => {
                 let addr = local_addr(&listener, "gRPC")?;
-                let service = ReplicationService::new(store.clone(), shutdown.clone());
+                let service =
+                    ReplicationService::new(store.clone(), replicated.clone(), shutdown.clone());
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     let server = tonic::transport::Server::builder()

@@ -132,6 +132,7 @@ impl Notifier {
                 let _ctx = ctx;
                 let topic = format!("{name}.kv");
                 let mut last = start;
+                let mut epoch = head_now.borrow().epoch;
                 loop {
                     let woke = wake_rx.recv_timeout(SUBSCRIPTION_CHECK);
                     // Each (un)subscription arrives as a message: 1 or 0, then the topic.
@@ -151,7 +152,16 @@ impl Notifier {
                         Err(RecvTimeoutError::Disconnected) => {}
                     }
                     // The latest head, even if the relayed value is older (wake-ups coalesce).
-                    let head = head_now.borrow().seq;
+                    let now = *head_now.borrow();
+                    if now.epoch != epoch {
+                        // A snapshot replaced the history: carry on from its base, so the
+                        // entries after it (replayed or new) are notified and subscribers see
+                        // the jump in seq_num (a gap to recover, or seqs starting over).
+                        epoch = now.epoch;
+                        last = schema::base(&conn).map_or(now.seq, |(base, _)| base);
+                        tracing::info!(namespace = %name, from_seq = last + 1, "history replaced by a snapshot; notifications continue after its base");
+                    }
+                    let head = now.seq;
                     while last < head {
                         let batch = match reader::entry_heads(&conn, last, head, READ_CHUNK) {
                             Ok(b) if !b.is_empty() => b,

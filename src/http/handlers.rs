@@ -310,6 +310,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         log_id: namespace.log_id(),
         head_seq: s.head_seq,
         oldest_seq: s.oldest_seq,
+        base_seq: s.base_seq,
         wal_entries: s.wal_entries,
         keys: s.keys,
         file_bytes: s.file_bytes,
@@ -344,12 +345,16 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
         .await?;
     // Entries start at the oldest one kept: answering from a later seq than asked would hide
     // the gap from a client recovering missed changes.
-    if let Some(first) = entries.first().filter(|e| e.seq > q.since + 1) {
+    let first = entries
+        .first()
+        .map(|e| e.seq)
+        .or_else(|| Some(namespace.base_seq() + 1).filter(|&oldest| oldest > q.since + 1));
+    if let Some(first) = first.filter(|&seq| seq > q.since + 1) {
         return Err(ApiError::new(
             StatusCode::GONE,
             format!(
                 "the entries after seq {} were pruned: the log of {ns:?} starts at seq {}; read the keys again (GET /api/v1/{ns}/kv) and continue from head seq {head}",
-                q.since, first.seq
+                q.since, first
             ),
         ));
     }
@@ -438,10 +443,10 @@ pub async fn metrics(api: Arc<Api>) -> Response {
     family(
         "ferry_replication_lag_entries",
         "gauge",
-        "Entries the upstream has that this replica has not applied yet.",
+        "Entries the upstream has that this replica has not applied yet (NaN once stopped: unknown).",
         followed
             .iter()
-            .map(|(n, s)| (label(n), s.lag.to_string()))
+            .map(|(n, s)| (label(n), s.lag.map_or("NaN".into(), |l| l.to_string())))
             .collect(),
     );
     family(

@@ -81,6 +81,9 @@ pub struct StatsResponse {
     pub log_id: String,
     pub head_seq: Seq,
     pub oldest_seq: Seq,
+    /// The entry just before the oldest retained one: pruned, or the seq a snapshot was
+    /// installed at (0 when the log was never pruned).
+    pub base_seq: Seq,
     pub wal_entries: i64,
     pub keys: i64,
     pub file_bytes: u64,

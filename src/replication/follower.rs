@@ -26,7 +26,8 @@ use crate::store::{Namespace, StoreError};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a follower waits without any message before it reconnects.
-const SILENCE_LIMIT: Duration = Duration::from_secs(3 * super::service::HEARTBEAT.as_secs());
+pub(super) const SILENCE_LIMIT: Duration =
+    Duration::from_secs(3 * super::service::HEARTBEAT.as_secs());
 /// Most entries applied in one replica transaction when batches queue up.
 const MAX_APPLY_ENTRIES: usize = 20_000;
 
@@ -38,8 +39,33 @@ pub enum State {
     Following,
     /// Lost the upstream; retrying with backoff.
     Retrying,
-    /// Gave up: the reason is in `last_error`. Needs an operator (or, later, a snapshot).
+    /// Fetching or installing a snapshot (see `snapshot` for progress).
+    Bootstrapping,
+    /// Gave up: the reason is in `last_error`. Needs an operator.
     Stopped,
+}
+
+/// What the follower does when its history differs from its upstream's
+/// (`[relayer_config.NAME] on_divergence`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Keep the entries the upstream lacks in a rollback file, then re-bootstrap.
+    #[default]
+    Rebootstrap,
+    /// Stop following, with the reason in the log and `/stats`.
+    Stop,
+}
+
+/// A snapshot download in progress, as shown in `/stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    pub rows: i64,
+    pub bytes: i64,
+    /// Seq the snapshot is (being) read at.
+    pub seq: Seq,
+    /// Times the download was resumed after a broken stream.
+    pub resumed: u32,
 }
 
 /// A follower's progress, shared with the HTTP API.
@@ -51,9 +77,20 @@ pub struct Status {
     pub upstream_head_seq: Seq,
     /// Last seq applied here.
     pub applied_seq: Seq,
-    /// `upstream_head_seq - applied_seq` (0 when unknown).
-    pub lag: Seq,
+    /// `upstream_head_seq - applied_seq`; null while stopped (the follower no longer knows).
+    pub lag: Option<Seq>,
     pub last_error: Option<String>,
+    /// Snapshots installed since the node started.
+    pub bootstraps: u64,
+    /// Rollback files written since the node started (entries the upstream did not have).
+    pub rollbacks: u64,
+    /// The snapshot being fetched, while bootstrapping.
+    pub snapshot: Option<SnapshotProgress>,
+    /// Snapshot rows received since the node started (a resumed download does not fetch again
+    /// what it already has).
+    pub snapshot_rows_received: u64,
+    /// Snapshot streams that broke and were resumed since the node started.
+    pub snapshot_resumes: u64,
 }
 
 /// Handle to a follower's status.
@@ -64,17 +101,22 @@ impl Tracker {
     pub fn snapshot(&self, ns: &Namespace) -> Status {
         let mut s = self.0.lock().unwrap().clone();
         s.applied_seq = ns.head().seq;
-        s.lag = (s.upstream_head_seq - s.applied_seq).max(0);
+        s.lag = match s.state {
+            State::Stopped => None,
+            _ => Some((s.upstream_head_seq - s.applied_seq).max(0)),
+        };
         s
     }
 
-    fn set(&self, f: impl FnOnce(&mut Status)) {
+    pub(super) fn set(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.0.lock().unwrap());
     }
 }
 
 /// Why a session with the upstream ended.
-enum End {
+pub(super) enum End {
+    /// Connect again at once (a snapshot was just installed).
+    Again,
     /// Try again after a backoff.
     Retry(String),
     /// Stop following; the message says why.
@@ -83,25 +125,36 @@ enum End {
 }
 
 pub struct Follower {
-    ns: Arc<Namespace>,
-    upstream: String,
-    tracker: Tracker,
+    pub(super) ns: Arc<Namespace>,
+    pub(super) upstream: String,
+    pub(super) tracker: Tracker,
+    pub(super) on_divergence: OnDivergence,
+    /// The divergence a rollback file was last written for (upstream log_id, split seq, local
+    /// head), so a bootstrap that fails and is retried does not write the same file twice.
+    pub(super) rolled_back: Mutex<Option<(String, Seq, Seq)>>,
 }
 
 impl Follower {
-    pub fn new(ns: Arc<Namespace>, upstream: String) -> Follower {
+    pub fn new(ns: Arc<Namespace>, upstream: String, on_divergence: OnDivergence) -> Follower {
         let tracker = Tracker(Arc::new(Mutex::new(Status {
             upstream: upstream.clone(),
             state: State::Connecting,
             upstream_head_seq: 0,
             applied_seq: 0,
-            lag: 0,
+            lag: Some(0),
             last_error: None,
+            bootstraps: 0,
+            rollbacks: 0,
+            snapshot: None,
+            snapshot_rows_received: 0,
+            snapshot_resumes: 0,
         })));
         Follower {
             ns,
             upstream,
             tracker,
+            on_divergence,
+            rolled_back: Mutex::new(None),
         }
     }
 
@@ -121,6 +174,10 @@ impl Follower {
             };
             match end {
                 End::Shutdown => return,
+                End::Again => {
+                    backoff = BACKOFF_START;
+                    last_logged = None;
+                }
                 End::Fatal(reason) => {
                     tracing::error!(namespace = %name, upstream = %self.upstream, "replication stopped: {reason}; this replica keeps serving reads of what it has");
                     self.tracker.set(|s| {
@@ -179,6 +236,7 @@ impl Follower {
 
         let position = client.position(PositionRequest {
             namespace: name.clone(),
+            probe_seq: 0,
         });
         let pos = match tokio::time::timeout(SILENCE_LIMIT, position).await {
             Ok(Ok(p)) => p.into_inner(),
@@ -199,10 +257,11 @@ impl Follower {
             // An empty log has no history to lose: it takes the upstream's identity (a new
             // replica, or a file some other run created without entries).
             if self.ns.head().seq != 0 {
-                return End::Fatal(format!(
+                let reason = format!(
                     "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
                     pos.log_id
-                ));
+                );
+                return self.diverged(&mut client, &pos, reason).await;
             }
             if let Err(e) = self.ns.adopt_log_id(&pos.log_id).await {
                 return store_end(e);
@@ -219,7 +278,17 @@ impl Follower {
         };
         let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
             Ok(Ok(s)) => s.into_inner(),
-            Ok(Err(s)) => return status_end(&s),
+            Ok(Err(s)) => match ErrorKind::of(&s) {
+                Some(ErrorKind::SnapshotNeeded) => {
+                    tracing::info!(namespace = %name, upstream = %self.upstream, from_seq = head.seq + 1, "the entries this replica needs are no longer in the upstream's log: bootstrapping from a snapshot");
+                    return self.bootstrap(&mut client, &pos.log_id).await;
+                }
+                Some(ErrorKind::HistoryDiffers | ErrorKind::AheadOfUpstream) => {
+                    let reason = format!("history differs: {}", s.message());
+                    return self.diverged(&mut client, &pos, reason).await;
+                }
+                _ => return status_end(&s),
+            },
             Err(_) => {
                 return End::Retry(format!(
                     "no answer from the upstream within {SILENCE_LIMIT:?}"
@@ -304,7 +373,7 @@ impl Follower {
 
 /// Divergence stops the follower; a storage problem (a lock held by another process, a full
 /// disk) may pass, so it is retried with backoff like a network error.
-fn store_end(e: StoreError) -> End {
+pub(super) fn store_end(e: StoreError) -> End {
     match e {
         StoreError::ShuttingDown => End::Shutdown,
         StoreError::Diverged(_) | StoreError::BadFile { .. } | StoreError::EmptyWrite => {
@@ -316,10 +385,12 @@ fn store_end(e: StoreError) -> End {
     }
 }
 
-fn status_end(s: &tonic::Status) -> End {
+pub(super) fn status_end(s: &tonic::Status) -> End {
     let what = format!("{}: {}", s.code(), s.message());
     match ErrorKind::of(s) {
         Some(ErrorKind::ShuttingDown) => End::Retry("the upstream is shutting down".into()),
+        // Reconnecting finds out what to do (bootstrap, or divergence recovery).
+        Some(ErrorKind::SnapshotNeeded | ErrorKind::HistoryDiffers) => End::Retry(what),
         Some(_) => End::Fatal(what),
         // Untyped statuses come from the transport (connection reset, upstream gone).
         None => match s.code() {
@@ -333,7 +404,7 @@ fn status_end(s: &tonic::Status) -> End {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {

@@ -6,6 +6,8 @@
 //!   retry with backoff, stop on divergence.
 //! - here: the generated protobuf code, conversions to domain types, and the typed errors.
 
+pub mod backup;
+mod bootstrap;
 pub mod follower;
 pub mod service;
 

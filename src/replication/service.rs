@@ -31,12 +31,22 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub struct ReplicationService {
     store: Arc<Store>,
+    /// The namespaces this node follows from an upstream (a replica's).
+    followed: Vec<String>,
     shutdown: CancellationToken,
 }
 
 impl ReplicationService {
-    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> ReplicationService {
-        ReplicationService { store, shutdown }
+    pub fn new(
+        store: Arc<Store>,
+        followed: Vec<String>,
+        shutdown: CancellationToken,
+    ) -> ReplicationService {
+        ReplicationService {
+            store,
+            followed,
+            shutdown,
+        }
     }
 
     fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Status> {
@@ -68,13 +78,28 @@ impl Replication for ReplicationService {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         let head = ns.head();
-        let oldest = ns.read(reader::oldest).await.map_err(internal)?;
+        let following = self.followed.contains(&req.namespace);
+        let probe = req.probe_seq;
+        let (oldest, probed) = ns
+            .read(move |c| {
+                let probed = if probe > 0 {
+                    reader::crc_at(c, probe)?
+                } else {
+                    None
+                };
+                Ok((reader::oldest(c)?, probed))
+            })
+            .await
+            .map_err(internal)?;
         Ok(Response::new(PositionResponse {
             namespace: req.namespace,
             log_id: ns.log_id(),
             head_seq: head.seq,
             head_crc: head.crc,
-            oldest_seq: oldest,
+            oldest_seq: if head.seq == 0 { 0 } else { oldest },
+            probe_found: probed.is_some(),
+            probe_crc: probed.unwrap_or(0),
+            following,
         }))
     }
 
@@ -115,7 +140,7 @@ impl Replication for ReplicationService {
                 req.from_seq
             )));
         }
-        if req.from_seq > 1 {
+        {
             let prev = req.from_seq - 1;
             let crc = ns
                 .read(move |c| reader::crc_at(c, prev))
@@ -147,9 +172,15 @@ impl Replication for ReplicationService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let ns = self.namespace(&req.into_inner().namespace)?;
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(stream_snapshot(ns, tx, self.shutdown.clone()));
+        tokio::spawn(stream_snapshot(
+            ns,
+            req.after_key,
+            tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -159,6 +190,7 @@ impl Replication for ReplicationService {
 /// chunks) and gives up when it leaves or the node stops.
 async fn stream_snapshot(
     ns: Arc<Namespace>,
+    after_key: Option<String>,
     tx: mpsc::Sender<Result<SnapshotChunk, Status>>,
     shutdown: CancellationToken,
 ) {
@@ -168,6 +200,7 @@ async fn stream_snapshot(
     let read = ns.read(move |conn| {
         reader::snapshot(
             conn,
+            after_key.as_deref(),
             MAX_BATCH_ENTRIES,
             MAX_BATCH_BYTES,
             |seq, crc, rows, done| {
@@ -205,14 +238,34 @@ async fn stream_entries(
     shutdown: CancellationToken,
 ) {
     let mut head_rx = ns.subscribe();
+    let epoch = head_rx.borrow().epoch;
+    // Retention holds back for this stream while it lives.
+    let position = ns.register_tail(next);
     loop {
         let head = *head_rx.borrow_and_update();
+        if head.epoch != epoch {
+            // This node installed a snapshot: the follower's position belongs to the replaced
+            // history. It reconnects and finds out where it stands.
+            let _ = tx.try_send(Err(Status::unavailable(
+                "this node replaced its history with a snapshot; reconnect",
+            )));
+            return;
+        }
+        position.set(next);
         while next <= head.seq {
             let from = next;
             let batch = match ns
                 .entries_from(from, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
                 .await
             {
+                Ok(b) if b.first().is_some_and(|e| e.seq != from) => {
+                    // Retention pruned what this follower still needed (it fell more than
+                    // twice the limits behind).
+                    let _ = tx.try_send(Err(ErrorKind::SnapshotNeeded.status(format!(
+                        "entries from {from} were pruned while this follower was behind; bootstrap from a snapshot"
+                    ))));
+                    return;
+                }
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => break,
                 Err(e) => {
@@ -229,6 +282,7 @@ async fn stream_entries(
                 sent = tx.send(Ok(msg)) => if sent.is_err() { return },
                 _ = shutdown.cancelled() => break,
             }
+            position.set(next);
         }
         tokio::select! {
             biased;

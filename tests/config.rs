@@ -30,7 +30,7 @@ fn the_walkthrough_configs_load_unchanged() {
         "storage_config.bytes_per_sync",
         "storage_config.segment_size",
         "storage_config.arena_size",
-        "storage_config.wal_cleanup_config",
+        "storage_config.wal_cleanup_config.min_segments/max_segments",
         "write_notify_config",
         "log_config.min_level_percents",
     ] {
@@ -39,6 +39,16 @@ fn the_walkthrough_configs_load_unchanged() {
             "{key} not reported as ignored: {ignored:?}"
         );
     }
+
+    // The walkthrough's retention is ferry's: enabled, every 5 minutes, 5 hours of log.
+    let cleanup = dc1.storage_config.wal_cleanup_config.as_ref().unwrap();
+    assert!(cleanup.enabled);
+    assert_eq!(cleanup.interval, std::time::Duration::from_secs(300));
+    assert_eq!(
+        cleanup.max_age,
+        Some(std::time::Duration::from_secs(5 * 3600))
+    );
+    assert_eq!(cleanup.max_entries, None);
 
     let dc2 = repo_config("dc2.toml");
     assert_eq!(dc2.http_port, 8002);
@@ -155,4 +165,48 @@ fn a_missing_config_file_names_the_path() {
     let err = Config::load(Path::new("/no/such/ferry.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/no/such/ferry.toml"), "{err}");
+}
+
+#[test]
+fn retention_durations_and_limits_are_checked() {
+    use ferry::config::parse_duration;
+    assert_eq!(
+        parse_duration("5m"),
+        Ok(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(
+        parse_duration("250ms"),
+        Ok(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(
+        parse_duration("1h30m"),
+        Ok(std::time::Duration::from_secs(5400))
+    );
+    assert_eq!(
+        parse_duration("2d"),
+        Ok(std::time::Duration::from_secs(172_800))
+    );
+    for bad in ["", "5", "m", "5 minutes", "-1s", "1.5h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+    let with = |table: &str| {
+        let text = format!(
+            "http_port = 0\n[storage_config]\nbase_dir = \"/x\"\nnamespaces = [\"ns\"]\n[storage_config.wal_cleanup_config]\n{table}"
+        );
+        Config::parse(&text, Path::new("r.toml")).map(|_| ())
+    };
+    assert!(with("enabled = true\nmax_entries = 10\n").is_ok());
+    let err = |table: &str| with(table).unwrap_err().to_string();
+    assert!(err("enabled = true\n").contains("neither max_age nor max_entries"));
+    assert!(
+        err("enabled = true\nmax_age = \"5 hours\"\n").contains("invalid duration \"5 hours\"")
+    );
+    assert!(err("enabled = true\nmax_entries = 0\n").contains("max_entries must be at least 1"));
+    assert!(
+        err("enabled = true\nmax_entries = 5\ninterval = \"0s\"\n")
+            .contains("interval must be greater than 0")
+    );
+    assert!(err("enabled = true\nmax_entriez = 5\n").contains("max_entriez"));
+    // Disabled retention needs no limits (and prunes nothing).
+    assert!(with("enabled = false\n").is_ok());
 }

@@ -346,42 +346,6 @@ async fn a_tampered_entry_stops_the_follower_and_keeps_its_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_primary_file_stops_the_follower() {
-    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let c = reqwest::Client::new();
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let port = primary.node.grpc_addr().unwrap().port();
-    put(&c, &primary, NS, "k", b"v1").await;
-    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
-    wait_synced(&primary, &replica, NS).await;
-    primary.stop().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
-    }
-    let before = (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS)));
-    // A new file at the same address: a new log_id, and a seq 1 that is not the replica's.
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
-    put(&c, &primary, NS, "k", b"other").await;
-    put(&c, &primary, NS, "k2", b"other").await;
-    let stats = wait_replication_state(&c, &replica, NS, "stopped").await;
-    let err = stats["replication"]["last_error"].as_str().unwrap();
-    assert!(
-        err.contains("history differs") && err.contains("log_id"),
-        "{err}"
-    );
-    assert_eq!(
-        (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
-        before
-    );
-    assert_eq!(
-        get_value(&c, &replica, NS, "k").await,
-        (200, b"v1".to_vec())
-    );
-    replica.stop().await;
-    primary.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
@@ -393,6 +357,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
         .unwrap();
     let pos = client
         .position(PositionRequest {
+            probe_seq: 0,
             namespace: NS.into(),
         })
         .await
@@ -473,6 +438,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
     }
     let status = client
         .position(PositionRequest {
+            probe_seq: 0,
             namespace: "nope".into(),
         })
         .await
@@ -687,6 +653,7 @@ async fn open_snapshot(
         .await
         .unwrap();
     let request = SnapshotRequest {
+        after_key: None,
         namespace: ns.into(),
     };
     Ok(client.snapshot(request).await?.into_inner())
@@ -824,7 +791,7 @@ async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_on_a_pruned_log_is_told_a_snapshot_is_needed() {
+async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
     let c = reqwest::Client::new();
@@ -851,12 +818,19 @@ async fn a_new_replica_on_a_pruned_log_is_told_a_snapshot_is_needed() {
     assert_eq!(ErrorKind::of(&err), Some(ErrorKind::SnapshotNeeded));
     assert!(err.message().contains("starts at 51"), "{}", err.message());
 
-    // A brand-new replica says so and stops, instead of reporting a diverged log.
+    // A brand-new replica bootstraps from a snapshot instead, then tails on.
     let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
-    let st = wait_replication_state(&c, &replica, NS, "stopped").await;
-    let reason = st["replication"]["last_error"].as_str().unwrap();
-    assert!(reason.contains("bootstrap from a snapshot"), "{reason}");
-    assert_eq!(stats(&c, &replica, NS).await["head_seq"], 0);
+    wait_synced(&primary, &replica, NS).await;
+    let st = stats(&c, &replica, NS).await;
+    assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
+    assert_eq!(st["base_seq"], 100, "{st}");
+    assert_eq!(kv_rows(&primary.db(NS)), kv_rows(&replica.db(NS)));
+    put(&c, &primary, NS, "after", b"bootstrap").await;
+    wait_synced(&primary, &replica, NS).await;
+    assert_eq!(
+        get_value(&c, &replica, NS, "after").await,
+        (200, b"bootstrap".to_vec())
+    );
     replica.stop().await;
     primary.stop().await;
 }

@@ -1,0 +1,422 @@
+//! Running for months: retention, snapshot bootstrap (resumed after a cut), divergence with
+//! rollback files, backup and restore. Real nodes, real gRPC on loopback, real SQLite files.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const NS: &str = "ns";
+
+/// A primary's config serving gRPC on `grpc_port`, with `retention` appended (TOML lines for
+/// `[storage_config.wal_cleanup_config]`, or "").
+fn primary_text(dir: &Path, grpc_port: u16, retention: &str) -> String {
+    let mut text = primary_config(dir, &[NS]);
+    text.push_str(&format!("[grpc_config]\nport = {grpc_port}\n"));
+    if !retention.is_empty() {
+        text.push_str("[storage_config.wal_cleanup_config]\n");
+        text.push_str(retention);
+    }
+    text
+}
+
+/// Retention that prunes everything but the newest `n` entries, checked every 20 ms.
+fn keep_last(n: u64) -> String {
+    format!("enabled = true\ninterval = \"20ms\"\nmax_entries = {n}\n")
+}
+
+/// A replica config whose relayer also says `relayer_extra` (e.g. `on_divergence = "stop"`).
+fn replica_text(dir: &Path, upstream: &str, relayer_extra: &str) -> String {
+    let line = format!("upstream_address = {upstream:?}\n");
+    replica_config(dir, &[NS], upstream, "").replace(&line, &format!("{line}{relayer_extra}\n"))
+}
+
+async fn batch(c: &reqwest::Client, node: &TestNode, from: usize, n: usize, value_len: usize) {
+    let items: Vec<_> = (from..from + n)
+        .map(|i| json!({"key": format!("key{:05}", i % 700), "value": b64(&vec![b'a' + (i % 26) as u8; value_len])}))
+        .collect();
+    let body = json!({"operation": "put", "items": items}).to_string();
+    let (s, j) = call(
+        c,
+        Method::POST,
+        &node.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+}
+
+/// The replica holds exactly the primary's state, and every entry both logs retain is equal.
+fn assert_converged(primary: &Path, replica: &Path) {
+    assert_eq!(kv_rows(primary), kv_rows(replica), "kv differs");
+    assert_eq!(log_id(primary), log_id(replica), "log_id differs");
+    let p = wal_rows(primary);
+    let r = wal_rows(replica);
+    assert!(!r.is_empty() || base(replica).0 > 0);
+    for row in &r {
+        if let Some(same) = p.iter().find(|x| x.seq == row.seq) {
+            assert_eq!(same, row, "entry {} differs", row.seq);
+        }
+    }
+    verify_file(replica);
+}
+
+async fn wait_base_past(node: &TestNode, seq: i64) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("retention to prune past seq {seq}"),
+        async || (node.ns(NS).base_seq() > seq).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_past_a_stopped_replica_which_bootstraps_on_restart() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::start(&primary_text(pdir.path(), 0, &keep_last(50)), pdir.path()).await;
+    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    batch(&c, &primary, 0, 30, 10).await;
+    wait_synced(&primary, &replica, NS).await;
+    let stopped_at = replica.head(NS);
+    replica.stop().await;
+
+    for i in 0..10 {
+        batch(&c, &primary, 30 + i * 100, 100, 20).await;
+    }
+    wait_base_past(&primary, 1030 - 51).await;
+    let st = stats(&c, &primary, NS).await;
+    assert_eq!(st["wal_entries"], 50, "{st}");
+    assert_eq!(st["head_seq"], 1030);
+    verify_file(&primary.db(NS));
+
+    // Back after its entries were pruned: it bootstraps from a snapshot and tails on.
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    wait_synced(&primary, &replica, NS).await;
+    batch(&c, &primary, 5000, 10, 5).await;
+    wait_synced(&primary, &replica, NS).await;
+    let st = stats(&c, &replica, NS).await;
+    assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
+    assert_eq!(st["replication"]["state"], "following", "{st}");
+    assert!(st["base_seq"].as_i64().unwrap() > stopped_at, "{st}");
+    replica.stop().await;
+    primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+    assert!(
+        !rdir.path().join("ns.db.staging").exists(),
+        "the staging file is removed after the install"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_follower_holds_retention_back_up_to_twice_the_limit() {
+    let pdir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    // No background retention: each round below is run by the test.
+    let primary = TestNode::start(&primary_text(pdir.path(), 0, ""), pdir.path()).await;
+    let ns = primary.ns(NS);
+    let config = retention_config(100);
+    batch(&c, &primary, 0, 10, 10).await;
+    // A live tail stream that still has to send seq 11 (what the service registers).
+    let follower = ns.register_tail(11);
+    batch(&c, &primary, 10, 150, 10).await;
+    ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.base_seq(),
+        10,
+        "160 entries, max_entries 100: only what the follower already has goes"
+    );
+    // Past twice the limit the follower is given up on (it will bootstrap).
+    batch(&c, &primary, 160, 100, 10).await;
+    ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert_eq!(ns.base_seq(), 260 - 200, "hard bound: 2 x max_entries");
+    // Gone, it holds nothing back.
+    drop(follower);
+    ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert_eq!(ns.base_seq(), 260 - 100);
+    assert_eq!(stats(&c, &primary, NS).await["wal_entries"], 100);
+    verify_file(&primary.db(NS));
+    primary.stop().await;
+}
+
+fn retention_config(max_entries: u64) -> ferry::config::WalCleanupConfig {
+    let text = format!(
+        "http_port = 0\n[storage_config]\nbase_dir = \"/x\"\nnamespaces = [\"ns\"]\n[storage_config.wal_cleanup_config]\n{}",
+        keep_last(max_entries)
+    );
+    ferry::config::Config::parse(&text, Path::new("t.toml"))
+        .unwrap()
+        .storage_config
+        .wal_cleanup_config
+        .unwrap()
+}
+
+/// A TCP proxy to `upstream` that cuts the first connection once it has passed `cut_after`
+/// bytes towards the client; later connections pass through.
+async fn cutting_proxy(upstream: String, cut_after: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let limit = if first { cut_after } else { usize::MAX };
+            first = false;
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut passed = 0;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if passed + n > limit {
+                        break; // dropping both halves resets the connection
+                    }
+                    passed += n;
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary =
+        TestNode::start(&primary_text(pdir.path(), 0, &keep_last(100)), pdir.path()).await;
+    // 700 distinct keys of 8 KiB (~5.6 MB of kv): several 1-MiB chunks.
+    for i in 0..14 {
+        batch(&c, &primary, i * 50, 50, 8 * 1024).await;
+    }
+    wait_base_past(&primary, 1).await;
+    let keys = kv_rows(&primary.db(NS)).len();
+    assert_eq!(keys, 700);
+    // The first connection is cut after ~2.5 MB: in the middle of the snapshot.
+    let proxy = cutting_proxy(primary.grpc(), 2_500_000).await;
+    let replica_cfg = replica_text(rdir.path(), &proxy, "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    // Writes go on meanwhile: the resumed stream is read at a later seq, and the replay of
+    // the log between the two makes the result exact.
+    for i in 0..5 {
+        batch(&c, &primary, 7000 + i * 10, 10, 100).await;
+    }
+    wait_synced(&primary, &replica, NS).await;
+    let st = stats(&c, &replica, NS).await;
+    let r = &st["replication"];
+    assert_eq!(r["bootstraps"], 1, "{st}");
+    assert!(
+        r["snapshot_resumes"].as_u64().unwrap() >= 1,
+        "the cut happened: {st}"
+    );
+    assert!(
+        r["snapshot_rows_received"].as_u64().unwrap() <= keys as u64,
+        "resumed after the last key received, not from the start: {st}"
+    );
+    replica.stop().await;
+    primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+}
+
+fn rollback_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("rollback"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The entries of a rollback file: (seq, key, decoded value).
+fn rollback_entries(path: &Path) -> Vec<(i64, String, Vec<u8>)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for field in ["seq", "txn", "op", "key", "value", "ts_ms", "crc"] {
+                assert!(v.get(field).is_some(), "{field} missing in {l}");
+            }
+            (
+                v["seq"].as_i64().unwrap(),
+                v["key"].as_str().unwrap().to_owned(),
+                unb64(v["value"].as_str().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_primary_makes_the_replica_roll_back_and_rebootstrap() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    put(&c, &primary, NS, "a", b"old-1").await;
+    put(&c, &primary, NS, "b", b"old-2").await;
+    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
+    }
+    // A new file at the same address: another log, which never had the replica's entries.
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    put(&c, &primary, NS, "a", b"new-1").await;
+    put(&c, &primary, NS, "c", b"new-2").await;
+    put(&c, &primary, NS, "c", b"new-3").await;
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to rebootstrap",
+        async || {
+            (log_id(&rdir.path().join("ns.db")) == log_id(&pdir.path().join("ns.db"))
+                && replica.head(NS) == 3)
+                .then_some(())
+        },
+    )
+    .await;
+    let files = rollback_files(rdir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        name.starts_with("ns-") && name.ends_with(".jsonl"),
+        "{name}"
+    );
+    assert_eq!(
+        rollback_entries(&files[0]),
+        [
+            (1, "a".to_owned(), b"old-1".to_vec()),
+            (2, "b".to_owned(), b"old-2".to_vec())
+        ]
+    );
+    let st = stats(&c, &replica, NS).await;
+    assert_eq!(st["replication"]["rollbacks"], 1, "{st}");
+    assert_eq!(
+        get_value(&c, &replica, NS, "b").await.0,
+        404,
+        "the replaced history is gone from kv"
+    );
+    replica.stop().await;
+    primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restored_from_an_older_backup() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bdir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    for i in 1..=10 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    let backup_file = bdir.path().join("ns.db");
+    let b = ferry::replication::backup::backup(&primary.grpc(), NS, &backup_file, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((b.seq, b.keys), (10, 10));
+    assert!(
+        ferry::replication::backup::backup(&primary.grpc(), NS, &backup_file, &mut |_, _| {})
+            .await
+            .unwrap_err()
+            .contains("already exists"),
+        "a backup never overwrites"
+    );
+    for i in 11..=20 {
+        put(&c, &primary, NS, &format!("k{i}"), b"lost").await;
+    }
+    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+
+    // Restore: the backup file in place of the namespace file.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
+    }
+    std::fs::copy(&backup_file, pdir.path().join("ns.db")).unwrap();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    assert_eq!(primary.head(NS), 10);
+    assert_eq!(put(&c, &primary, NS, "after", b"restore").await, 11);
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to rebootstrap",
+        async || {
+            (stats(&c, &replica, NS).await["replication"]["bootstraps"] == 1
+                && replica.head(NS) == 11)
+                .then_some(())
+        },
+    )
+    .await;
+    let files = rollback_files(rdir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rolled: Vec<i64> = rollback_entries(&files[0]).iter().map(|e| e.0).collect();
+    assert_eq!(
+        rolled,
+        (11..=20).collect::<Vec<_>>(),
+        "exactly the entries after the common point (seq 10)"
+    );
+    replica.stop().await;
+    primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_divergence_stop_keeps_the_replica_as_it_was() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    put(&c, &primary, NS, "k", b"v1").await;
+    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "on_divergence = \"stop\"");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
+    }
+    let before = (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS)));
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    put(&c, &primary, NS, "k", b"other").await;
+    let st = wait_replication_state(&c, &replica, NS, "stopped").await;
+    let err = st["replication"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("history differs") && err.contains("on_divergence"),
+        "{err}"
+    );
+    assert!(
+        st["replication"]["lag"].is_null(),
+        "a stopped follower's lag is unknown, never 0: {st}"
+    );
+    assert_eq!(
+        (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
+        before
+    );
+    assert!(rollback_files(rdir.path()).is_empty());
+    replica.stop().await;
+    primary.stop().await;
+}

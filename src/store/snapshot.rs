@@ -336,3 +336,122 @@ fn install_attached(conn: &Connection) -> Result<Installed, StoreError> {
         replayed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::log::chain_crc;
+    use crate::store::schema;
+
+    fn entry(seq: Seq, prev_crc: u32, key: &str, value: &[u8]) -> Entry {
+        let crc = chain_crc(prev_crc, seq, seq, Op::Put, key, value, 7);
+        Entry {
+            seq,
+            txn: seq,
+            op: Op::Put,
+            key: key.into(),
+            value: value.into(),
+            ts_ms: 7,
+            crc,
+        }
+    }
+
+    fn state(conn: &Connection) -> (Vec<(String, Vec<u8>)>, Vec<Seq>, (Seq, u32), String) {
+        let kv = conn
+            .prepare("SELECT key, value FROM kv ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let seqs = conn
+            .prepare("SELECT seq FROM wal_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let log_id = conn
+            .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (kv, seqs, schema::base(conn).unwrap(), log_id)
+    }
+
+    /// A fuzzy snapshot: rows read at seq 2 and (resumed) at seq 3, and the entry 3 that makes
+    /// them exact.
+    fn stage(dir: &Path, third_crc_ok: bool) -> PathBuf {
+        let path = dir.join("ns.db.staging");
+        let mut s = Staging::open(&path).unwrap();
+        let e1 = entry(1, 0, "a", b"1");
+        let e2 = entry(2, e1.crc, "b", b"2");
+        let mut e3 = entry(3, e2.crc, "a", b"3");
+        if !third_crc_ok {
+            e3.crc ^= 1;
+        }
+        let row = |k: &str, v: &[u8], seq| KvRow {
+            key: k.into(),
+            value: v.into(),
+            seq,
+            ts_ms: 7,
+        };
+        let id = "f".repeat(32);
+        s.add_chunk(&id, 2, e2.crc, &[row("a", b"1", 1)], false)
+            .unwrap();
+        s.add_chunk(&id, 3, e3.crc, &[row("b", b"2", 2)], true)
+            .unwrap();
+        assert!(
+            !s.progress().unwrap().complete(),
+            "entry 3 is not staged yet"
+        );
+        s.add_entries(&[e3]).unwrap();
+        assert!(s.progress().unwrap().complete());
+        path
+    }
+
+    #[test]
+    fn an_install_replays_the_log_over_fuzzy_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) =
+            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
+                "0".repeat(32)
+            })
+            .unwrap();
+        let staging = stage(dir.path(), true);
+        let done = install(&conn, &staging).unwrap();
+        assert_eq!(done.base.0, 2);
+        assert_eq!(done.head.0, 3);
+        let (kv, seqs, base, log_id) = state(&conn);
+        assert_eq!(
+            kv,
+            [("a".into(), b"3".to_vec()), ("b".into(), b"2".to_vec())],
+            "entry 3 overrides the row read before it"
+        );
+        assert_eq!(seqs, [3]);
+        assert_eq!(base.0, 2);
+        assert_eq!(log_id, "f".repeat(32));
+    }
+
+    #[test]
+    fn a_failed_install_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) =
+            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
+                "0".repeat(32)
+            })
+            .unwrap();
+        let old = entry(1, 0, "old", b"x");
+        crate::store::writer::store_entry(&conn, &old).unwrap();
+        let before = state(&conn);
+        // The last step of the install (replaying a staged entry) fails its chain check: the
+        // rows already replaced by then must come back.
+        let staging = stage(dir.path(), false);
+        let err = install(&conn, &staging).unwrap_err();
+        assert!(err.to_string().contains("does not continue"), "{err}");
+        assert_eq!(state(&conn), before);
+        // The connection is usable and the staging file detached.
+        assert!(conn.execute("DETACH DATABASE staging", []).is_err());
+    }
+}

@@ -357,7 +357,10 @@ mod tests {
         }
     }
 
-    fn state(conn: &Connection) -> (Vec<(String, Vec<u8>)>, Vec<Seq>, (Seq, u32), String) {
+    /// kv, the seqs of wal_log, the base and the log_id.
+    type State = (Vec<(String, Vec<u8>)>, Vec<Seq>, (Seq, u32), String);
+
+    fn state(conn: &Connection) -> State {
         let kv = conn
             .prepare("SELECT key, value FROM kv ORDER BY key")
             .unwrap()

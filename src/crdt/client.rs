@@ -41,6 +41,9 @@ pub enum ClientError {
     Zmq { endpoint: String, reason: String },
     #[error("reading {url}: {reason}")]
     Http { url: String, reason: String },
+    /// The changes asked for were pruned from the node's log (HTTP 410).
+    #[error("reading {url}: {reason}")]
+    Pruned { url: String, reason: String },
 }
 
 /// One notification as received.
@@ -109,6 +112,12 @@ impl Reader {
             .map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
+        if status == reqwest::StatusCode::GONE {
+            return Err(ClientError::Pruned {
+                url,
+                reason: format!("{status}: {text}"),
+            });
+        }
         if !status.is_success() {
             return Err(fail(format!("{status}: {text}")));
         }
@@ -311,7 +320,20 @@ async fn catch_up(
     state: &mut State,
 ) -> Result<Seq, (Seq, ClientError)> {
     while last < target {
-        let page = reader.changes(ns, last).await.map_err(|e| (last, e))?;
+        let page = match reader.changes(ns, last).await {
+            Ok(p) => p,
+            Err(ClientError::Pruned { .. }) => {
+                // The entries after `last` are gone (retention, or the node re-bootstrapped):
+                // merge every key again (CRDT merges are idempotent) and go on from the head.
+                out.line(&format!(
+                    "  The log of {ns} no longer has the entries after seq {last}; reloading every key"
+                ));
+                let (head, count) = bootstrap(reader, ns, state).await.map_err(|e| (last, e))?;
+                out.event(serde_json::json!({"event": "reload", "namespace": ns, "head": head, "keys": count}));
+                return Ok(head);
+            }
+            Err(e) => return Err((last, e)),
+        };
         if page.entries.is_empty() {
             // The node has not applied `target` yet (a notification from a faster node).
             break;

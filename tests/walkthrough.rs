@@ -10,28 +10,96 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{Value, json};
 
-/// Reads a repo config and rewrites what a parallel test run must not share.
-fn config(name: &str, dir: &Path, upstreams: &[(&str, &str)]) -> String {
-    let mut text = std::fs::read_to_string(
+/// Reads a repo config and rewrites what a parallel test run must not share: `base_dir`
+/// becomes `dir`, every port is mapped through `port` (see [`rewrite`]), and the node listens
+/// on loopback.
+fn config(name: &str, dir: &Path, port: impl Fn(u16) -> u16) -> String {
+    let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs")
             .join(name),
     )
     .unwrap();
-    for p in ["8001", "8002", "8003", "4001", "4002", "5555", "5556"] {
-        text = text.replace(&format!("= {p}\n"), "= 0\n");
-    }
-    for (from, to) in upstreams {
-        text = text.replace(from, to);
-    }
-    let base = base_dir_of(&text);
-    text = text.replace(&base, &dir.display().to_string());
-    format!("listen_ip = \"127.0.0.1\"\n{text}")
+    format!("listen_ip = \"127.0.0.1\"\n{}", rewrite(&text, dir, port))
 }
 
-fn base_dir_of(text: &str) -> String {
-    let line = text.lines().find(|l| l.starts_with("base_dir")).unwrap();
-    line.split('"').nth(1).unwrap().to_owned()
+/// Rewrites a config line by line: each `key = value` line is split at its `=` and rebuilt
+/// from its parsed value, so the values of `http_port`, `port` and `bind_port` and the port of
+/// `upstream_address` are each mapped exactly once, and `base_dir` is set to `dir`. (A
+/// substring replace per placeholder rewrote ports inserted before it: 38003 then "8003" ->
+/// 46835 gave `http_port = 346835`.)
+fn rewrite(text: &str, dir: &Path, port: impl Fn(u16) -> u16) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let parsed = line
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|_| !line.trim_start().starts_with('#'));
+        let new = match parsed {
+            Some((key @ ("http_port" | "port" | "bind_port"), value)) => {
+                format!("{key} = {}", port(value.parse().unwrap()))
+            }
+            Some(("upstream_address", value)) => {
+                let (host, p) = value.trim_matches('"').rsplit_once(':').unwrap();
+                format!("upstream_address = \"{host}:{}\"", port(p.parse().unwrap()))
+            }
+            Some(("base_dir", _)) => format!("base_dir = {:?}", dir.display().to_string()),
+            _ => line.to_owned(),
+        };
+        out.push_str(&new);
+        out.push('\n');
+    }
+    out
+}
+
+/// The port of a `host:port` address.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The free-port rewrite cannot hit a port it inserted before: with each placeholder mapped
+/// to a port that contains another placeholder, every key still gets exactly its own port.
+#[test]
+fn configs_are_rewritten_key_by_key() {
+    let map = |p: u16| match p {
+        8001 => 18003,
+        8003 => 48001,
+        4001 => 54002,
+        4002 => 14001,
+        5555 => 55556,
+        5556 => 15555,
+        other => other,
+    };
+    let dir = Path::new("/data/x");
+    let table = |name| config(name, dir, map).parse::<toml::Table>().unwrap();
+    let relayer = table("relayer.toml");
+    assert_eq!(relayer["http_port"].as_integer(), Some(48001));
+    assert_eq!(
+        relayer["storage_config"]["base_dir"].as_str(),
+        Some("/data/x")
+    );
+    let relay = &relayer["relayer_config"];
+    assert_eq!(
+        relay["relayer1"]["upstream_address"].as_str(),
+        Some("127.0.0.1:54002")
+    );
+    assert_eq!(
+        relay["relayer2"]["upstream_address"].as_str(),
+        Some("127.0.0.1:14001")
+    );
+    let zmq = &relayer["notifier_config"];
+    assert_eq!(
+        zmq["ad-campaign-dc1"]["bind_port"].as_integer(),
+        Some(55556)
+    );
+    assert_eq!(
+        zmq["ad-campaign-dc2"]["bind_port"].as_integer(),
+        Some(15555)
+    );
+    let dc1 = table("dc1.toml");
+    assert_eq!(dc1["http_port"].as_integer(), Some(18003));
+    assert_eq!(dc1["grpc_config"]["port"].as_integer(), Some(54002));
+    assert_eq!(dc1["listen_ip"].as_str(), Some("127.0.0.1"));
 }
 
 struct Cluster {
@@ -48,7 +116,7 @@ impl Cluster {
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         let conf_dir = &dirs[3];
         let start_primary = |name: &str, data: &Path| {
-            let path = write(conf_dir, name, &config(name, data, &[]));
+            let path = write(conf_dir, name, &config(name, data, |_| 0));
             let mut r = Running::spawn(&["server", "-config", &path]);
             // HTTP is logged first, then gRPC.
             let grpc = r
@@ -61,14 +129,16 @@ impl Cluster {
         };
         let (dc1, g1) = start_primary("dc1.toml", dirs[0].path());
         let (dc2, g2) = start_primary("dc2.toml", dirs[1].path());
-        let edits = [
-            ("127.0.0.1:4001", g1.as_str()),
-            ("127.0.0.1:4002", g2.as_str()),
-        ];
+        let (g1, g2) = (port_of(&g1), port_of(&g2));
+        let upstreams = |p| match p {
+            4001 => g1,
+            4002 => g2,
+            _ => 0,
+        };
         let replica_config = write(
             conf_dir,
             "relayer.toml",
-            &config("relayer.toml", dirs[2].path(), &edits),
+            &config("relayer.toml", dirs[2].path(), upstreams),
         );
         let mut replica = Running::spawn(&["replica", "-config", &replica_config]);
         replica.wait_line("HTTP listening on ");
@@ -557,28 +627,10 @@ fn free_ports(n: usize) -> Vec<u16> {
 async fn the_demo_runs_the_cluster_and_stops_on_ctrl_c() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let p = free_ports(7);
-    let ports: Vec<(String, String)> = ["8001", "8002", "8003", "4001", "4002", "5555", "5556"]
-        .iter()
-        .zip(&p)
-        .map(|(from, to)| (from.to_string(), to.to_string()))
-        .collect();
+    let placeholders = [8001, 8002, 8003, 4001, 4002, 5555, 5556];
+    let free = |old: u16| p[placeholders.iter().position(|&x| x == old).unwrap()];
     for (i, name) in ["dc1.toml", "dc2.toml", "relayer.toml"].iter().enumerate() {
-        let mut text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("configs")
-                .join(name),
-        )
-        .unwrap();
-        for (from, to) in &ports {
-            text = text.replace(from.as_str(), to);
-        }
-        let base = base_dir_of(&text);
-        text = text.replace(&base, &dirs[i].path().display().to_string());
-        write(
-            &dirs[3],
-            name,
-            &format!("listen_ip = \"127.0.0.1\"\n{text}"),
-        );
+        write(&dirs[3], name, &config(name, dirs[i].path(), free));
     }
     let mut demo = Running::spawn(&["demo", "--configs", dirs[3].path().to_str().unwrap()]);
     demo.wait_line("ferry demo: the walkthrough's three nodes are running");

@@ -171,23 +171,22 @@ impl Cluster {
             .to_owned()
     }
 
+    /// `ferry crdt-client --json` on the replica.
     fn client(&self) -> Running {
+        self.client_with(&["--json"])
+    }
+
+    /// `ferry crdt-client` on the replica, with `extra` arguments.
+    fn client_with(&self, extra: &[&str]) -> Running {
         let (z1, z2) = (self.zmq("ad-campaign-dc1"), self.zmq("ad-campaign-dc2"));
         let http = self.http(&self.replica);
         let (z1, z2) = (
             format!("ad-campaign-dc1={z1}"),
             format!("ad-campaign-dc2={z2}"),
         );
-        Running::spawn(&[
-            "crdt-client",
-            "--json",
-            "--http",
-            &http,
-            "--zmq",
-            &z1,
-            "--zmq",
-            &z2,
-        ])
+        let mut args = vec!["crdt-client", "--http", &http, "--zmq", &z1, "--zmq", &z2];
+        args.extend(extra);
+        Running::spawn(&args)
     }
 }
 
@@ -198,7 +197,8 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 }
 
 /// `curl -X PUT .../kv/KEY -d '{"value": "<base64 of json>"}'` as the walkthrough does it.
-async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &str) {
+/// Returns the seq the write got.
+async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &str) -> i64 {
     let body = format!(r#"{{"value": "{}"}}"#, b64(value.as_bytes()));
     let resp = c
         .put(format!("{base}/api/v1/{ns}/kv/{key}"))
@@ -208,155 +208,145 @@ async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{key}");
+    let reply: Value = resp.json().await.unwrap();
+    reply["seq"].as_i64().unwrap()
 }
 
-/// Every write of the walkthrough, in its order. Returns the `date +%s` it used.
-async fn walkthrough_writes(c: &reqwest::Client, dc1: &str, dc2: &str) -> u64 {
-    const D1: &str = "ad-campaign-dc1";
-    const D2: &str = "ad-campaign-dc2";
-    let now = SystemTime::now()
+const D1: &str = "ad-campaign-dc1";
+const D2: &str = "ad-campaign-dc2";
+
+/// `date +%s`, as the walkthrough's Scenario 2 and use cases take it.
+fn date_s() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    // Scenario 1
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:user-status",
-        r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:user-status",
-        r#"{"value":"away","timestamp":1698765433000,"replica":"ad-campaign-dc2"}"#,
-    )
-    .await;
-    // Scenario 2: TIMESTAMP=$(date +%s)000
-    let ts = format!("{now}000");
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:config",
-        &format!(r#"{{"value":"DC1 wins?","timestamp":{ts},"replica":"ad-campaign-dc1"}}"#),
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:config",
-        &format!(r#"{{"value":"DC2 wins!","timestamp":{ts},"replica":"ad-campaign-dc2"}}"#),
-    )
-    .await;
-    // Scenario 3
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:page-views",
-        r#"{"replica":"ad-campaign-dc1","count":5}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:page-views",
-        r#"{"replica":"ad-campaign-dc2","count":3}"#,
-    )
-    .await;
-    // Scenario 4
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:feature-flag",
-        r#"{"value":true,"timestamp":2000,"replica":"ad-campaign-dc1"}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:feature-flag",
-        r#"{"value":false,"timestamp":1000,"replica":"ad-campaign-dc2"}"#,
-    )
-    .await;
-    // Scenario 5
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:api-calls",
-        r#"{"replica":"ad-campaign-dc1","count":100}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:api-calls",
-        r#"{"replica":"ad-campaign-dc2","count":75}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:db-queries",
-        r#"{"replica":"ad-campaign-dc1","count":250}"#,
-    )
-    .await;
-    // Real-world use cases
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:user:alice:status",
-        &format!(r#"{{"value":"online","timestamp":{now}000,"replica":"us-east-1"}}"#),
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:user:alice:status",
-        &format!(
-            r#"{{"value":"away","timestamp":{}000,"replica":"eu-west-1"}}"#,
-            now + 5
+        .as_secs()
+}
+
+/// Every write of the walkthrough, in its order, as (namespace, key, value), with `now` as
+/// `date +%s`. dc1's writes go to dc1's namespace, dc2's to dc2's.
+fn walkthrough_writes(now: u64) -> Vec<(&'static str, &'static str, String)> {
+    let w = |ns, key, value: &str| (ns, key, value.to_owned());
+    let ts = format!("{now}000"); // Scenario 2: TIMESTAMP=$(date +%s)000
+    vec![
+        // Scenario 1
+        w(
+            D1,
+            "lww:user-status",
+            r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#,
         ),
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:campaign-123:impressions",
-        r#"{"replica":"us-east-1","count":1500}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:campaign-123:impressions",
-        r#"{"replica":"eu-west-1","count":2300}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:feature:new-ui",
-        &format!(r#"{{"value":true,"timestamp":{now}000,"replica":"control-plane"}}"#),
-    )
-    .await;
+        w(
+            D2,
+            "lww:user-status",
+            r#"{"value":"away","timestamp":1698765433000,"replica":"ad-campaign-dc2"}"#,
+        ),
+        // Scenario 2
+        w(
+            D1,
+            "lww:config",
+            &format!(r#"{{"value":"DC1 wins?","timestamp":{ts},"replica":"ad-campaign-dc1"}}"#),
+        ),
+        w(
+            D2,
+            "lww:config",
+            &format!(r#"{{"value":"DC2 wins!","timestamp":{ts},"replica":"ad-campaign-dc2"}}"#),
+        ),
+        // Scenario 3
+        w(
+            D1,
+            "counter:page-views",
+            r#"{"replica":"ad-campaign-dc1","count":5}"#,
+        ),
+        w(
+            D2,
+            "counter:page-views",
+            r#"{"replica":"ad-campaign-dc2","count":3}"#,
+        ),
+        // Scenario 4: the dc2 write is older, so it is stale once the dc1 one was seen
+        w(
+            D1,
+            "lww:feature-flag",
+            r#"{"value":true,"timestamp":2000,"replica":"ad-campaign-dc1"}"#,
+        ),
+        w(
+            D2,
+            "lww:feature-flag",
+            r#"{"value":false,"timestamp":1000,"replica":"ad-campaign-dc2"}"#,
+        ),
+        // Scenario 5
+        w(
+            D1,
+            "counter:api-calls",
+            r#"{"replica":"ad-campaign-dc1","count":100}"#,
+        ),
+        w(
+            D2,
+            "counter:api-calls",
+            r#"{"replica":"ad-campaign-dc2","count":75}"#,
+        ),
+        w(
+            D1,
+            "counter:db-queries",
+            r#"{"replica":"ad-campaign-dc1","count":250}"#,
+        ),
+        // Real-world use cases
+        w(
+            D1,
+            "lww:user:alice:status",
+            &format!(r#"{{"value":"online","timestamp":{now}000,"replica":"us-east-1"}}"#),
+        ),
+        w(
+            D2,
+            "lww:user:alice:status",
+            &format!(
+                r#"{{"value":"away","timestamp":{}000,"replica":"eu-west-1"}}"#,
+                now + 5
+            ),
+        ),
+        w(
+            D1,
+            "counter:campaign-123:impressions",
+            r#"{"replica":"us-east-1","count":1500}"#,
+        ),
+        w(
+            D2,
+            "counter:campaign-123:impressions",
+            r#"{"replica":"eu-west-1","count":2300}"#,
+        ),
+        w(
+            D1,
+            "lww:feature:new-ui",
+            &format!(r#"{{"value":true,"timestamp":{now}000,"replica":"control-plane"}}"#),
+        ),
+    ]
+}
+
+/// Sends each write of the walkthrough to its primary, and after each one waits (`seen`) until
+/// the client has processed it: the story depends on the order the client sees the writes in
+/// (Scenario 4's dc2 write is stale only if the dc1 one came first), and two primaries give no
+/// order of their own. Returns the `date +%s` used.
+async fn send_walkthrough_writes(
+    c: &reqwest::Client,
+    cluster: &Cluster,
+    client: &mut Running,
+    seen: impl Fn(&mut Running, &str, i64),
+) -> u64 {
+    let now = date_s();
+    let (dc1, dc2) = (cluster.http(&cluster.dc1), cluster.http(&cluster.dc2));
+    for (ns, key, value) in walkthrough_writes(now) {
+        let base = if ns == D1 { &dc1 } else { &dc2 };
+        let seq = curl_put(c, base, ns, key, &value).await;
+        seen(client, ns, seq);
+    }
     now
+}
+
+/// Waits until a `--json` client has printed a state that includes `seq` of `ns`.
+fn json_client_saw(client: &mut Running, ns: &str, seq: i64) {
+    client.wait_line_where(&format!("a state with seq {seq} of {ns}"), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "state" && v["seqs"][ns].as_i64() >= Some(seq))
+    });
 }
 
 /// The converged state the walkthrough promises (timestamps from `date` as the test sent them).
@@ -409,15 +399,30 @@ async fn the_walkthrough_converges_end_to_end() {
         wait_subscribed_at(&c, &cluster.http(&cluster.replica), ns).await;
     }
 
-    let now = walkthrough_writes(&c, &dc1, &dc2).await;
+    let now = send_walkthrough_writes(&c, &cluster, &mut client, json_client_saw).await;
     let want = expected(now);
-    let (state, events) = wait_state(&mut client, "state", &want);
+    let events: Vec<Value> = client
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = events
+        .iter()
+        .rfind(|e| e["event"] == "state")
+        .unwrap()
+        .clone();
+    assert_eq!(last["state"], want, "the converged state");
 
-    // The stale write of Scenario 4 was seen and ignored.
-    assert!(
+    // The stale write of Scenario 4 was seen and ignored (dc2's, seq 4 of its namespace).
+    let flag = |ns: &str| {
         events
             .iter()
-            .any(|e| e["key"] == "lww:feature-flag" && e["outcome"] == "stale"),
+            .find(|e| e["key"] == "lww:feature-flag" && e["namespace"] == ns)
+            .map(|e| e["outcome"].clone())
+    };
+    assert_eq!(
+        (flag(D1), flag(D2)),
+        (Some(json!("updated")), Some(json!("stale"))),
         "{events:?}"
     );
     assert!(
@@ -496,7 +501,7 @@ async fn the_walkthrough_converges_end_to_end() {
     }
 
     // The client's converged state, with the timestamps taken from `date` redacted.
-    let snapshot = serde_json::to_string_pretty(&state)
+    let snapshot = serde_json::to_string_pretty(&last["state"])
         .unwrap()
         .replace(&format!("{}000", now + 5), "\"[date +%s + 5]000\"")
         .replace(&format!("{now}000"), "\"[date +%s]000\"");

@@ -349,6 +349,12 @@ fn json_client_saw(client: &mut Running, ns: &str, seq: i64) {
     });
 }
 
+/// Waits until a text client has printed the state after one more notification (it prints
+/// the state once per notification it processes).
+fn text_client_saw(client: &mut Running, _ns: &str, _seq: i64) {
+    client.wait_line("CURRENT CRDT STATE");
+}
+
 /// The converged state the walkthrough promises (timestamps from `date` as the test sent them).
 fn expected(now: u64) -> Value {
     let lww = |v: Value, ts: u64, r: &str| json!({"value": v, "timestamp": ts, "replica": r});
@@ -406,11 +412,7 @@ async fn the_walkthrough_converges_end_to_end() {
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let last = events
-        .iter()
-        .rfind(|e| e["event"] == "state")
-        .unwrap()
-        .clone();
+    let last = events.iter().rfind(|e| e["event"] == "state").unwrap();
     assert_eq!(last["state"], want, "the converged state");
 
     // The stale write of Scenario 4 was seen and ignored (dc2's, seq 4 of its namespace).
@@ -500,17 +502,51 @@ async fn the_walkthrough_converges_end_to_end() {
         client.wait_line_where("the delete reported", deleted);
     }
 
-    // The client's converged state, with the timestamps taken from `date` redacted.
-    let snapshot = serde_json::to_string_pretty(&last["state"])
-        .unwrap()
-        .replace(&format!("{}000", now + 5), "\"[date +%s + 5]000\"")
-        .replace(&format!("{now}000"), "\"[date +%s]000\"");
+    drop(late);
+    drop(client);
+}
+
+/// The text the CRDT client prints for the walkthrough (what a user following it reads):
+/// every notification, merge, stale write, malformed value and delete, and the state after
+/// each, with the ports and the `date +%s` timestamps redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crdt_client_tells_the_walkthrough_story() {
+    let cluster = Cluster::start();
+    let (dc1, dc2) = (cluster.http(&cluster.dc1), cluster.http(&cluster.dc2));
+    let replica = cluster.http(&cluster.replica);
+    let mut client = cluster.client_with(&[]);
+    client.wait_line("Loaded 0 CRDT keys from ad-campaign-dc2");
+    let c = reqwest::Client::new();
+    for ns in [D1, D2] {
+        wait_subscribed_at(&c, &replica, ns).await;
+    }
+    let now = send_walkthrough_writes(&c, &cluster, &mut client, text_client_saw).await;
+    // A malformed value, a delete, and a counter write after it.
+    curl_put(&c, &dc1, D1, "lww:broken", "this is not JSON").await;
+    text_client_saw(&mut client, D1, 0);
+    let del = c
+        .delete(format!("{dc2}/api/v1/{D2}/kv/counter:page-views"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    text_client_saw(&mut client, D2, 0);
+    let count = r#"{"replica":"ad-campaign-dc1","count":6}"#;
+    curl_put(&c, &dc1, D1, "counter:page-views", count).await;
+    text_client_saw(&mut client, D1, 0);
+
+    let story = client
+        .finish()
+        .join("\n")
+        .replace(&cluster.zmq(D1), "[zmq endpoint of dc1]")
+        .replace(&cluster.zmq(D2), "[zmq endpoint of dc2]")
+        .replace(&replica, "[replica http]")
+        .replace(&format!("{}000", now + 5), "[date +%s + 5]000")
+        .replace(&format!("{now}000"), "[date +%s]000");
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");
     settings.set_prepend_module_to_snapshot(false);
-    settings.bind(|| insta::assert_snapshot!("walkthrough_converged_state", snapshot));
-    drop(late);
-    drop(client);
+    settings.bind(|| insta::assert_snapshot!("walkthrough_crdt_client_story", story));
 }
 
 fn counter_state(total: u64) -> Value {

@@ -860,3 +860,41 @@ async fn a_new_replica_on_a_pruned_log_is_told_a_snapshot_is_needed() {
     replica.stop().await;
     primary.stop().await;
 }
+
+/// An idle Tail stream is kept alive: with nothing to send, the upstream sends a heartbeat (no
+/// entries, its head seq) at least every HEARTBEAT, which is how a follower tells an idle
+/// upstream from a silent one. (Catches: no heartbeats on an idle stream.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
+    use ferry::replication::service::HEARTBEAT;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    put(&c, &primary, NS, "k", b"v").await;
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let mut tail = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id: primary.ns(NS).log_id(),
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tail.message().await.unwrap().unwrap();
+    assert_eq!(first.entries.len(), 1);
+    // Generous deadlines for a loaded machine: the point is that beats keep coming.
+    for _ in 0..2 {
+        let beat = tokio::time::timeout(HEARTBEAT * 10, tail.message())
+            .await
+            .expect("no heartbeat on an idle stream")
+            .unwrap()
+            .expect("the stream stays open");
+        assert!(beat.entries.is_empty(), "{beat:?}");
+        assert_eq!(beat.head_seq, 1);
+    }
+    primary.stop().await;
+}

@@ -898,3 +898,68 @@ async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
     }
     primary.stop().await;
 }
+
+/// A batch request is one atomic group, and however it is cut into stream messages, no
+/// message ends inside it: a follower applies each message in one transaction, so a replica
+/// never exposes half of a request. Checked on the read that feeds the stream and on the
+/// Tail stream itself, both from memory (just committed) and from the file (after a restart,
+/// which empties the in-memory window). (Catches: `reader::entries` stopping at max_count
+/// inside a group.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stream_message_ends_inside_an_atomic_batch() {
+    use ferry::replication::service::MAX_BATCH_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    // seq 1 alone, then one request of 2.5 stream messages' worth of entries, then one more.
+    put(&c, &primary, NS, "first", b"v").await;
+    let group = MAX_BATCH_ENTRIES as i64 * 5 / 2;
+    batch_put(&c, &primary, NS, 0, group as usize, 8).await;
+    put(&c, &primary, NS, "last", b"v").await;
+    assert_eq!(primary.head(NS), group + 2);
+    assert_batches_whole(&primary, group).await;
+    primary.stop().await;
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    assert_batches_whole(&primary, group).await;
+    primary.stop().await;
+}
+
+/// The log is seq 1, a group of `group` entries from seq 2, and one more entry.
+async fn assert_batches_whole(primary: &TestNode, group: i64) {
+    let ns = primary.ns(NS);
+    let head = group + 2;
+    // Asked for fewer entries than the group holds, a read still ends where it ends.
+    for from in [1, 2, 3] {
+        let read = ns.entries_from(from, 10, 1 << 20).await.unwrap();
+        assert_eq!(read.first().map(|e| e.seq), Some(from));
+        assert_eq!(read.last().map(|e| e.seq), Some(group + 1), "from {from}");
+    }
+
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let mut tail = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id: ns.log_id(),
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = 1;
+    while next <= head {
+        let msg = tail.message().await.unwrap().unwrap();
+        let Some(first) = msg.entries.first() else {
+            continue; // a heartbeat
+        };
+        assert_eq!(first.seq, next);
+        assert_eq!(
+            first.txn, first.seq,
+            "a message starts inside the group of txn {}",
+            first.txn
+        );
+        next = msg.entries.last().unwrap().seq + 1;
+    }
+}

@@ -473,3 +473,23 @@ async fn a_chunked_body_over_the_limit_gets_413_and_stores_nothing() {
     assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
     node.stop().await;
 }
+
+/// A method a route does not take answers 405 with the API's JSON error, not a 500.
+/// (Catches: the 405 rejection rendered as an internal error.)
+#[tokio::test]
+async fn a_wrong_method_gets_405_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    for (method, path) in [
+        (Method::PATCH, format!("/api/v1/{NS}/kv/k")),
+        (Method::POST, format!("/api/v1/{NS}/stats")),
+        (Method::PUT, format!("/api/v1/{NS}/offset")),
+    ] {
+        let (s, j) = call(&c, method.clone(), &node.url(&path), None).await;
+        assert_eq!(s, 405, "{method} {path}: {j}");
+        let msg = j["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("method not allowed"), "{method} {path}: {j}");
+    }
+    node.stop().await;
+}

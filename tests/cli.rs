@@ -112,18 +112,125 @@ fn startup_errors_are_one_clear_line() {
     );
 }
 
+/// The `Options:` section of a `--help` text: (flags, description) per option, wrapped
+/// descriptions joined.
+fn options(help: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let section = help.split("Options:\n").nth(1).expect("an Options section");
+    for line in section.lines().take_while(|l| !l.trim().is_empty()) {
+        if line.starts_with("  -") {
+            let (flags, desc) = line.trim().split_once("  ").unwrap_or((line.trim(), ""));
+            out.push((flags.to_owned(), desc.trim().to_owned()));
+        } else {
+            let last = out.last_mut().expect("a continuation follows an option");
+            last.1 = format!("{} {}", last.1, line.trim());
+        }
+    }
+    out
+}
+
 #[test]
 fn help_explains_every_option() {
-    let out = ferry().args(["server", "--help"]).output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success());
-    assert!(
-        text.contains("--config") && text.contains("-config FILE"),
-        "{text}"
-    );
+    // Every option of every subcommand, and what its description must tell the user.
+    let expected: &[(&str, &[(&str, &[&str])])] = &[
+        (
+            "server",
+            &[("-c, --config", &["TOML config file", "-config FILE"])],
+        ),
+        (
+            "replica",
+            &[("-c, --config", &["TOML config file", "-config FILE"])],
+        ),
+        (
+            "demo",
+            &[(
+                "--configs",
+                &["dc1.toml, dc2.toml and relayer.toml", "(default: configs)"],
+            )],
+        ),
+        (
+            "crdt-client",
+            &[
+                (
+                    "--zmq",
+                    &[
+                        "namespace=endpoint",
+                        "repeat",
+                        "ad-campaign-dc1=tcp://localhost:5555",
+                    ],
+                ),
+                ("--http", &["base URL", "(default: http://localhost:8003)"]),
+                ("--json", &["JSON line per event"]),
+            ],
+        ),
+        (
+            "watch",
+            &[
+                (
+                    "-e, --endpoint",
+                    &["zeroMQ endpoint", "tcp://localhost:5555", "repeat"],
+                ),
+                ("-t, --topic", &["topic prefix", "(default: everything)"]),
+            ],
+        ),
+    ];
     let out = ferry().arg("--help").output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("server"), "{text}");
+    assert!(out.status.success());
+    let top = String::from_utf8(out.stdout).unwrap();
+    let commands = top.split("Commands:\n").nth(1).expect("a Commands section");
+    for (cmd, opts) in expected {
+        let listed = commands
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")));
+        assert!(
+            listed.is_some_and(|l| l.len() > cmd.len() + 12),
+            "{cmd} in:\n{top}"
+        );
+
+        let out = ferry().args([cmd, &"--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let got = options(&text);
+        let mut names: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+        names.retain(|f| *f != "--help, help");
+        let want: Vec<&str> = opts.iter().map(|(f, _)| *f).collect();
+        assert_eq!(names, want, "the options of {cmd}:\n{text}");
+        for (flag, needles) in *opts {
+            let desc = &got.iter().find(|(f, _)| f == flag).unwrap().1;
+            for needle in *needles {
+                assert!(
+                    desc.contains(needle),
+                    "{cmd} {flag}: {desc:?} lacks {needle:?}"
+                );
+            }
+            let long = flag.rsplit(' ').next().unwrap();
+            let usage = text.lines().next().unwrap();
+            let short = flag.split(',').next().unwrap();
+            assert!(usage.contains(long) || usage.contains(short), "{usage}");
+        }
+    }
+}
+
+/// The walkthrough's Go-style `-config=FILE`, and the other spellings, all start a node.
+#[test]
+fn every_spelling_of_the_config_flag_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, primary_config(dir.path(), &["a"])).unwrap();
+    let path = config.to_str().unwrap();
+    let forms = [
+        vec![format!("-config={path}")],
+        vec![format!("--config={path}")],
+        vec!["-config".to_owned(), path.to_owned()],
+        vec!["-c".to_owned(), path.to_owned()],
+    ];
+    for form in forms {
+        let mut args = vec!["server"];
+        args.extend(form.iter().map(String::as_str));
+        let mut node = Running::spawn(&args);
+        node.wait_line("HTTP listening on ");
+        assert!(node.terminate().success(), "{args:?}");
+    }
 }
 
 /// `/stats` of a namespace on a node running as a child process at `addr`.

@@ -963,3 +963,27 @@ async fn assert_batches_whole(primary: &TestNode, group: i64) {
         next = msg.entries.last().unwrap().seq + 1;
     }
 }
+
+/// An `upstream_address` that is not an address cannot get better by retrying: the follower
+/// stops and says why in `/stats`, and the replica keeps serving what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_upstream_address_stops_the_follower_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestNode::replica(dir.path(), &[NS], "not an address:4001", "").await;
+    let c = reqwest::Client::new();
+    let st = wait_replication_state(&c, &replica, NS, "stopped").await;
+    let reason = st["replication"]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("invalid upstream_address") && reason.contains("not an address:4001"),
+        "{reason}"
+    );
+    let (s, off) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/offset")),
+        None,
+    )
+    .await;
+    assert_eq!((s, off["head_seq"].as_i64()), (200, Some(0)), "{off}");
+    replica.stop().await;
+}

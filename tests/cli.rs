@@ -129,10 +129,13 @@ fn options(help: &str) -> Vec<(String, String)> {
     out
 }
 
+/// An option's flags as `--help` lists them, and phrases its description must contain.
+type OptionDoc = (&'static str, &'static [&'static str]);
+
 #[test]
 fn help_explains_every_option() {
     // Every option of every subcommand, and what its description must tell the user.
-    let expected: &[(&str, &[(&str, &[&str])])] = &[
+    let expected: &[(&str, &[OptionDoc])] = &[
         (
             "server",
             &[("-c, --config", &["TOML config file", "-config FILE"])],

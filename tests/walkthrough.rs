@@ -1,6 +1,7 @@
 //! The walkthrough end to end with the real binary: dc1, dc2 and the replica started from the
 //! repository's configs (ports and directories rewritten so test runs do not collide), every
-//! write of Scenarios 1-5 and the real-world use cases, and `ferry crdt-client --json`.
+//! write of Scenarios 1-5 and the real-world use cases, and `ferry crdt-client` (its JSON
+//! events, and the text it prints, snapshotted).
 
 mod common;
 
@@ -375,21 +376,17 @@ fn expected(now: u64) -> Value {
     })
 }
 
-/// Waits for a JSON line of `event` whose state equals `want`; returns that state as the
-/// client printed it, and every event seen so far.
-fn wait_state(client: &mut Running, event: &str, want: &Value) -> (Value, Vec<Value>) {
-    let line = client.wait_line_where(&format!("{event} with the converged state"), |l| {
+/// Waits for a JSON line of `event` whose state equals `want`; returns every event seen so
+/// far.
+fn wait_state(client: &mut Running, event: &str, want: &Value) -> Vec<Value> {
+    client.wait_line_where(&format!("{event} with the converged state"), |l| {
         serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == event && v["state"] == *want)
     });
-    let state = serde_json::from_str::<Value>(&line).unwrap()["state"].take();
-    (
-        state,
-        client
-            .seen
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-    )
+    client
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,7 +479,7 @@ async fn the_walkthrough_converges_end_to_end() {
     let mut after = want.clone();
     after["counters"]["counter:page-views"] =
         json!({"counts": {"ad-campaign-dc1": 6, "ad-campaign-dc2": 3}, "total": 9});
-    let (_, events) = wait_state(&mut client, "state", &after);
+    let events = wait_state(&mut client, "state", &after);
     let outcome = |key: &str| {
         events
             .iter()
@@ -638,7 +635,7 @@ async fn a_client_that_misses_notifications_still_converges() {
 
     // The next notification is seq 12: the client sees the gap and reads 2..=11 itself.
     put_count(12).await;
-    let (_, events) = wait_state(&mut client, "state", &counter_state(12));
+    let events = wait_state(&mut client, "state", &counter_state(12));
     let gap = events
         .iter()
         .find(|e| e["event"] == "gap")

@@ -834,3 +834,130 @@ async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
     replica.stop().await;
     primary.stop().await;
 }
+
+/// An idle Tail stream is kept alive: with nothing to send, the upstream sends a heartbeat (no
+/// entries, its head seq) at least every HEARTBEAT, which is how a follower tells an idle
+/// upstream from a silent one. (Catches: no heartbeats on an idle stream.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
+    use ferry::replication::service::HEARTBEAT;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    put(&c, &primary, NS, "k", b"v").await;
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let mut tail = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id: primary.ns(NS).log_id(),
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tail.message().await.unwrap().unwrap();
+    assert_eq!(first.entries.len(), 1);
+    // Generous deadlines for a loaded machine: the point is that beats keep coming.
+    for _ in 0..2 {
+        let beat = tokio::time::timeout(HEARTBEAT * 10, tail.message())
+            .await
+            .expect("no heartbeat on an idle stream")
+            .unwrap()
+            .expect("the stream stays open");
+        assert!(beat.entries.is_empty(), "{beat:?}");
+        assert_eq!(beat.head_seq, 1);
+    }
+    primary.stop().await;
+}
+
+/// A batch request is one atomic group, and however it is cut into stream messages, no
+/// message ends inside it: a follower applies each message in one transaction, so a replica
+/// never exposes half of a request. Checked on the read that feeds the stream and on the
+/// Tail stream itself, both from memory (just committed) and from the file (after a restart,
+/// which empties the in-memory window). (Catches: `reader::entries` stopping at max_count
+/// inside a group.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stream_message_ends_inside_an_atomic_batch() {
+    use ferry::replication::service::MAX_BATCH_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    // seq 1 alone, then one request of 2.5 stream messages' worth of entries, then one more.
+    put(&c, &primary, NS, "first", b"v").await;
+    let group = MAX_BATCH_ENTRIES as i64 * 5 / 2;
+    batch_put(&c, &primary, NS, 0, group as usize, 8).await;
+    put(&c, &primary, NS, "last", b"v").await;
+    assert_eq!(primary.head(NS), group + 2);
+    assert_batches_whole(&primary, group).await;
+    primary.stop().await;
+    let primary = TestNode::primary_with_grpc(dir.path(), &[NS], 0).await;
+    assert_batches_whole(&primary, group).await;
+    primary.stop().await;
+}
+
+/// The log is seq 1, a group of `group` entries from seq 2, and one more entry.
+async fn assert_batches_whole(primary: &TestNode, group: i64) {
+    let ns = primary.ns(NS);
+    let head = group + 2;
+    // Asked for fewer entries than the group holds, a read still ends where it ends.
+    for from in [1, 2, 3] {
+        let read = ns.entries_from(from, 10, 1 << 20).await.unwrap();
+        assert_eq!(read.first().map(|e| e.seq), Some(from));
+        assert_eq!(read.last().map(|e| e.seq), Some(group + 1), "from {from}");
+    }
+
+    let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
+        .await
+        .unwrap();
+    let mut tail = client
+        .tail(TailRequest {
+            namespace: NS.into(),
+            log_id: ns.log_id(),
+            from_seq: 1,
+            prev_crc: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = 1;
+    while next <= head {
+        let msg = tail.message().await.unwrap().unwrap();
+        let Some(first) = msg.entries.first() else {
+            continue; // a heartbeat
+        };
+        assert_eq!(first.seq, next);
+        assert_eq!(
+            first.txn, first.seq,
+            "a message starts inside the group of txn {}",
+            first.txn
+        );
+        next = msg.entries.last().unwrap().seq + 1;
+    }
+}
+
+/// An `upstream_address` that is not an address cannot get better by retrying: the follower
+/// stops and says why in `/stats`, and the replica keeps serving what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_upstream_address_stops_the_follower_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = TestNode::replica(dir.path(), &[NS], "not an address:4001", "").await;
+    let c = reqwest::Client::new();
+    let st = wait_replication_state(&c, &replica, NS, "stopped").await;
+    let reason = st["replication"]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("invalid upstream_address") && reason.contains("not an address:4001"),
+        "{reason}"
+    );
+    let (s, off) = call(
+        &c,
+        Method::GET,
+        &replica.url(&format!("/api/v1/{NS}/offset")),
+        None,
+    )
+    .await;
+    assert_eq!((s, off["head_seq"].as_i64()), (200, Some(0)), "{off}");
+    replica.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The walkthrough end to end with the real binary: dc1, dc2 and the replica started from the
 //! repository's configs (ports and directories rewritten so test runs do not collide), every
-//! write of Scenarios 1-5 and the real-world use cases, and `ferry crdt-client --json`.
+//! write of Scenarios 1-5 and the real-world use cases, and `ferry crdt-client` (its JSON
+//! events, and the text it prints, snapshotted).
 
 mod common;
 
@@ -10,28 +11,96 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{Value, json};
 
-/// Reads a repo config and rewrites what a parallel test run must not share.
-fn config(name: &str, dir: &Path, upstreams: &[(&str, &str)]) -> String {
-    let mut text = std::fs::read_to_string(
+/// Reads a repo config and rewrites what a parallel test run must not share: `base_dir`
+/// becomes `dir`, every port is mapped through `port` (see [`rewrite`]), and the node listens
+/// on loopback.
+fn config(name: &str, dir: &Path, port: impl Fn(u16) -> u16) -> String {
+    let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs")
             .join(name),
     )
     .unwrap();
-    for p in ["8001", "8002", "8003", "4001", "4002", "5555", "5556"] {
-        text = text.replace(&format!("= {p}\n"), "= 0\n");
-    }
-    for (from, to) in upstreams {
-        text = text.replace(from, to);
-    }
-    let base = base_dir_of(&text);
-    text = text.replace(&base, &dir.display().to_string());
-    format!("listen_ip = \"127.0.0.1\"\n{text}")
+    format!("listen_ip = \"127.0.0.1\"\n{}", rewrite(&text, dir, port))
 }
 
-fn base_dir_of(text: &str) -> String {
-    let line = text.lines().find(|l| l.starts_with("base_dir")).unwrap();
-    line.split('"').nth(1).unwrap().to_owned()
+/// Rewrites a config line by line: each `key = value` line is split at its `=` and rebuilt
+/// from its parsed value, so the values of `http_port`, `port` and `bind_port` and the port of
+/// `upstream_address` are each mapped exactly once, and `base_dir` is set to `dir`. (A
+/// substring replace per placeholder rewrote ports inserted before it: 38003 then "8003" ->
+/// 46835 gave `http_port = 346835`.)
+fn rewrite(text: &str, dir: &Path, port: impl Fn(u16) -> u16) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let parsed = line
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|_| !line.trim_start().starts_with('#'));
+        let new = match parsed {
+            Some((key @ ("http_port" | "port" | "bind_port"), value)) => {
+                format!("{key} = {}", port(value.parse().unwrap()))
+            }
+            Some(("upstream_address", value)) => {
+                let (host, p) = value.trim_matches('"').rsplit_once(':').unwrap();
+                format!("upstream_address = \"{host}:{}\"", port(p.parse().unwrap()))
+            }
+            Some(("base_dir", _)) => format!("base_dir = {:?}", dir.display().to_string()),
+            _ => line.to_owned(),
+        };
+        out.push_str(&new);
+        out.push('\n');
+    }
+    out
+}
+
+/// The port of a `host:port` address.
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The free-port rewrite cannot hit a port it inserted before: with each placeholder mapped
+/// to a port that contains another placeholder, every key still gets exactly its own port.
+#[test]
+fn configs_are_rewritten_key_by_key() {
+    let map = |p: u16| match p {
+        8001 => 18003,
+        8003 => 48001,
+        4001 => 54002,
+        4002 => 14001,
+        5555 => 55556,
+        5556 => 15555,
+        other => other,
+    };
+    let dir = Path::new("/data/x");
+    let table = |name| config(name, dir, map).parse::<toml::Table>().unwrap();
+    let relayer = table("relayer.toml");
+    assert_eq!(relayer["http_port"].as_integer(), Some(48001));
+    assert_eq!(
+        relayer["storage_config"]["base_dir"].as_str(),
+        Some("/data/x")
+    );
+    let relay = &relayer["relayer_config"];
+    assert_eq!(
+        relay["relayer1"]["upstream_address"].as_str(),
+        Some("127.0.0.1:54002")
+    );
+    assert_eq!(
+        relay["relayer2"]["upstream_address"].as_str(),
+        Some("127.0.0.1:14001")
+    );
+    let zmq = &relayer["notifier_config"];
+    assert_eq!(
+        zmq["ad-campaign-dc1"]["bind_port"].as_integer(),
+        Some(55556)
+    );
+    assert_eq!(
+        zmq["ad-campaign-dc2"]["bind_port"].as_integer(),
+        Some(15555)
+    );
+    let dc1 = table("dc1.toml");
+    assert_eq!(dc1["http_port"].as_integer(), Some(18003));
+    assert_eq!(dc1["grpc_config"]["port"].as_integer(), Some(54002));
+    assert_eq!(dc1["listen_ip"].as_str(), Some("127.0.0.1"));
 }
 
 struct Cluster {
@@ -48,7 +117,7 @@ impl Cluster {
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         let conf_dir = &dirs[3];
         let start_primary = |name: &str, data: &Path| {
-            let path = write(conf_dir, name, &config(name, data, &[]));
+            let path = write(conf_dir, name, &config(name, data, |_| 0));
             let mut r = Running::spawn(&["server", "-config", &path]);
             // HTTP is logged first, then gRPC.
             let grpc = r
@@ -61,14 +130,16 @@ impl Cluster {
         };
         let (dc1, g1) = start_primary("dc1.toml", dirs[0].path());
         let (dc2, g2) = start_primary("dc2.toml", dirs[1].path());
-        let edits = [
-            ("127.0.0.1:4001", g1.as_str()),
-            ("127.0.0.1:4002", g2.as_str()),
-        ];
+        let (g1, g2) = (port_of(&g1), port_of(&g2));
+        let upstreams = |p| match p {
+            4001 => g1,
+            4002 => g2,
+            _ => 0,
+        };
         let replica_config = write(
             conf_dir,
             "relayer.toml",
-            &config("relayer.toml", dirs[2].path(), &edits),
+            &config("relayer.toml", dirs[2].path(), upstreams),
         );
         let mut replica = Running::spawn(&["replica", "-config", &replica_config]);
         replica.wait_line("HTTP listening on ");
@@ -101,23 +172,22 @@ impl Cluster {
             .to_owned()
     }
 
+    /// `ferry crdt-client --json` on the replica.
     fn client(&self) -> Running {
+        self.client_with(&["--json"])
+    }
+
+    /// `ferry crdt-client` on the replica, with `extra` arguments.
+    fn client_with(&self, extra: &[&str]) -> Running {
         let (z1, z2) = (self.zmq("ad-campaign-dc1"), self.zmq("ad-campaign-dc2"));
         let http = self.http(&self.replica);
         let (z1, z2) = (
             format!("ad-campaign-dc1={z1}"),
             format!("ad-campaign-dc2={z2}"),
         );
-        Running::spawn(&[
-            "crdt-client",
-            "--json",
-            "--http",
-            &http,
-            "--zmq",
-            &z1,
-            "--zmq",
-            &z2,
-        ])
+        let mut args = vec!["crdt-client", "--http", &http, "--zmq", &z1, "--zmq", &z2];
+        args.extend(extra);
+        Running::spawn(&args)
     }
 }
 
@@ -128,7 +198,8 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 }
 
 /// `curl -X PUT .../kv/KEY -d '{"value": "<base64 of json>"}'` as the walkthrough does it.
-async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &str) {
+/// Returns the seq the write got.
+async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &str) -> i64 {
     let body = format!(r#"{{"value": "{}"}}"#, b64(value.as_bytes()));
     let resp = c
         .put(format!("{base}/api/v1/{ns}/kv/{key}"))
@@ -138,155 +209,151 @@ async fn curl_put(c: &reqwest::Client, base: &str, ns: &str, key: &str, value: &
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{key}");
+    let reply: Value = resp.json().await.unwrap();
+    reply["seq"].as_i64().unwrap()
 }
 
-/// Every write of the walkthrough, in its order. Returns the `date +%s` it used.
-async fn walkthrough_writes(c: &reqwest::Client, dc1: &str, dc2: &str) -> u64 {
-    const D1: &str = "ad-campaign-dc1";
-    const D2: &str = "ad-campaign-dc2";
-    let now = SystemTime::now()
+const D1: &str = "ad-campaign-dc1";
+const D2: &str = "ad-campaign-dc2";
+
+/// `date +%s`, as the walkthrough's Scenario 2 and use cases take it.
+fn date_s() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    // Scenario 1
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:user-status",
-        r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:user-status",
-        r#"{"value":"away","timestamp":1698765433000,"replica":"ad-campaign-dc2"}"#,
-    )
-    .await;
-    // Scenario 2: TIMESTAMP=$(date +%s)000
-    let ts = format!("{now}000");
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:config",
-        &format!(r#"{{"value":"DC1 wins?","timestamp":{ts},"replica":"ad-campaign-dc1"}}"#),
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:config",
-        &format!(r#"{{"value":"DC2 wins!","timestamp":{ts},"replica":"ad-campaign-dc2"}}"#),
-    )
-    .await;
-    // Scenario 3
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:page-views",
-        r#"{"replica":"ad-campaign-dc1","count":5}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:page-views",
-        r#"{"replica":"ad-campaign-dc2","count":3}"#,
-    )
-    .await;
-    // Scenario 4
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:feature-flag",
-        r#"{"value":true,"timestamp":2000,"replica":"ad-campaign-dc1"}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:feature-flag",
-        r#"{"value":false,"timestamp":1000,"replica":"ad-campaign-dc2"}"#,
-    )
-    .await;
-    // Scenario 5
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:api-calls",
-        r#"{"replica":"ad-campaign-dc1","count":100}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:api-calls",
-        r#"{"replica":"ad-campaign-dc2","count":75}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:db-queries",
-        r#"{"replica":"ad-campaign-dc1","count":250}"#,
-    )
-    .await;
-    // Real-world use cases
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:user:alice:status",
-        &format!(r#"{{"value":"online","timestamp":{now}000,"replica":"us-east-1"}}"#),
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "lww:user:alice:status",
-        &format!(
-            r#"{{"value":"away","timestamp":{}000,"replica":"eu-west-1"}}"#,
-            now + 5
+        .as_secs()
+}
+
+/// Every write of the walkthrough, in its order, as (namespace, key, value), with `now` as
+/// `date +%s`. dc1's writes go to dc1's namespace, dc2's to dc2's.
+fn walkthrough_writes(now: u64) -> Vec<(&'static str, &'static str, String)> {
+    let w = |ns, key, value: &str| (ns, key, value.to_owned());
+    let ts = format!("{now}000"); // Scenario 2: TIMESTAMP=$(date +%s)000
+    vec![
+        // Scenario 1
+        w(
+            D1,
+            "lww:user-status",
+            r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#,
         ),
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "counter:campaign-123:impressions",
-        r#"{"replica":"us-east-1","count":1500}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc2,
-        D2,
-        "counter:campaign-123:impressions",
-        r#"{"replica":"eu-west-1","count":2300}"#,
-    )
-    .await;
-    curl_put(
-        c,
-        dc1,
-        D1,
-        "lww:feature:new-ui",
-        &format!(r#"{{"value":true,"timestamp":{now}000,"replica":"control-plane"}}"#),
-    )
-    .await;
+        w(
+            D2,
+            "lww:user-status",
+            r#"{"value":"away","timestamp":1698765433000,"replica":"ad-campaign-dc2"}"#,
+        ),
+        // Scenario 2
+        w(
+            D1,
+            "lww:config",
+            &format!(r#"{{"value":"DC1 wins?","timestamp":{ts},"replica":"ad-campaign-dc1"}}"#),
+        ),
+        w(
+            D2,
+            "lww:config",
+            &format!(r#"{{"value":"DC2 wins!","timestamp":{ts},"replica":"ad-campaign-dc2"}}"#),
+        ),
+        // Scenario 3
+        w(
+            D1,
+            "counter:page-views",
+            r#"{"replica":"ad-campaign-dc1","count":5}"#,
+        ),
+        w(
+            D2,
+            "counter:page-views",
+            r#"{"replica":"ad-campaign-dc2","count":3}"#,
+        ),
+        // Scenario 4: the dc2 write is older, so it is stale once the dc1 one was seen
+        w(
+            D1,
+            "lww:feature-flag",
+            r#"{"value":true,"timestamp":2000,"replica":"ad-campaign-dc1"}"#,
+        ),
+        w(
+            D2,
+            "lww:feature-flag",
+            r#"{"value":false,"timestamp":1000,"replica":"ad-campaign-dc2"}"#,
+        ),
+        // Scenario 5
+        w(
+            D1,
+            "counter:api-calls",
+            r#"{"replica":"ad-campaign-dc1","count":100}"#,
+        ),
+        w(
+            D2,
+            "counter:api-calls",
+            r#"{"replica":"ad-campaign-dc2","count":75}"#,
+        ),
+        w(
+            D1,
+            "counter:db-queries",
+            r#"{"replica":"ad-campaign-dc1","count":250}"#,
+        ),
+        // Real-world use cases
+        w(
+            D1,
+            "lww:user:alice:status",
+            &format!(r#"{{"value":"online","timestamp":{now}000,"replica":"us-east-1"}}"#),
+        ),
+        w(
+            D2,
+            "lww:user:alice:status",
+            &format!(
+                r#"{{"value":"away","timestamp":{}000,"replica":"eu-west-1"}}"#,
+                now + 5
+            ),
+        ),
+        w(
+            D1,
+            "counter:campaign-123:impressions",
+            r#"{"replica":"us-east-1","count":1500}"#,
+        ),
+        w(
+            D2,
+            "counter:campaign-123:impressions",
+            r#"{"replica":"eu-west-1","count":2300}"#,
+        ),
+        w(
+            D1,
+            "lww:feature:new-ui",
+            &format!(r#"{{"value":true,"timestamp":{now}000,"replica":"control-plane"}}"#),
+        ),
+    ]
+}
+
+/// Sends each write of the walkthrough to its primary, and after each one waits (`seen`) until
+/// the client has processed it: the story depends on the order the client sees the writes in
+/// (Scenario 4's dc2 write is stale only if the dc1 one came first), and two primaries give no
+/// order of their own. Returns the `date +%s` used.
+async fn send_walkthrough_writes(
+    c: &reqwest::Client,
+    cluster: &Cluster,
+    client: &mut Running,
+    seen: impl Fn(&mut Running, &str, i64),
+) -> u64 {
+    let now = date_s();
+    let (dc1, dc2) = (cluster.http(&cluster.dc1), cluster.http(&cluster.dc2));
+    for (ns, key, value) in walkthrough_writes(now) {
+        let base = if ns == D1 { &dc1 } else { &dc2 };
+        let seq = curl_put(c, base, ns, key, &value).await;
+        seen(client, ns, seq);
+    }
     now
+}
+
+/// Waits until a `--json` client has printed a state that includes `seq` of `ns`.
+fn json_client_saw(client: &mut Running, ns: &str, seq: i64) {
+    client.wait_line_where(&format!("a state with seq {seq} of {ns}"), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "state" && v["seqs"][ns].as_i64() >= Some(seq))
+    });
+}
+
+/// Waits until a text client has printed the state after one more notification (it prints
+/// the state once per notification it processes).
+fn text_client_saw(client: &mut Running, _ns: &str, _seq: i64) {
+    client.wait_line("CURRENT CRDT STATE");
 }
 
 /// The converged state the walkthrough promises (timestamps from `date` as the test sent them).
@@ -309,21 +376,17 @@ fn expected(now: u64) -> Value {
     })
 }
 
-/// Waits for a JSON line of `event` whose state equals `want`; returns that state as the
-/// client printed it, and every event seen so far.
-fn wait_state(client: &mut Running, event: &str, want: &Value) -> (Value, Vec<Value>) {
-    let line = client.wait_line_where(&format!("{event} with the converged state"), |l| {
+/// Waits for a JSON line of `event` whose state equals `want`; returns every event seen so
+/// far.
+fn wait_state(client: &mut Running, event: &str, want: &Value) -> Vec<Value> {
+    client.wait_line_where(&format!("{event} with the converged state"), |l| {
         serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == event && v["state"] == *want)
     });
-    let state = serde_json::from_str::<Value>(&line).unwrap()["state"].take();
-    (
-        state,
-        client
-            .seen
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-    )
+    client
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,15 +402,26 @@ async fn the_walkthrough_converges_end_to_end() {
         wait_subscribed_at(&c, &cluster.http(&cluster.replica), ns).await;
     }
 
-    let now = walkthrough_writes(&c, &dc1, &dc2).await;
+    let now = send_walkthrough_writes(&c, &cluster, &mut client, json_client_saw).await;
     let want = expected(now);
-    let (state, events) = wait_state(&mut client, "state", &want);
+    let events: Vec<Value> = client
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = events.iter().rfind(|e| e["event"] == "state").unwrap();
+    assert_eq!(last["state"], want, "the converged state");
 
-    // The stale write of Scenario 4 was seen and ignored.
-    assert!(
+    // The stale write of Scenario 4 was seen and ignored (dc2's, seq 4 of its namespace).
+    let flag = |ns: &str| {
         events
             .iter()
-            .any(|e| e["key"] == "lww:feature-flag" && e["outcome"] == "stale"),
+            .find(|e| e["key"] == "lww:feature-flag" && e["namespace"] == ns)
+            .map(|e| e["outcome"].clone())
+    };
+    assert_eq!(
+        (flag(D1), flag(D2)),
+        (Some(json!("updated")), Some(json!("stale"))),
         "{events:?}"
     );
     assert!(
@@ -405,7 +479,7 @@ async fn the_walkthrough_converges_end_to_end() {
     let mut after = want.clone();
     after["counters"]["counter:page-views"] =
         json!({"counts": {"ad-campaign-dc1": 6, "ad-campaign-dc2": 3}, "total": 9});
-    let (_, events) = wait_state(&mut client, "state", &after);
+    let events = wait_state(&mut client, "state", &after);
     let outcome = |key: &str| {
         events
             .iter()
@@ -425,17 +499,51 @@ async fn the_walkthrough_converges_end_to_end() {
         client.wait_line_where("the delete reported", deleted);
     }
 
-    // The client's converged state, with the timestamps taken from `date` redacted.
-    let snapshot = serde_json::to_string_pretty(&state)
-        .unwrap()
-        .replace(&format!("{}000", now + 5), "\"[date +%s + 5]000\"")
-        .replace(&format!("{now}000"), "\"[date +%s]000\"");
+    drop(late);
+    drop(client);
+}
+
+/// The text the CRDT client prints for the walkthrough (what a user following it reads):
+/// every notification, merge, stale write, malformed value and delete, and the state after
+/// each, with the ports and the `date +%s` timestamps redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crdt_client_tells_the_walkthrough_story() {
+    let cluster = Cluster::start();
+    let (dc1, dc2) = (cluster.http(&cluster.dc1), cluster.http(&cluster.dc2));
+    let replica = cluster.http(&cluster.replica);
+    let mut client = cluster.client_with(&[]);
+    client.wait_line("Loaded 0 CRDT keys from ad-campaign-dc2");
+    let c = reqwest::Client::new();
+    for ns in [D1, D2] {
+        wait_subscribed_at(&c, &replica, ns).await;
+    }
+    let now = send_walkthrough_writes(&c, &cluster, &mut client, text_client_saw).await;
+    // A malformed value, a delete, and a counter write after it.
+    curl_put(&c, &dc1, D1, "lww:broken", "this is not JSON").await;
+    text_client_saw(&mut client, D1, 0);
+    let del = c
+        .delete(format!("{dc2}/api/v1/{D2}/kv/counter:page-views"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    text_client_saw(&mut client, D2, 0);
+    let count = r#"{"replica":"ad-campaign-dc1","count":6}"#;
+    curl_put(&c, &dc1, D1, "counter:page-views", count).await;
+    text_client_saw(&mut client, D1, 0);
+
+    let story = client
+        .finish()
+        .join("\n")
+        .replace(&cluster.zmq(D1), "[zmq endpoint of dc1]")
+        .replace(&cluster.zmq(D2), "[zmq endpoint of dc2]")
+        .replace(&replica, "[replica http]")
+        .replace(&format!("{}000", now + 5), "[date +%s + 5]000")
+        .replace(&format!("{now}000"), "[date +%s]000");
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");
     settings.set_prepend_module_to_snapshot(false);
-    settings.bind(|| insta::assert_snapshot!("walkthrough_converged_state", snapshot));
-    drop(late);
-    drop(client);
+    settings.bind(|| insta::assert_snapshot!("walkthrough_crdt_client_story", story));
 }
 
 fn counter_state(total: u64) -> Value {
@@ -527,7 +635,7 @@ async fn a_client_that_misses_notifications_still_converges() {
 
     // The next notification is seq 12: the client sees the gap and reads 2..=11 itself.
     put_count(12).await;
-    let (_, events) = wait_state(&mut client, "state", &counter_state(12));
+    let events = wait_state(&mut client, "state", &counter_state(12));
     let gap = events
         .iter()
         .find(|e| e["event"] == "gap")
@@ -557,28 +665,10 @@ fn free_ports(n: usize) -> Vec<u16> {
 async fn the_demo_runs_the_cluster_and_stops_on_ctrl_c() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let p = free_ports(7);
-    let ports: Vec<(String, String)> = ["8001", "8002", "8003", "4001", "4002", "5555", "5556"]
-        .iter()
-        .zip(&p)
-        .map(|(from, to)| (from.to_string(), to.to_string()))
-        .collect();
+    let placeholders = [8001, 8002, 8003, 4001, 4002, 5555, 5556];
+    let free = |old: u16| p[placeholders.iter().position(|&x| x == old).unwrap()];
     for (i, name) in ["dc1.toml", "dc2.toml", "relayer.toml"].iter().enumerate() {
-        let mut text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("configs")
-                .join(name),
-        )
-        .unwrap();
-        for (from, to) in &ports {
-            text = text.replace(from.as_str(), to);
-        }
-        let base = base_dir_of(&text);
-        text = text.replace(&base, &dirs[i].path().display().to_string());
-        write(
-            &dirs[3],
-            name,
-            &format!("listen_ip = \"127.0.0.1\"\n{text}"),
-        );
+        write(&dirs[3], name, &config(name, dirs[i].path(), free));
     }
     let mut demo = Running::spawn(&["demo", "--configs", dirs[3].path().to_str().unwrap()]);
     demo.wait_line("ferry demo: the walkthrough's three nodes are running");

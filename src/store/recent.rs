@@ -137,4 +137,21 @@ mod tests {
         let b = r.since(1, 2, 1 << 20).unwrap();
         assert_eq!(b.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
+
+    #[test]
+    fn evicts_the_oldest_entries_once_over_the_byte_bound() {
+        let r = Recent::default();
+        let big = |seq: Seq| Entry {
+            value: vec![0; 1 << 20],
+            ..entry(seq, seq)
+        };
+        // 20 entries of just over 1 MiB each: far under MAX_ENTRIES, over MAX_BYTES (16 MiB).
+        r.push((1..=20).map(big));
+        assert!(r.since(5, 100, usize::MAX).is_none(), "evicted by bytes");
+        let kept = r.since(6, 100, usize::MAX).expect("the newest 15 stay");
+        assert_eq!(
+            kept.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (6..=20).collect::<Vec<_>>()
+        );
+    }
 }

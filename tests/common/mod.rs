@@ -458,6 +458,24 @@ impl Running {
             .map(|s| s.trim().to_owned())
     }
 
+    /// Stops the process with SIGTERM, checks it exits cleanly, and returns every line it
+    /// printed: its output read to the end, so nothing printed just before exit is missed.
+    pub fn finish(&mut self) -> Vec<String> {
+        let status = self.terminate();
+        assert!(status.success(), "{status:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return self.seen.clone(),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the output did not end; saw:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let status = std::process::Command::new("kill")

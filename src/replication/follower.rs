@@ -307,9 +307,10 @@ impl Follower {
 fn store_end(e: StoreError) -> End {
     match e {
         StoreError::ShuttingDown => End::Shutdown,
-        StoreError::Diverged(_) | StoreError::BadFile { .. } | StoreError::EmptyWrite => {
-            End::Fatal(e.to_string())
-        }
+        StoreError::Diverged(_)
+        | StoreError::BadFile { .. }
+        | StoreError::EmptyWrite
+        | StoreError::Locked { .. } => End::Fatal(e.to_string()),
         StoreError::Sqlite(_) | StoreError::Io { .. } => {
             End::Retry(format!("cannot apply here: {e}"))
         }

@@ -5,6 +5,7 @@
 //! - [`writer`]: the writer thread and group commit.
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
+pub mod lock;
 pub mod reader;
 pub mod recent;
 pub mod schema;
@@ -29,6 +30,9 @@ pub enum StoreError {
     BadFile { path: PathBuf, reason: String },
     #[error("cannot create {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// Another process (or another node in this process) serves this base_dir.
+    #[error("base_dir {dir} is in use by another ferry node ({holder}); one process per base_dir: stop it or point base_dir elsewhere")]
+    Locked { dir: PathBuf, holder: String },
     #[error("storage error: {0}")]
     Sqlite(String),
     #[error("the node is shutting down")]
@@ -288,6 +292,8 @@ fn file_bytes(path: &Path) -> u64 {
 /// Every namespace a node owns, by name.
 pub struct Store {
     namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// The exclusive lock on `<base_dir>/LOCK`, held from open to [`Store::close`].
+    lock: Mutex<Option<lock::DirLock>>,
 }
 
 impl Store {
@@ -299,8 +305,11 @@ impl Store {
             path: config.base_dir.clone(),
             reason: e.to_string(),
         })?;
+        // Before any file is opened: two writers on one file would both take seqs.
+        let lock = lock::DirLock::acquire(&config.base_dir)?;
         let mut store = Store {
             namespaces: BTreeMap::new(),
+            lock: Mutex::new(Some(lock)),
         };
         for name in &config.namespaces {
             let open = if replicated.contains(name) {
@@ -333,10 +342,12 @@ impl Store {
         self.namespaces.values()
     }
 
-    /// Closes every namespace: queued writes finish, writer threads exit.
+    /// Closes every namespace: queued writes finish, writer threads exit. Then releases
+    /// base_dir, so another node may open it (even while this `Store` is still referenced).
     pub async fn close(&self) {
         for ns in self.namespaces.values() {
             ns.close().await;
         }
+        self.lock.lock().unwrap().take();
     }
 }

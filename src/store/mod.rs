@@ -33,8 +33,13 @@ pub enum StoreError {
     /// Another process (or another node in this process) serves this base_dir.
     #[error("base_dir {dir} is in use by another ferry node ({holder}); one process per base_dir: stop it or point base_dir elsewhere")]
     Locked { dir: PathBuf, holder: String },
-    #[error("storage error: {0}")]
-    Sqlite(String),
+    /// SQLite refused an operation; `kind` says whether it may pass (busy, full, I/O) or not.
+    #[error("storage error: {message}")]
+    Sqlite { kind: SqliteKind, message: String },
+    /// The namespace file is damaged (SQLite reports it malformed, or a check found a broken
+    /// crc chain or `kv` out of step with the log). A local fault: retrying cannot fix it.
+    #[error("namespace file {path} is corrupt: {reason}; check it with `ferry verify {path}`, then restore it from a backup or a replica")]
+    Corrupt { path: PathBuf, reason: String },
     #[error("the node is shutting down")]
     ShuttingDown,
     /// A write with no mutations: it would take no seq and change nothing.
@@ -45,9 +50,67 @@ pub enum StoreError {
     Diverged(String),
 }
 
+/// SQLite's error codes, reduced to what decides what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteKind {
+    /// Another connection holds the lock past `busy_timeout` (SQLITE_BUSY, SQLITE_LOCKED).
+    Busy,
+    /// The disk or the file's size limit is full (SQLITE_FULL).
+    Full,
+    /// The OS failed a read or write (SQLITE_IOERR).
+    Io,
+    /// The file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
+    Corrupt,
+    /// Anything else (constraints, misuse, conversions, ...).
+    Other,
+}
+
+impl SqliteKind {
+    pub fn of(e: &rusqlite::Error) -> SqliteKind {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => SqliteKind::Busy,
+            Some(C::DiskFull) => SqliteKind::Full,
+            Some(C::SystemIoFailure) => SqliteKind::Io,
+            Some(C::DatabaseCorrupt | C::NotADatabase) => SqliteKind::Corrupt,
+            _ => SqliteKind::Other,
+        }
+    }
+
+    /// Busy, full and I/O errors can pass without anyone touching the file.
+    pub fn is_transient(self) -> bool {
+        matches!(self, SqliteKind::Busy | SqliteKind::Full | SqliteKind::Io)
+    }
+}
+
+impl StoreError {
+    /// An error that is not SQLite's own but travels the same way (e.g. a reader task died).
+    pub fn other(message: impl Into<String>) -> StoreError {
+        StoreError::Sqlite {
+            kind: SqliteKind::Other,
+            message: message.into(),
+        }
+    }
+
+    /// True when the namespace file itself is damaged.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Sqlite {
+                    kind: SqliteKind::Corrupt,
+                    ..
+                }
+        )
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
+        StoreError::Sqlite {
+            kind: SqliteKind::of(&e),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -240,7 +303,7 @@ impl Namespace {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || pool.with(f))
             .await
-            .map_err(|e| StoreError::Sqlite(format!("reader task failed: {e}")))?
+            .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
@@ -349,5 +412,54 @@ impl Store {
             ns.close().await;
         }
         self.lock.lock().unwrap().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    fn kind(e: rusqlite::Error) -> SqliteKind {
+        match StoreError::from(e) {
+            StoreError::Sqlite { kind, .. } => kind,
+            other => panic!("not a Sqlite error: {other:?}"),
+        }
+    }
+
+    /// Real SQLite failures keep their kind through `StoreError`, which is what lets a replica
+    /// retry a busy or full file and stop on a corrupt one.
+    #[test]
+    fn sqlite_errors_keep_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let a = Connection::open(&path).unwrap();
+        a.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x UNIQUE); BEGIN IMMEDIATE")
+            .unwrap();
+        let b = Connection::open(&path).unwrap();
+        b.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let busy = kind(b.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!(busy, SqliteKind::Busy);
+        assert!(busy.is_transient());
+        a.execute_batch("ROLLBACK").unwrap();
+
+        a.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let page_count: i64 = a.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        a.pragma_update(None, "max_page_count", page_count).unwrap();
+        let big = vec![0u8; 1 << 20];
+        let full = kind(a.execute("INSERT INTO t VALUES (?1)", [big]).unwrap_err());
+        assert_eq!(full, SqliteKind::Full);
+        assert!(full.is_transient());
+
+        let other = kind(a.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!(other, SqliteKind::Other);
+        assert!(!other.is_transient());
+
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+        let c = Connection::open(&junk).unwrap();
+        let e = StoreError::from(c.execute_batch("SELECT * FROM sqlite_master").unwrap_err());
+        assert!(e.is_corrupt(), "{e:?}");
+        assert!(!StoreError::other("x").is_corrupt());
     }
 }

@@ -9,6 +9,7 @@ pub mod lock;
 pub mod reader;
 pub mod recent;
 pub mod schema;
+pub mod verify;
 pub mod writer;
 
 use std::collections::BTreeMap;

@@ -191,3 +191,41 @@ fn a_missing_file_is_a_usage_error() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("nope.db") && out.contains("no such file"), "{out}");
 }
+
+/// A node opening a file whose newest entries were altered marks that namespace corrupt:
+/// `/stats` says why, its reads and writes fail naming the file, other namespaces serve.
+#[tokio::test]
+async fn a_node_marks_a_namespace_with_an_altered_recent_entry_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    let conn = Connection::open(&path).unwrap();
+    let mut value: Vec<u8> = conn
+        .query_row("SELECT value FROM wal_log WHERE seq = 290", [], |r| r.get(0))
+        .unwrap();
+    value[0] ^= 0x01;
+    conn.execute("UPDATE wal_log SET value = ?1 WHERE seq = 290", [value])
+        .unwrap();
+    drop(conn);
+
+    let node = TestNode::primary(dir.path(), &[NS, "other"]).await;
+    let c = reqwest::Client::new();
+    let st = stats(&c, &node, NS).await;
+    assert_eq!(st["corrupt"], true, "{st}");
+    let reason = st["corrupt_reason"].as_str().unwrap();
+    assert!(reason.contains("seq 290: crc mismatch"), "{reason}");
+    assert_eq!(st["head_seq"], PUTS + 5);
+
+    let file = path.display().to_string();
+    for (method, body) in [
+        (reqwest::Method::GET, None),
+        (reqwest::Method::PUT, Some(r#"{"value":"eA=="}"#)),
+    ] {
+        let (s, j) = call(&c, method, &node.url(&format!("/api/v1/{NS}/kv/k0")), body).await;
+        assert_eq!(s, 500, "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains(&file) && err.contains("corrupt"), "{err}");
+    }
+    assert_eq!(stats(&c, &node, "other").await["corrupt"], false);
+    assert_eq!(put(&c, &node, "other", "k", b"v").await, 1);
+    node.stop().await;
+}

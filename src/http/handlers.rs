@@ -303,7 +303,15 @@ pub async fn offset(api: Arc<Api>, ns: String) -> Result<Response> {
 
 pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
     let namespace = namespace(&api, &ns)?;
-    let s = namespace.stats().await?;
+    // A damaged file may not even answer the counts; the head and the reason still matter.
+    let s = match namespace.stats().await {
+        Ok(s) => s,
+        Err(_) if namespace.corrupt().is_some() => crate::store::Stats {
+            head_seq: namespace.head().seq,
+            ..Default::default()
+        },
+        Err(e) => return Err(e.into()),
+    };
     ok_json(&StatsResponse {
         namespace: ns,
         role: api.role.name(),
@@ -315,6 +323,8 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         file_bytes: s.file_bytes,
         file: namespace.path().display().to_string(),
         synchronous: api.synchronous.pragma(),
+        corrupt: namespace.corrupt().is_some(),
+        corrupt_reason: namespace.corrupt().map(str::to_owned),
         replication: api
             .followers
             .get(namespace.name())

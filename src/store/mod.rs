@@ -134,6 +134,10 @@ pub struct Namespace {
     recent: Arc<recent::Recent>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
+    /// Set (once, for the node's life) when the file is found damaged: by the check at open,
+    /// or by SQLite reporting it malformed. Reads and writes of this namespace then fail with
+    /// [`StoreError::Corrupt`]; other namespaces keep serving.
+    corrupt: std::sync::OnceLock<String>,
 }
 
 impl Namespace {
@@ -165,6 +169,9 @@ impl Namespace {
         })?;
         let path = base_dir.join(format!("{name}.db"));
         let (conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
+        // Cheap enough for every start (SQLite's quick_check plus the last entries' chain),
+        // and it turns a silently damaged file into a loud, named one.
+        let check = verify::quick(&conn);
         let head = Head {
             seq: info.head_seq,
             crc: info.head_crc,
@@ -197,7 +204,7 @@ impl Namespace {
             created = info.created,
             "namespace open"
         );
-        Ok(Namespace {
+        let ns = Namespace {
             name: name.to_owned(),
             readers: reader::Pool::new(path.clone()),
             recent,
@@ -207,7 +214,57 @@ impl Namespace {
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
             counters,
-        })
+            corrupt: std::sync::OnceLock::new(),
+        };
+        if !check.is_ok() {
+            ns.mark_corrupt(format!("the check at open found: {}", check.summary()));
+        }
+        Ok(ns)
+    }
+
+    /// Why this namespace's file is considered damaged, if it is.
+    pub fn corrupt(&self) -> Option<&str> {
+        self.corrupt.get().map(String::as_str)
+    }
+
+    fn mark_corrupt(&self, reason: String) {
+        if self.corrupt.set(reason.clone()).is_ok() {
+            tracing::error!(
+                namespace = %self.name,
+                file = %self.path.display(),
+                %reason,
+                "namespace file is corrupt: its reads and writes now fail (other namespaces keep serving); check it with `ferry verify`, then restore it from a backup or a replica"
+            );
+        }
+    }
+
+    /// Refuses to touch a file already known to be damaged.
+    fn usable(&self) -> Result<(), StoreError> {
+        match self.corrupt() {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every store error passes here: SQLite saying the file is malformed marks the
+    /// namespace corrupt (logged once) and comes back naming the file.
+    fn noticed(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Sqlite {
+                kind: SqliteKind::Corrupt,
+                message,
+            } => {
+                self.mark_corrupt(message.clone());
+                StoreError::Corrupt {
+                    path: self.path.clone(),
+                    reason: message,
+                }
+            }
+            other => other,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -245,23 +302,29 @@ impl Namespace {
         if mutations.is_empty() {
             return Err(StoreError::EmptyWrite);
         }
+        self.usable()?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Write { mutations, reply })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        rx.await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map_err(|e| self.noticed(e))
     }
 
     /// Replica: appends entries received from upstream (verbatim, one transaction) after
     /// checking they continue this log. Returns the new head.
     pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
+        self.usable()?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Apply { entries, reply })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        rx.await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map_err(|e| self.noticed(e))
     }
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
@@ -288,6 +351,7 @@ impl Namespace {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.usable()?;
         if let Some(entries) = self.recent.since(from, max_count, max_bytes) {
             return Ok(entries);
         }
@@ -295,8 +359,19 @@ impl Namespace {
             .await
     }
 
-    /// Runs a read-only query on a pooled connection, off the async runtime.
+    /// Runs a read-only query on a pooled connection, off the async runtime. Refused once the
+    /// file is known to be damaged.
     pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.usable()?;
+        self.read_anyway(f).await
+    }
+
+    /// [`Namespace::read`] even on a damaged file (for `/stats`, which must still answer).
+    async fn read_anyway<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -305,6 +380,7 @@ impl Namespace {
         tokio::task::spawn_blocking(move || pool.with(f))
             .await
             .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
+            .map_err(|e| self.noticed(e))
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
@@ -324,7 +400,7 @@ impl Namespace {
 
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
-        let mut stats = self.read(reader::stats).await?;
+        let mut stats = self.read_anyway(reader::stats).await?;
         stats.file_bytes = file_bytes(&path);
         Ok(stats)
     }

@@ -88,7 +88,11 @@ async fn a_replica_with_a_corrupt_file_stops_naming_it() {
         "{err}"
     );
     assert_eq!(st["corrupt"], true);
-    assert_eq!(replica.head(NS), 10, "nothing was applied on top of the damage");
+    assert_eq!(
+        replica.head(NS),
+        10,
+        "nothing was applied on top of the damage"
+    );
     replica.stop().await;
     primary.stop().await;
 }

@@ -168,7 +168,10 @@ async fn a_pruned_log_chains_from_meta_base_crc() {
     );
     let (code, out) = verify(&path);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(r#"kv key "ghost": seq 150 is after meta.base_seq 100"#), "{out}");
+    assert!(
+        out.contains(r#"kv key "ghost": seq 150 is after meta.base_seq 100"#),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +192,10 @@ fn a_missing_file_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = verify(&dir.path().join("nope.db"));
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("nope.db") && out.contains("no such file"), "{out}");
+    assert!(
+        out.contains("nope.db") && out.contains("no such file"),
+        "{out}"
+    );
 }
 
 /// A node opening a file whose newest entries were altered marks that namespace corrupt:
@@ -200,7 +206,9 @@ async fn a_node_marks_a_namespace_with_an_altered_recent_entry_corrupt() {
     let path = written_file(dir.path()).await;
     let conn = Connection::open(&path).unwrap();
     let mut value: Vec<u8> = conn
-        .query_row("SELECT value FROM wal_log WHERE seq = 290", [], |r| r.get(0))
+        .query_row("SELECT value FROM wal_log WHERE seq = 290", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     value[0] ^= 0x01;
     conn.execute("UPDATE wal_log SET value = ?1 WHERE seq = 290", [value])

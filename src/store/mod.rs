@@ -32,14 +32,18 @@ pub enum StoreError {
     #[error("cannot create {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     /// Another process (or another node in this process) serves this base_dir.
-    #[error("base_dir {dir} is in use by another ferry node ({holder}); one process per base_dir: stop it or point base_dir elsewhere")]
+    #[error(
+        "base_dir {dir} is in use by another ferry node ({holder}); one process per base_dir: stop it or point base_dir elsewhere"
+    )]
     Locked { dir: PathBuf, holder: String },
     /// SQLite refused an operation; `kind` says whether it may pass (busy, full, I/O) or not.
     #[error("storage error: {message}")]
     Sqlite { kind: SqliteKind, message: String },
     /// The namespace file is damaged (SQLite reports it malformed, or a check found a broken
     /// crc chain or `kv` out of step with the log). A local fault: retrying cannot fix it.
-    #[error("namespace file {path} is corrupt: {reason}; check it with `ferry verify {path}`, then restore it from a backup or a replica")]
+    #[error(
+        "namespace file {path} is corrupt: {reason}; check it with `ferry verify {path}`, then restore it from a backup or a replica"
+    )]
     Corrupt { path: PathBuf, reason: String },
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -128,8 +128,7 @@ pub fn quick(conn: &Connection) -> Report {
     let Some(base) = read_base(conn, &mut report) else {
         return report;
     };
-    let head: Option<Seq> = match conn.query_row("SELECT MAX(seq) FROM wal_log", [], |r| r.get(0))
-    {
+    let head: Option<Seq> = match conn.query_row("SELECT MAX(seq) FROM wal_log", [], |r| r.get(0)) {
         Ok(h) => h,
         Err(e) => {
             report.problem(format!("cannot read wal_log: {e}"));
@@ -280,8 +279,8 @@ fn chain(
             ));
         }
         match prev {
-            Some((p, _)) if entry.seq != p + 1 && report.entries == 0 && after.is_none() => {
-                report.problem(format!(
+            Some((p, _)) if entry.seq != p + 1 && report.entries == 0 && after.is_none() => report
+                .problem(format!(
                     "seq {}: the log starts there, but {}",
                     entry.seq,
                     match base {
@@ -289,8 +288,7 @@ fn chain(
                             format!("meta.base_seq is {s}, so it must start at {}", s + 1),
                         None => "it must start at seq 1 (meta has no base_seq)".to_owned(),
                     }
-                ))
-            }
+                )),
             Some((p, _)) if entry.seq != p + 1 => report.problem(format!(
                 "seq {}: the log jumps there from seq {p} (seqs must be dense)",
                 entry.seq
@@ -488,6 +486,9 @@ mod tests {
             r.problem(format!("p{i}"));
         }
         assert_eq!(r.problems.len(), MAX_PROBLEMS);
-        assert_eq!(r.summary(), format!("p0 (and {} more problems)", MAX_PROBLEMS + 2));
+        assert_eq!(
+            r.summary(),
+            format!("p0 (and {} more problems)", MAX_PROBLEMS + 2)
+        );
     }
 }

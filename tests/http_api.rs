@@ -367,13 +367,17 @@ async fn changes_below_a_pruned_log_are_gone_not_skipped() {
     for i in 0..10 {
         put(&c, &node, NS, &format!("k{i}"), b"v").await;
     }
-    node.stop().await;
-    // What retention will do: drop the oldest entries (kv keeps their effect).
-    rusqlite::Connection::open(dir.path().join(format!("{NS}.db")))
-        .unwrap()
-        .execute("DELETE FROM wal_log WHERE seq <= 5", [])
+    // What retention does: drop the oldest entries (kv keeps their effect).
+    let pruned = node
+        .ns(NS)
+        .prune(ferry::store::Prune {
+            upto: 5,
+            older_than_ms: None,
+            max_rows: 1000,
+        })
+        .await
         .unwrap();
-    let node = TestNode::primary(dir.path(), &[NS]).await;
+    assert_eq!(pruned.deleted, 5);
 
     // A client that last saw seq 3 would miss 4 and 5: it is told so, with what to do.
     let url = node.url(&format!("/api/v1/{NS}/changes?since=3"));

@@ -317,6 +317,8 @@ async fn a_tampered_entry_stops_the_follower_and_keeps_its_data() {
     replica.stop().await;
     put(&c, &primary, NS, "k3", b"new").await;
     put(&c, &primary, NS, "k4", b"new").await;
+    // More than the 100 newest entries the primary checks itself at open: seq 5 is served.
+    batch_put(&c, &primary, NS, 0, 150, 10).await;
     primary.stop().await;
     rusqlite::Connection::open(pdir.path().join("ns.db"))
         .unwrap()
@@ -796,13 +798,17 @@ async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
     let c = reqwest::Client::new();
     batch_put(&c, &primary, NS, 0, 100, 10).await;
-    primary.stop().await;
-    // What retention will do: drop the oldest entries (kv keeps their effect).
-    rusqlite::Connection::open(pdir.path().join("ns.db"))
-        .unwrap()
-        .execute("DELETE FROM wal_log WHERE seq <= 50", [])
+    // What retention does: drop the oldest entries (kv keeps their effect).
+    let pruned = primary
+        .ns(NS)
+        .prune(ferry::store::Prune {
+            upto: 50,
+            older_than_ms: None,
+            max_rows: 1000,
+        })
+        .await
         .unwrap();
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    assert_eq!(pruned.deleted, 50);
 
     let mut client = ReplicationClient::connect(format!("http://{}", primary.grpc()))
         .await

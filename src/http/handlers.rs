@@ -303,7 +303,15 @@ pub async fn offset(api: Arc<Api>, ns: String) -> Result<Response> {
 
 pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
     let namespace = namespace(&api, &ns)?;
-    let s = namespace.stats().await?;
+    // A damaged file may not even answer the counts; the head and the reason still matter.
+    let s = match namespace.stats().await {
+        Ok(s) => s,
+        Err(_) if namespace.corrupt().is_some() => crate::store::Stats {
+            head_seq: namespace.head().seq,
+            ..Default::default()
+        },
+        Err(e) => return Err(e.into()),
+    };
     ok_json(&StatsResponse {
         namespace: ns,
         role: api.role.name(),
@@ -316,6 +324,8 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         file_bytes: s.file_bytes,
         file: namespace.path().display().to_string(),
         synchronous: api.synchronous.pragma(),
+        corrupt: namespace.corrupt().is_some(),
+        corrupt_reason: namespace.corrupt().map(str::to_owned),
         replication: api
             .followers
             .get(namespace.name())
@@ -345,10 +355,14 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
         .await?;
     // Entries start at the oldest one kept: answering from a later seq than asked would hide
     // the gap from a client recovering missed changes.
-    let first = entries
-        .first()
-        .map(|e| e.seq)
-        .or_else(|| Some(namespace.base_seq() + 1).filter(|&oldest| oldest > q.since + 1));
+    // (Recently pruned entries may still be in the writer's memory window: the log's base
+    // decides, so the answer does not depend on what happens to be cached.)
+    let base = namespace.base_seq();
+    let first = if q.since < base {
+        Some(base + 1)
+    } else {
+        entries.first().map(|e| e.seq)
+    };
     if let Some(first) = first.filter(|&seq| seq > q.since + 1) {
         return Err(ApiError::new(
             StatusCode::GONE,

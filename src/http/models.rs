@@ -89,6 +89,11 @@ pub struct StatsResponse {
     pub file_bytes: u64,
     pub file: String,
     pub synchronous: &'static str,
+    /// True once the file was found damaged (check at open, or SQLite reporting it
+    /// malformed); reads and writes of the namespace then fail, naming the file.
+    pub corrupt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt_reason: Option<String>,
     /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::follower::Status>,

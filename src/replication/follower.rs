@@ -371,15 +371,23 @@ impl Follower {
     }
 }
 
-/// Divergence stops the follower; a storage problem (a lock held by another process, a full
-/// disk) may pass, so it is retried with backoff like a network error.
+/// What a failed local store operation means for the follower. Divergence stops it. So does a
+/// corrupt local file: that is a fault of this replica's disk, not of the upstream, and
+/// reconnecting would only fail the same way forever. Transient storage trouble (a lock held by
+/// another connection past busy_timeout, a full disk, an I/O error) may pass, so it is retried
+/// with backoff like a network error; so are SQLite errors of no known kind, as before.
 pub(super) fn store_end(e: StoreError) -> End {
     match e {
         StoreError::ShuttingDown => End::Shutdown,
-        StoreError::Diverged(_) | StoreError::BadFile { .. } | StoreError::EmptyWrite => {
-            End::Fatal(e.to_string())
-        }
-        StoreError::Sqlite(_) | StoreError::Io { .. } => {
+        e if e.is_corrupt() => End::Fatal(format!(
+            "the local namespace file is corrupt (a local fault, not the upstream's): {e}"
+        )),
+        StoreError::Diverged(_)
+        | StoreError::BadFile { .. }
+        | StoreError::EmptyWrite
+        | StoreError::Locked { .. }
+        | StoreError::Corrupt { .. } => End::Fatal(e.to_string()),
+        StoreError::Sqlite { .. } | StoreError::Io { .. } => {
             End::Retry(format!("cannot apply here: {e}"))
         }
     }

@@ -5,11 +5,13 @@
 //! - [`writer`]: the writer thread and group commit.
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
+pub mod lock;
 pub mod reader;
 pub mod recent;
 pub mod retention;
 pub mod schema;
 pub mod snapshot;
+pub mod verify;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -32,8 +34,20 @@ pub enum StoreError {
     BadFile { path: PathBuf, reason: String },
     #[error("cannot create {path}: {reason}")]
     Io { path: PathBuf, reason: String },
-    #[error("storage error: {0}")]
-    Sqlite(String),
+    /// Another process (or another node in this process) serves this base_dir.
+    #[error(
+        "base_dir {dir} is in use by another ferry node ({holder}); one process per base_dir: stop it or point base_dir elsewhere"
+    )]
+    Locked { dir: PathBuf, holder: String },
+    /// SQLite refused an operation; `kind` says whether it may pass (busy, full, I/O) or not.
+    #[error("storage error: {message}")]
+    Sqlite { kind: SqliteKind, message: String },
+    /// The namespace file is damaged (SQLite reports it malformed, or a check found a broken
+    /// crc chain or `kv` out of step with the log). A local fault: retrying cannot fix it.
+    #[error(
+        "namespace file {path} is corrupt: {reason}; check it with `ferry verify {path}`, then restore it from a backup or a replica"
+    )]
+    Corrupt { path: PathBuf, reason: String },
     #[error("the node is shutting down")]
     ShuttingDown,
     /// A write with no mutations: it would take no seq and change nothing.
@@ -44,9 +58,67 @@ pub enum StoreError {
     Diverged(String),
 }
 
+/// SQLite's error codes, reduced to what decides what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteKind {
+    /// Another connection holds the lock past `busy_timeout` (SQLITE_BUSY, SQLITE_LOCKED).
+    Busy,
+    /// The disk or the file's size limit is full (SQLITE_FULL).
+    Full,
+    /// The OS failed a read or write (SQLITE_IOERR).
+    Io,
+    /// The file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
+    Corrupt,
+    /// Anything else (constraints, misuse, conversions, ...).
+    Other,
+}
+
+impl SqliteKind {
+    pub fn of(e: &rusqlite::Error) -> SqliteKind {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => SqliteKind::Busy,
+            Some(C::DiskFull) => SqliteKind::Full,
+            Some(C::SystemIoFailure) => SqliteKind::Io,
+            Some(C::DatabaseCorrupt | C::NotADatabase) => SqliteKind::Corrupt,
+            _ => SqliteKind::Other,
+        }
+    }
+
+    /// Busy, full and I/O errors can pass without anyone touching the file.
+    pub fn is_transient(self) -> bool {
+        matches!(self, SqliteKind::Busy | SqliteKind::Full | SqliteKind::Io)
+    }
+}
+
+impl StoreError {
+    /// An error that is not SQLite's own but travels the same way (e.g. a reader task died).
+    pub fn other(message: impl Into<String>) -> StoreError {
+        StoreError::Sqlite {
+            kind: SqliteKind::Other,
+            message: message.into(),
+        }
+    }
+
+    /// True when the namespace file itself is damaged.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Sqlite {
+                    kind: SqliteKind::Corrupt,
+                    ..
+                }
+        )
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
+        StoreError::Sqlite {
+            kind: SqliteKind::of(&e),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -77,6 +149,10 @@ pub struct Namespace {
     /// The next seq each live tail stream will send: retention holds back for them.
     tails: Mutex<BTreeMap<u64, Arc<AtomicI64>>>,
     next_tail: AtomicU64,
+    /// Set (once, for the node's life) when the file is found damaged: by the check at open,
+    /// or by SQLite reporting it malformed. Reads and writes of this namespace then fail with
+    /// [`StoreError::Corrupt`]; other namespaces keep serving.
+    corrupt: std::sync::OnceLock<String>,
 }
 
 /// A live tail stream's position, registered with its namespace while the stream lives.
@@ -128,6 +204,9 @@ impl Namespace {
         })?;
         let path = base_dir.join(format!("{name}.db"));
         let (conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
+        // Cheap enough for every start (SQLite's quick_check plus the last entries' chain),
+        // and it turns a silently damaged file into a loud, named one.
+        let check = verify::quick(&conn);
         let head = Head {
             seq: info.head_seq,
             crc: info.head_crc,
@@ -163,7 +242,7 @@ impl Namespace {
             created = info.created,
             "namespace open"
         );
-        Ok(Namespace {
+        let ns = Namespace {
             name: name.to_owned(),
             readers: reader::Pool::new(path.clone()),
             recent,
@@ -176,7 +255,57 @@ impl Namespace {
             base_seq,
             tails: Mutex::new(BTreeMap::new()),
             next_tail: AtomicU64::new(0),
-        })
+            corrupt: std::sync::OnceLock::new(),
+        };
+        if !check.is_ok() {
+            ns.mark_corrupt(format!("the check at open found: {}", check.summary()));
+        }
+        Ok(ns)
+    }
+
+    /// Why this namespace's file is considered damaged, if it is.
+    pub fn corrupt(&self) -> Option<&str> {
+        self.corrupt.get().map(String::as_str)
+    }
+
+    fn mark_corrupt(&self, reason: String) {
+        if self.corrupt.set(reason.clone()).is_ok() {
+            tracing::error!(
+                namespace = %self.name,
+                file = %self.path.display(),
+                %reason,
+                "namespace file is corrupt: its reads and writes now fail (other namespaces keep serving); check it with `ferry verify`, then restore it from a backup or a replica"
+            );
+        }
+    }
+
+    /// Refuses to touch a file already known to be damaged.
+    fn usable(&self) -> Result<(), StoreError> {
+        match self.corrupt() {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every store error passes here: SQLite saying the file is malformed marks the
+    /// namespace corrupt (logged once) and comes back naming the file.
+    fn noticed(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Sqlite {
+                kind: SqliteKind::Corrupt,
+                message,
+            } => {
+                self.mark_corrupt(message.clone());
+                StoreError::Corrupt {
+                    path: self.path.clone(),
+                    reason: message,
+                }
+            }
+            other => other,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -214,23 +343,29 @@ impl Namespace {
         if mutations.is_empty() {
             return Err(StoreError::EmptyWrite);
         }
+        self.usable()?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Write { mutations, reply })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        rx.await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map_err(|e| self.noticed(e))
     }
 
     /// Replica: appends entries received from upstream (verbatim, one transaction) after
     /// checking they continue this log. Returns the new head.
     pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
+        self.usable()?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Apply { entries, reply })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        rx.await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map_err(|e| self.noticed(e))
     }
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
@@ -315,6 +450,7 @@ impl Namespace {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.usable()?;
         if let Some(entries) = self.recent.since(from, max_count, max_bytes) {
             return Ok(entries);
         }
@@ -322,8 +458,19 @@ impl Namespace {
             .await
     }
 
-    /// Runs a read-only query on a pooled connection, off the async runtime.
+    /// Runs a read-only query on a pooled connection, off the async runtime. Refused once the
+    /// file is known to be damaged.
     pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.usable()?;
+        self.read_anyway(f).await
+    }
+
+    /// [`Namespace::read`] even on a damaged file (for `/stats`, which must still answer).
+    async fn read_anyway<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -331,7 +478,8 @@ impl Namespace {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || pool.with(f))
             .await
-            .map_err(|e| StoreError::Sqlite(format!("reader task failed: {e}")))?
+            .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
+            .map_err(|e| self.noticed(e))
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
@@ -351,7 +499,7 @@ impl Namespace {
 
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
-        let mut stats = self.read(reader::stats).await?;
+        let mut stats = self.read_anyway(reader::stats).await?;
         stats.file_bytes = file_bytes(&path);
         Ok(stats)
     }
@@ -383,6 +531,8 @@ fn file_bytes(path: &Path) -> u64 {
 /// Every namespace a node owns, by name.
 pub struct Store {
     namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// The exclusive lock on `<base_dir>/LOCK`, held from open to [`Store::close`].
+    lock: Mutex<Option<lock::DirLock>>,
 }
 
 impl Store {
@@ -394,8 +544,11 @@ impl Store {
             path: config.base_dir.clone(),
             reason: e.to_string(),
         })?;
+        // Before any file is opened: two writers on one file would both take seqs.
+        let lock = lock::DirLock::acquire(&config.base_dir)?;
         let mut store = Store {
             namespaces: BTreeMap::new(),
+            lock: Mutex::new(Some(lock)),
         };
         for name in &config.namespaces {
             let open = if replicated.contains(name) {
@@ -428,10 +581,61 @@ impl Store {
         self.namespaces.values()
     }
 
-    /// Closes every namespace: queued writes finish, writer threads exit.
+    /// Closes every namespace: queued writes finish, writer threads exit. Then releases
+    /// base_dir, so another node may open it (even while this `Store` is still referenced).
     pub async fn close(&self) {
         for ns in self.namespaces.values() {
             ns.close().await;
         }
+        self.lock.lock().unwrap().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    fn kind(e: rusqlite::Error) -> SqliteKind {
+        match StoreError::from(e) {
+            StoreError::Sqlite { kind, .. } => kind,
+            other => panic!("not a Sqlite error: {other:?}"),
+        }
+    }
+
+    /// Real SQLite failures keep their kind through `StoreError`, which is what lets a replica
+    /// retry a busy or full file and stop on a corrupt one.
+    #[test]
+    fn sqlite_errors_keep_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let a = Connection::open(&path).unwrap();
+        a.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x UNIQUE); BEGIN IMMEDIATE")
+            .unwrap();
+        let b = Connection::open(&path).unwrap();
+        b.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let busy = kind(b.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!(busy, SqliteKind::Busy);
+        assert!(busy.is_transient());
+        a.execute_batch("ROLLBACK").unwrap();
+
+        a.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let page_count: i64 = a.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        a.pragma_update(None, "max_page_count", page_count).unwrap();
+        let big = vec![0u8; 1 << 20];
+        let full = kind(a.execute("INSERT INTO t VALUES (?1)", [big]).unwrap_err());
+        assert_eq!(full, SqliteKind::Full);
+        assert!(full.is_transient());
+
+        let other = kind(a.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert_eq!(other, SqliteKind::Other);
+        assert!(!other.is_transient());
+
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+        let c = Connection::open(&junk).unwrap();
+        let e = StoreError::from(c.execute_batch("SELECT * FROM sqlite_master").unwrap_err());
+        assert!(e.is_corrupt(), "{e:?}");
+        assert!(!StoreError::other("x").is_corrupt());
     }
 }

@@ -220,12 +220,12 @@ impl Writer {
             Err(e) => {
                 // Nothing of this group is durable; every writer in it learns so.
                 let e = match e {
-                    GroupError::Sqlite(e) => e.to_string(),
-                    GroupError::Request => "a request failed while isolated".to_owned(),
+                    GroupError::Sqlite(e) => StoreError::from(e),
+                    GroupError::Request => StoreError::other("a request failed while isolated"),
                 };
                 tracing::error!(namespace = %self.namespace, error = %e, "group commit failed; its writes are not stored");
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Sqlite(e.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -265,7 +265,7 @@ impl Writer {
                     tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
                     let key = mutations.first().map(Mutation::key).unwrap_or_default();
                     tracing::warn!(namespace = %namespace, key, error = %e, "write rolled back; other writes in its group are unaffected");
-                    outcomes.push(Err(StoreError::Sqlite(e.to_string())));
+                    outcomes.push(Err(StoreError::from(e)));
                 }
             }
         }

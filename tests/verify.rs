@@ -1,0 +1,239 @@
+//! `ferry verify FILE` on sound and damaged namespace files, through the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rusqlite::Connection;
+
+const NS: &str = "ns";
+/// Puts written by [`written_file`]: keys k0..k49, several times each, then some deletes.
+const PUTS: i64 = 300;
+
+/// A namespace file written by a real node and closed cleanly: 300 puts over 50 keys (300
+/// bytes each, so the file has dozens of b-tree pages), then 5 deletes in one batch.
+async fn written_file(dir: &Path) -> PathBuf {
+    let node = TestNode::primary(dir, &[NS]).await;
+    let c = reqwest::Client::new();
+    for i in 0..PUTS {
+        let value = format!("{i:0300}");
+        put(&c, &node, NS, &format!("k{}", i % 50), value.as_bytes()).await;
+    }
+    let body = r#"{"operation":"delete","keys":["k1","k2","k3","k4","k5"]}"#;
+    let (s, _) = call(
+        &c,
+        reqwest::Method::POST,
+        &node.url(&format!("/api/v1/{NS}/kv/batch")),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let path = node.db(NS);
+    node.stop().await;
+    path
+}
+
+/// Runs `ferry verify` on `path`: (exit code, stdout + stderr).
+fn verify(path: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["verify", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap(), text)
+}
+
+fn sql(path: &Path, statement: &str) {
+    Connection::open(path)
+        .unwrap()
+        .execute_batch(statement)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_sound_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    let (code, out) = verify(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("OK") && out.contains(&format!("{} entries checked", PUTS + 5)),
+        "{out}"
+    );
+    assert!(out.contains("45 keys checked"), "{out}");
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_logged_value_is_a_crc_mismatch_at_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    // An older put of k7 (seq 8): kv no longer holds it, so only the chain can tell.
+    let conn = Connection::open(&path).unwrap();
+    let mut value: Vec<u8> = conn
+        .query_row("SELECT value FROM wal_log WHERE seq = 8", [], |r| r.get(0))
+        .unwrap();
+    value[100] ^= 0x01;
+    conn.execute("UPDATE wal_log SET value = ?1 WHERE seq = 8", [value])
+        .unwrap();
+    drop(conn);
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("CORRUPT: 1 problems"), "{out}");
+    assert!(out.contains("seq 8: crc mismatch"), "{out}");
+}
+
+#[tokio::test]
+async fn kv_out_of_step_with_the_log_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    sql(
+        &path,
+        "UPDATE kv SET value = X'00' WHERE key = 'k7';
+         DELETE FROM kv WHERE key = 'k8';
+         INSERT INTO kv (key, value, seq, ts_ms) VALUES ('k1', X'01', 2, 0), ('stray', X'01', 3, 0);
+         UPDATE kv SET ts_ms = ts_ms + 1 WHERE key = 'k9';",
+    );
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        r#"kv key "k7": the value differs from the one put at seq 258"#,
+        r#"kv key "k8": missing, but the log put it at seq 259"#,
+        r#"kv key "k1": present (seq 2), but the log deleted it at seq 301"#,
+        r#"kv key "stray": present (seq 3), but the log never wrote it"#,
+        r#"kv key "k9": ts_ms"#,
+    ] {
+        assert!(out.contains(needle), "{needle} not in:\n{out}");
+    }
+    assert!(out.contains("CORRUPT: 5 problems"), "{out}");
+}
+
+#[tokio::test]
+async fn a_broken_btree_page_fails_integrity_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    assert!(!Path::new(&format!("{}-wal", path.display())).exists());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    let pages = bytes.len() / page;
+    assert!(pages > 20, "{pages} pages");
+    // The header of a b-tree page in the middle of the file.
+    let at = (pages / 2) * page;
+    bytes[at..at + 64].fill(0xff);
+    std::fs::write(&path, bytes).unwrap();
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("integrity_check: "), "{out}");
+}
+
+#[tokio::test]
+async fn a_pruned_log_chains_from_meta_base_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    // What pruning leaves: entries up to 100 gone, the last of them recorded in meta.
+    let crc: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT crc FROM wal_log WHERE seq = 100", [], |r| r.get(0))
+        .unwrap();
+    sql(
+        &path,
+        &format!(
+            "DELETE FROM wal_log WHERE seq <= 100;
+             INSERT INTO meta (name, value) VALUES ('base_seq', '100'), ('base_crc', '{crc}');"
+        ),
+    );
+    let (code, out) = verify(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("base_seq 100"), "{out}");
+
+    // A base_crc that does not chain into the oldest retained entry is found...
+    sql(
+        &path,
+        "UPDATE meta SET value = '12345' WHERE name = 'base_crc'",
+    );
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("seq 101: crc mismatch"), "{out}");
+    // ...and so is a kv row newer than base_seq that the retained log does not explain.
+    sql(
+        &path,
+        &format!(
+            "UPDATE meta SET value = '{crc}' WHERE name = 'base_crc';
+             INSERT INTO kv (key, value, seq, ts_ms) VALUES ('ghost', X'01', 150, 0);"
+        ),
+    );
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"kv key "ghost": seq 150 is after meta.base_seq 100"#),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_gap_in_the_log_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    sql(&path, "DELETE FROM wal_log WHERE seq = 50");
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("seq 51: the log jumps there from seq 49"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = verify(&dir.path().join("nope.db"));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("nope.db") && out.contains("no such file"),
+        "{out}"
+    );
+}
+
+/// A node opening a file whose newest entries were altered marks that namespace corrupt:
+/// `/stats` says why, its reads and writes fail naming the file, other namespaces serve.
+#[tokio::test]
+async fn a_node_marks_a_namespace_with_an_altered_recent_entry_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    let conn = Connection::open(&path).unwrap();
+    let mut value: Vec<u8> = conn
+        .query_row("SELECT value FROM wal_log WHERE seq = 290", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    value[0] ^= 0x01;
+    conn.execute("UPDATE wal_log SET value = ?1 WHERE seq = 290", [value])
+        .unwrap();
+    drop(conn);
+
+    let node = TestNode::primary(dir.path(), &[NS, "other"]).await;
+    let c = reqwest::Client::new();
+    let st = stats(&c, &node, NS).await;
+    assert_eq!(st["corrupt"], true, "{st}");
+    let reason = st["corrupt_reason"].as_str().unwrap();
+    assert!(reason.contains("seq 290: crc mismatch"), "{reason}");
+    assert_eq!(st["head_seq"], PUTS + 5);
+
+    let file = path.display().to_string();
+    for (method, body) in [
+        (reqwest::Method::GET, None),
+        (reqwest::Method::PUT, Some(r#"{"value":"eA=="}"#)),
+    ] {
+        let (s, j) = call(&c, method, &node.url(&format!("/api/v1/{NS}/kv/k0")), body).await;
+        assert_eq!(s, 500, "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(err.contains(&file) && err.contains("corrupt"), "{err}");
+    }
+    assert_eq!(stats(&c, &node, "other").await["corrupt"], false);
+    assert_eq!(put(&c, &node, "other", "k", b"v").await, 1);
+    node.stop().await;
+}

@@ -276,8 +276,12 @@ async fn a_replaced_primary_makes_the_replica_roll_back_and_rebootstrap() {
     let port = primary.node.grpc_addr().unwrap().port();
     put(&c, &primary, NS, "a", b"old-1").await;
     put(&c, &primary, NS, "b", b"old-2").await;
+    for k in ["x", "y", "z"] {
+        put(&c, &primary, NS, k, b"old").await;
+    }
     let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
     let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    let subscriber = Subscriber::connect(&replica, NS).await;
     wait_synced(&primary, &replica, NS).await;
     primary.stop().await;
     for suffix in ["", "-wal", "-shm"] {
@@ -309,16 +313,46 @@ async fn a_replaced_primary_makes_the_replica_roll_back_and_rebootstrap() {
         rollback_entries(&files[0]),
         [
             (1, "a".to_owned(), b"old-1".to_vec()),
-            (2, "b".to_owned(), b"old-2".to_vec())
+            (2, "b".to_owned(), b"old-2".to_vec()),
+            (3, "x".to_owned(), b"old".to_vec()),
+            (4, "y".to_owned(), b"old".to_vec()),
+            (5, "z".to_owned(), b"old".to_vec()),
         ]
     );
     let st = stats(&c, &replica, NS).await;
     assert_eq!(st["replication"]["rollbacks"], 1, "{st}");
+    // Notifications go on after the snapshot's base, from the new history.
+    let base_seq = st["base_seq"].as_i64().unwrap();
+    put(&c, &primary, NS, "after", b"bootstrap").await;
+    // The new history is shorter than the old one (the subscriber saw seq 5): what comes
+    // after the snapshot's base is notified all the same.
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    while seen.last().is_none_or(|(_, k)| k != "after") {
+        let (_, j) = subscriber.collect_until(0).pop().unwrap();
+        seen.push((
+            j["seq_num"].as_i64().unwrap(),
+            j["key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let old: Vec<(i64, String)> = ["a", "b", "x", "y", "z"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i as i64 + 1, k.to_string()))
+        .collect();
+    assert_eq!(seen[..5], old, "{seen:?}");
+    let new: Vec<_> = seen[5..].to_vec();
+    let expected: Vec<(i64, String)> = [(1, "a"), (2, "c"), (3, "c"), (4, "after")]
+        .into_iter()
+        .filter(|(seq, _)| *seq > base_seq)
+        .map(|(seq, k)| (seq, k.to_owned()))
+        .collect();
+    assert_eq!(new, expected, "base {base_seq}: {seen:?}");
     assert_eq!(
         get_value(&c, &replica, NS, "b").await.0,
         404,
         "the replaced history is gone from kv"
     );
+    wait_synced(&primary, &replica, NS).await;
     replica.stop().await;
     primary.stop().await;
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));

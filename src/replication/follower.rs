@@ -77,7 +77,7 @@ pub struct Status {
     pub upstream_head_seq: Seq,
     /// Last seq applied here.
     pub applied_seq: Seq,
-    /// `upstream_head_seq - applied_seq`; null while stopped (the follower no longer knows).
+    /// `upstream_head_seq - applied_seq`; null while stopped or bootstrapping (unknown).
     pub lag: Option<Seq>,
     pub last_error: Option<String>,
     /// Snapshots installed since the node started.
@@ -101,8 +101,10 @@ impl Tracker {
     pub fn snapshot(&self, ns: &Namespace) -> Status {
         let mut s = self.0.lock().unwrap().clone();
         s.applied_seq = ns.head().seq;
+        // Stopped, or replacing its state with a snapshot (a new history, or a diverged one):
+        // how far behind it is cannot be said, and 0 would read as "caught up".
         s.lag = match s.state {
-            State::Stopped => None,
+            State::Stopped | State::Bootstrapping => None,
             _ => Some((s.upstream_head_seq - s.applied_seq).max(0)),
         };
         s

@@ -212,6 +212,14 @@ pub struct RelayerConfig {
     /// snapshot) or "stop".
     #[serde(default)]
     pub on_divergence: crate::replication::follower::OnDivergence,
+    /// `/ready` answers 503 while a namespace of this relayer is more than this many entries
+    /// behind its upstream (default 10000).
+    #[serde(default = "default_max_lag")]
+    pub max_lag: i64,
+}
+
+fn default_max_lag() -> i64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,6 +347,14 @@ impl Config {
                         "relayer_config.{relayer} follows namespace {name:?}, which is not in storage_config.namespaces"
                     ));
                 }
+            }
+        }
+        for (relayer, r) in &self.relayer_config {
+            if r.max_lag < 0 {
+                return Err(format!(
+                    "relayer_config.{relayer}.max_lag must be 0 or more, got {}",
+                    r.max_lag
+                ));
             }
         }
         for name in self.notifier_config.keys() {

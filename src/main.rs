@@ -25,6 +25,21 @@ enum Command {
     Watch(WatchCmd),
     Backup(BackupCmd),
     Verify(VerifyCmd),
+    Promote(PromoteCmd),
+}
+
+/// Promote a namespace of a replica to primary: it stops following, takes a new log_id
+/// (recording the old one and its head as lineage, so other replicas can continue from it
+/// without a snapshot), and takes writes. Exit codes: 0 promoted, 1 refused or failed, 2 usage.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "promote")]
+struct PromoteCmd {
+    /// base URL of the replica's HTTP API, e.g. http://localhost:8003
+    #[argh(option)]
+    target: String,
+    /// namespace to promote
+    #[argh(option)]
+    namespace: String,
 }
 
 /// Write a consistent copy of one namespace of a running node (primary or replica) to a new
@@ -134,6 +149,34 @@ fn go_style_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
+fn promote(cmd: PromoteCmd) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    let url = format!(
+        "{}/api/v1/{}/promote",
+        cmd.target.trim_end_matches('/'),
+        cmd.namespace
+    );
+    let answer = runtime.block_on(async {
+        let resp = reqwest::Client::new().post(&url).send().await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("ferry promote: {url}: {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ferry promote: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn backup(cmd: BackupCmd) -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let started = std::time::Instant::now();
@@ -192,6 +235,7 @@ fn main() -> ExitCode {
         Command::Replica(c) => (c.config, Mode::Replica),
         Command::Watch(w) => return watch(w),
         Command::Backup(b) => return backup(b),
+        Command::Promote(p) => return promote(p),
         Command::CrdtClient(c) => return crdt_client(c),
         Command::Demo(d) => return demo(d),
         Command::Verify(v) => return verify(v),

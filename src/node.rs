@@ -108,6 +108,41 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A namespace promoted on this node (`meta.promoted_at_ms`) is this node's to write: a
+/// config that still has it followed would silently throw its new history away. Refuse.
+async fn refuse_promoted(
+    store: &Store,
+    config: &Config,
+    replicated: &[String],
+) -> Result<(), NodeError> {
+    for name in replicated {
+        let ns = store.get(name).expect("opened above");
+        let promoted = ns
+            .read(|c| {
+                Ok((
+                    crate::store::schema::promoted_at_ms(c)?,
+                    crate::store::schema::lineage(c)?,
+                ))
+            })
+            .await?;
+        if let (Some(at), Some(lineage)) = promoted {
+            let relayer = config
+                .relayer_config
+                .iter()
+                .find(|(_, r)| r.namespaces.contains(name))
+                .map_or("?", |(k, _)| k.as_str());
+            return Err(NodeError::Config(format!(
+                "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {} forked from {} at seq {}), but relayer_config.{relayer} still follows it: remove it from relayer_config.{relayer} to serve it as a primary, or move {} away to make this node its replica again",
+                ns.log_id(),
+                lineage.prev_log_id,
+                lineage.fork_seq,
+                ns.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A running node.
 pub struct Node {
     store: Arc<Store>,
@@ -150,18 +185,26 @@ impl Node {
                 .collect(),
         };
         let store = Arc::new(Store::open(&config.storage_config, &replicated).await?);
+        if let Err(e) = refuse_promoted(&store, &config, &replicated).await {
+            store.close().await;
+            return Err(e);
+        }
+        let upstreams: http::Upstreams = Arc::new(std::sync::RwLock::new(
+            config
+                .relayer_config
+                .values()
+                .filter(|_| mode == Mode::Replica)
+                .flat_map(|r| {
+                    r.namespaces
+                        .iter()
+                        .map(|ns| (ns.clone(), r.upstream_address.clone()))
+                })
+                .collect(),
+        ));
         let role = match mode {
             Mode::Primary => Role::Primary,
             Mode::Replica => Role::Replica {
-                upstreams: config
-                    .relayer_config
-                    .values()
-                    .flat_map(|r| {
-                        r.namespaces
-                            .iter()
-                            .map(|ns| (ns.clone(), r.upstream_address.clone()))
-                    })
-                    .collect(),
+                upstreams: upstreams.clone(),
             },
         };
         let shutdown = CancellationToken::new();
@@ -210,8 +253,17 @@ impl Node {
                         .clone();
                     let follower =
                         Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
-                    followers.insert(name.clone(), follower.tracker());
-                    tasks.spawn(follower.run(shutdown.clone()));
+                    // Its own token, so a promotion can stop this follower alone.
+                    let stop = shutdown.child_token();
+                    followers.insert(
+                        name.clone(),
+                        http::Followed {
+                            tracker: follower.tracker(),
+                            stop: stop.clone(),
+                            max_lag: relayer.max_lag,
+                        },
+                    );
+                    tasks.spawn(follower.run(stop));
                 }
             }
             for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
@@ -255,7 +307,7 @@ impl Node {
             Some(listener) => {
                 let addr = local_addr(&listener, "gRPC")?;
                 let service =
-                    ReplicationService::new(store.clone(), replicated.clone(), shutdown.clone());
+                    ReplicationService::new(store.clone(), upstreams.clone(), shutdown.clone());
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     let server = tonic::transport::Server::builder()

@@ -22,7 +22,7 @@ pub fn respond(r: Result<Response>) -> Response {
     r.unwrap_or_else(Reply::into_response)
 }
 
-fn namespace(api: &Api, ns: &str) -> Result<Arc<Namespace>> {
+pub(crate) fn namespace(api: &Api, ns: &str) -> Result<Arc<Namespace>> {
     api.store
         .get(ns)
         .cloned()
@@ -314,7 +314,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
     };
     ok_json(&StatsResponse {
         namespace: ns,
-        role: api.role.name(),
+        role: api.role.of(namespace.name()),
         log_id: namespace.log_id(),
         head_seq: s.head_seq,
         oldest_seq: s.oldest_seq,
@@ -329,7 +329,8 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         replication: api
             .followers
             .get(namespace.name())
-            .map(|t| t.snapshot(&namespace)),
+            .filter(|_| api.role.upstream(namespace.name()).is_some())
+            .map(|f| f.tracker.snapshot(&namespace)),
         notifier: api
             .notifications
             .get(namespace.name())
@@ -442,7 +443,8 @@ pub async fn metrics(api: Arc<Api>) -> Response {
         .filter_map(|n| {
             api.followers
                 .get(n.name())
-                .map(|t| (n.name().to_owned(), t.snapshot(n)))
+                .filter(|_| api.role.upstream(n.name()).is_some())
+                .map(|f| (n.name().to_owned(), f.tracker.snapshot(n)))
         })
         .collect();
     family(

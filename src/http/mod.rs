@@ -6,6 +6,7 @@
 //! - [`error`]: the one place errors become `{"error": ...}` responses.
 
 pub mod error;
+pub mod failover;
 pub mod handlers;
 pub mod models;
 
@@ -20,15 +21,20 @@ use warp::reply::Response;
 use crate::config::Synchronous;
 use crate::store::Store;
 
-/// Whether this node takes writes.
+/// Whether this node takes writes, per namespace.
 #[derive(Debug, Clone)]
 pub enum Role {
     Primary,
-    /// Read-only; maps each followed namespace to its upstream's address.
+    /// Maps each namespace this node follows to its upstream's address; the others (not
+    /// followed, or promoted since) take writes.
     Replica {
-        upstreams: BTreeMap<String, String>,
+        upstreams: Upstreams,
     },
 }
+
+/// The namespaces a replica follows, by name, with their upstream; shared with the follower
+/// tasks' owner so a promotion takes effect everywhere at once.
+pub type Upstreams = Arc<std::sync::RwLock<BTreeMap<String, String>>>;
 
 impl Role {
     pub fn name(&self) -> &'static str {
@@ -38,13 +44,32 @@ impl Role {
         }
     }
 
-    /// The upstream a namespace is replicated from, if this node is a replica of it.
-    pub fn upstream(&self, ns: &str) -> Option<&str> {
+    /// The upstream a namespace is replicated from, if this node follows it.
+    pub fn upstream(&self, ns: &str) -> Option<String> {
         match self {
             Role::Primary => None,
-            Role::Replica { upstreams } => upstreams.get(ns).map(String::as_str),
+            Role::Replica { upstreams } => upstreams.read().unwrap().get(ns).cloned(),
         }
     }
+
+    /// "replica" for a namespace this node follows, else "primary".
+    pub fn of(&self, ns: &str) -> &'static str {
+        if self.upstream(ns).is_some() {
+            "replica"
+        } else {
+            "primary"
+        }
+    }
+}
+
+/// What a replica's API needs to know of one followed namespace.
+#[derive(Clone)]
+pub struct Followed {
+    pub tracker: crate::replication::follower::Tracker,
+    /// Stops this namespace's follower (a promotion).
+    pub stop: tokio_util::sync::CancellationToken,
+    /// `/ready` answers 503 while the follower is further behind than this.
+    pub max_lag: i64,
 }
 
 /// Counters a notifier shares with `/stats`.
@@ -60,8 +85,8 @@ pub struct Api {
     pub role: Role,
     pub synchronous: Synchronous,
     pub max_body_bytes: u64,
-    /// Replica: progress of each followed namespace.
-    pub followers: BTreeMap<String, crate::replication::follower::Tracker>,
+    /// Replica: each followed namespace's follower.
+    pub followers: BTreeMap<String, Followed>,
     /// Per namespace with a notifier: notifications handed to ZeroMQ, subscribed topics.
     pub notifications: BTreeMap<String, NotifierCounters>,
 }
@@ -134,6 +159,7 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
 
 /// Every route of the API, with errors rendered as JSON.
 pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    let api_for_failover = api.clone();
     let health = warp::path!("health")
         .and(warp::get())
         .and(with_api(api.clone()))
@@ -229,6 +255,8 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .or(stats)
         .unify()
         .or(changes)
+        .unify()
+        .or(failover::routes(api_for_failover))
         .unify()
         .recover(error::recover)
         .unify()

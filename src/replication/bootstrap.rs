@@ -24,7 +24,7 @@ use super::follower::{
     End, Follower, OnDivergence, SILENCE_LIMIT, SnapshotProgress, State, status_end, store_end,
 };
 use super::pb::replication_client::ReplicationClient;
-use super::pb::{PositionRequest, PositionResponse, SnapshotRequest, TailRequest};
+use super::pb::{PositionResponse, SnapshotRequest, TailRequest};
 use crate::log::{Entry, Seq};
 use crate::store::reader::{self, KvRow};
 use crate::store::snapshot::{Progress, Staging, staging_path};
@@ -277,13 +277,17 @@ impl Follower {
         let local_id = self.ns.log_id();
         let head = self.ns.head();
         let base = self.ns.base_seq();
-        let split = if local_id == pos.log_id {
+        // The same log, or one the upstream's was forked from (then only up to the fork).
+        let forked_from_ours = !pos.prev_log_id.is_empty() && local_id == pos.prev_log_id;
+        let split = if local_id == pos.log_id || forked_from_ours {
+            let hi = if forked_from_ours {
+                head.seq.min(pos.fork_seq)
+            } else {
+                head.seq
+            };
             // Below its oldest entry the upstream knows no crcs (except its base's).
             let lo = base.max(pos.oldest_seq - 1);
-            match self
-                .split_point(client, lo, head.seq.min(pos.head_seq))
-                .await
-            {
+            match self.split_point(client, lo, hi.min(pos.head_seq)).await {
                 Ok(s) => s,
                 Err(end) => return end,
             }
@@ -348,17 +352,8 @@ impl Follower {
                     .read(move |c| reader::crc_at(c, seq))
                     .await
                     .map_err(store_end)?;
-                let probe = PositionRequest {
-                    namespace: name,
-                    probe_seq: seq,
-                };
-                let remote = match tokio::time::timeout(SILENCE_LIMIT, client.position(probe)).await
-                {
-                    Ok(Ok(p)) => p.into_inner(),
-                    Ok(Err(s)) => return Err(status_end(&s)),
-                    Err(_) => return Err(End::Retry("no answer to a position probe".into())),
-                };
-                Ok(local.is_some() && remote.probe_found && local == Some(remote.probe_crc))
+                let remote = super::follower::upstream_crc(&mut client, &name, seq).await?;
+                Ok(local.is_some() && local == remote)
             }
         };
         // Seq 0 is before every log: the same log (same log_id) always shares it.

@@ -95,7 +95,7 @@ pub struct Status {
 
 /// Handle to a follower's status.
 #[derive(Clone)]
-pub struct Tracker(Arc<Mutex<Status>>);
+pub struct Tracker(Arc<Mutex<Status>>, tokio::sync::watch::Sender<bool>);
 
 impl Tracker {
     pub fn snapshot(&self, ns: &Namespace) -> Status {
@@ -108,6 +108,12 @@ impl Tracker {
             _ => Some((s.upstream_head_seq - s.applied_seq).max(0)),
         };
         s
+    }
+
+    /// Waits until the follower task has ended (after a stop or a fatal error).
+    pub async fn wait_stopped(&self) {
+        let mut running = self.1.subscribe();
+        let _ = running.wait_for(|r| !*r).await;
     }
 
     pub(super) fn set(&self, f: impl FnOnce(&mut Status)) {
@@ -138,19 +144,22 @@ pub struct Follower {
 
 impl Follower {
     pub fn new(ns: Arc<Namespace>, upstream: String, on_divergence: OnDivergence) -> Follower {
-        let tracker = Tracker(Arc::new(Mutex::new(Status {
-            upstream: upstream.clone(),
-            state: State::Connecting,
-            upstream_head_seq: 0,
-            applied_seq: 0,
-            lag: Some(0),
-            last_error: None,
-            bootstraps: 0,
-            rollbacks: 0,
-            snapshot: None,
-            snapshot_rows_received: 0,
-            snapshot_resumes: 0,
-        })));
+        let tracker = Tracker(
+            Arc::new(Mutex::new(Status {
+                upstream: upstream.clone(),
+                state: State::Connecting,
+                upstream_head_seq: 0,
+                applied_seq: 0,
+                lag: Some(0),
+                last_error: None,
+                bootstraps: 0,
+                rollbacks: 0,
+                snapshot: None,
+                snapshot_rows_received: 0,
+                snapshot_resumes: 0,
+            })),
+            tokio::sync::watch::Sender::new(true),
+        );
         Follower {
             ns,
             upstream,
@@ -166,6 +175,14 @@ impl Follower {
 
     /// Follows until `shutdown` or a fatal error.
     pub async fn run(self, shutdown: CancellationToken) {
+        /// Tells `wait_stopped` however this task ends (returned, or dropped).
+        struct Ended(tokio::sync::watch::Sender<bool>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.send_replace(false);
+            }
+        }
+        let _ended = Ended(self.tracker.1.clone());
         let name = self.ns.name().to_owned();
         let mut backoff = BACKOFF_START;
         let mut last_logged: Option<String> = None;
@@ -256,19 +273,52 @@ impl Follower {
         }
         let local = self.ns.log_id();
         if local != pos.log_id {
-            // An empty log has no history to lose: it takes the upstream's identity (a new
-            // replica, or a file some other run created without entries).
-            if self.ns.head().seq != 0 {
-                let reason = format!(
-                    "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
-                    pos.log_id
-                );
+            let head = self.ns.head();
+            let lineage = (!pos.prev_log_id.is_empty() && local == pos.prev_log_id).then(|| {
+                crate::store::Lineage {
+                    prev_log_id: pos.prev_log_id.clone(),
+                    fork_seq: pos.fork_seq,
+                }
+            });
+            if head.seq == 0 {
+                // An empty log has no history to lose: it takes the upstream's identity (a
+                // new replica, or a file some other run created without entries).
+                if let Err(e) = self.ns.adopt_log_id(&pos.log_id, None).await {
+                    return store_end(e);
+                }
+                tracing::info!(namespace = %name, log_id = %pos.log_id, "empty replica: adopted the upstream's log_id");
+            } else if let Some(lineage) = lineage.clone().filter(|l| head.seq <= l.fork_seq) {
+                // The upstream was promoted from this log at or after our head (PSYNC2-style):
+                // if it agrees on our last entry, its history continues ours.
+                match upstream_crc(&mut client, &name, head.seq).await {
+                    Ok(Some(crc)) if crc == head.crc => {}
+                    Ok(_) => {
+                        let reason = format!(
+                            "history differs: the upstream's log {} was forked from this replica's log {local} at seq {}, but disagrees with it at seq {}",
+                            pos.log_id, pos.fork_seq, head.seq
+                        );
+                        return self.diverged(&mut client, &pos, reason).await;
+                    }
+                    Err(end) => return end,
+                }
+                if let Err(e) = self.ns.adopt_log_id(&pos.log_id, Some(lineage)).await {
+                    return store_end(e);
+                }
+                tracing::info!(namespace = %name, old_log_id = %local, log_id = %pos.log_id, fork_seq = pos.fork_seq, head_seq = head.seq, "the upstream was promoted from this log: continuing on its new log_id without a snapshot");
+            } else {
+                let reason = if lineage.is_some() {
+                    format!(
+                        "history differs: the upstream's log {} was forked from this replica's log {local} at seq {}, and this replica has entries after that (head seq {})",
+                        pos.log_id, pos.fork_seq, head.seq
+                    )
+                } else {
+                    format!(
+                        "history differs: this replica's log_id is {local}, the upstream's is {}; the upstream's file was replaced or this is another namespace",
+                        pos.log_id
+                    )
+                };
                 return self.diverged(&mut client, &pos, reason).await;
             }
-            if let Err(e) = self.ns.adopt_log_id(&pos.log_id).await {
-                return store_end(e);
-            }
-            tracing::info!(namespace = %name, log_id = %pos.log_id, "empty replica: adopted the upstream's log_id");
         }
 
         let head = self.ns.head();
@@ -426,6 +476,26 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     parts.join(": ")
+}
+
+/// The crc of entry `seq` in the upstream's log, if it still knows it.
+pub(super) async fn upstream_crc(
+    client: &mut ReplicationClient<tonic::transport::Channel>,
+    namespace: &str,
+    seq: Seq,
+) -> Result<Option<u32>, End> {
+    let probe = PositionRequest {
+        namespace: namespace.to_owned(),
+        probe_seq: seq,
+    };
+    match tokio::time::timeout(SILENCE_LIMIT, client.position(probe)).await {
+        Ok(Ok(p)) => {
+            let p = p.into_inner();
+            Ok(p.probe_found.then_some(p.probe_crc))
+        }
+        Ok(Err(s)) => Err(status_end(&s)),
+        Err(_) => Err(End::Retry("no answer to a position probe".into())),
+    }
 }
 
 /// A delay between half and all of `d`, so many replicas do not retry in lockstep.

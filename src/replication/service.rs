@@ -31,15 +31,15 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub struct ReplicationService {
     store: Arc<Store>,
-    /// The namespaces this node follows from an upstream (a replica's).
-    followed: Vec<String>,
+    /// The namespaces this node follows from an upstream (a replica's), with the upstream.
+    followed: crate::http::Upstreams,
     shutdown: CancellationToken,
 }
 
 impl ReplicationService {
     pub fn new(
         store: Arc<Store>,
-        followed: Vec<String>,
+        followed: crate::http::Upstreams,
         shutdown: CancellationToken,
     ) -> ReplicationService {
         ReplicationService {
@@ -78,16 +78,20 @@ impl Replication for ReplicationService {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         let head = ns.head();
-        let following = self.followed.contains(&req.namespace);
+        let following = self.followed.read().unwrap().contains_key(&req.namespace);
         let probe = req.probe_seq;
-        let (oldest, probed) = ns
+        let (oldest, probed, lineage) = ns
             .read(move |c| {
                 let probed = if probe > 0 {
                     reader::crc_at(c, probe)?
                 } else {
                     None
                 };
-                Ok((reader::oldest(c)?, probed))
+                Ok((
+                    reader::oldest(c)?,
+                    probed,
+                    crate::store::schema::lineage(c)?,
+                ))
             })
             .await
             .map_err(internal)?;
@@ -100,6 +104,11 @@ impl Replication for ReplicationService {
             probe_found: probed.is_some(),
             probe_crc: probed.unwrap_or(0),
             following,
+            prev_log_id: lineage
+                .as_ref()
+                .map(|l| l.prev_log_id.clone())
+                .unwrap_or_default(),
+            fork_seq: lineage.map_or(0, |l| l.fork_seq),
         }))
     }
 

@@ -25,7 +25,7 @@ use crate::config::{StorageConfig, Synchronous};
 use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
 use writer::{Command, Writer};
-pub use writer::{CommitCounters, Committed, Mutation, Prune, Pruned};
+pub use writer::{CommitCounters, Committed, Lineage, Mutation, Prune, Pruned};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -370,18 +370,35 @@ impl Namespace {
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
     /// empty replica file); otherwise the ids must already be equal.
-    pub async fn adopt_log_id(&self, log_id: &str) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::AdoptLogId {
-                log_id: log_id.to_owned(),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)??;
+    pub async fn adopt_log_id(
+        &self,
+        log_id: &str,
+        lineage: Option<Lineage>,
+    ) -> Result<(), StoreError> {
+        let id = log_id.to_owned();
+        self.request(|reply| Command::AdoptLogId {
+            log_id: id,
+            lineage,
+            reply,
+        })
+        .await?;
         *self.log_id.write().unwrap() = log_id.to_owned();
         Ok(())
+    }
+
+    /// Promotes this namespace's log to a new one forked at the head (a new log_id; the old
+    /// one and the head recorded in `meta` as its lineage). Returns the lineage.
+    pub async fn promote(&self) -> Result<Lineage, StoreError> {
+        let lineage = self.request(|reply| Command::Promote { reply }).await?;
+        let log_id = self
+            .read(|c| {
+                c.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .await?;
+        *self.log_id.write().unwrap() = log_id;
+        Ok(lineage)
     }
 
     /// The entry just before the oldest retained one (0 when nothing was ever pruned).

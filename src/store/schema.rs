@@ -169,6 +169,31 @@ pub fn base(conn: &Connection) -> rusqlite::Result<(Seq, u32)> {
     Ok((get("base_seq")?, get("base_crc")? as u32))
 }
 
+/// `meta.prev_log_id` and `meta.fork_seq`: where this log was forked from by a promotion
+/// (`None` when it never was).
+pub fn lineage(conn: &Connection) -> rusqlite::Result<Option<super::Lineage>> {
+    let get = |name: &str| -> rusqlite::Result<Option<String>> {
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, String>(0))
+            .optional()
+    };
+    Ok(match (get("prev_log_id")?, get("fork_seq")?) {
+        (Some(prev_log_id), Some(fork)) => Some(super::Lineage {
+            prev_log_id,
+            fork_seq: fork.parse().unwrap_or(0),
+        }),
+        _ => None,
+    })
+}
+
+/// When this namespace was promoted from a replica to a primary (`meta.promoted_at_ms`).
+pub fn promoted_at_ms(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE name = 'promoted_at_ms'")?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()
+        .map(|v| v.and_then(|v| v.parse().ok()))
+}
+
 /// Records the base (see [`base`]); part of the caller's transaction.
 pub fn set_base(conn: &Connection, seq: Seq, crc: u32) -> rusqlite::Result<()> {
     set_meta(conn, "base_seq", &seq.to_string())?;

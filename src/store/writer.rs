@@ -53,10 +53,16 @@ pub(crate) enum Command {
         entries: Vec<Entry>,
         reply: oneshot::Sender<Result<Head, StoreError>>,
     },
-    /// Replica: record the upstream's log_id in a file that has none yet.
+    /// Replica: record the upstream's log_id in a file that has none yet, or (with `lineage`)
+    /// in a file whose history the upstream's log continues (see [`Lineage`]).
     AdoptLogId {
         log_id: String,
+        lineage: Option<Lineage>,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Turn this namespace's log into a new one forked at the head (a promotion).
+    Promote {
+        reply: oneshot::Sender<Result<Lineage, StoreError>>,
     },
     /// Delete the oldest entries (see [`Prune`]), in one small transaction.
     Prune {
@@ -70,6 +76,14 @@ pub(crate) enum Command {
     },
     /// Finish everything queued before this, then stop.
     Close { reply: oneshot::Sender<()> },
+}
+
+/// Where a log was forked from: history up to `fork_seq` is shared with log `prev_log_id`
+/// (`meta.prev_log_id`, `meta.fork_seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub prev_log_id: String,
+    pub fork_seq: Seq,
 }
 
 /// Which old entries to delete: the oldest ones, up to `max_rows` of them, with seq <= `upto`
@@ -164,8 +178,15 @@ impl Writer {
                             Command::Apply { entries, reply } => {
                                 let _ = reply.send(self.apply(entries));
                             }
-                            Command::AdoptLogId { log_id, reply } => {
-                                let _ = reply.send(self.adopt_log_id(&log_id));
+                            Command::AdoptLogId {
+                                log_id,
+                                lineage,
+                                reply,
+                            } => {
+                                let _ = reply.send(self.adopt_log_id(&log_id, lineage));
+                            }
+                            Command::Promote { reply } => {
+                                let _ = reply.send(self.promote());
                             }
                             Command::Prune { prune, reply } => {
                                 let _ = reply.send(self.prune(prune));
@@ -338,7 +359,7 @@ impl Writer {
         Ok(expect)
     }
 
-    fn adopt_log_id(&mut self, log_id: &str) -> Result<(), StoreError> {
+    fn adopt_log_id(&mut self, log_id: &str, lineage: Option<Lineage>) -> Result<(), StoreError> {
         let current: String =
             self.conn
                 .query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
@@ -347,16 +368,48 @@ impl Writer {
         if current == log_id {
             return Ok(());
         }
-        // An empty log has no history to diverge from, whoever minted its id.
-        if self.head.seq != 0 {
-            return Err(StoreError::Diverged(format!(
-                "this file already follows log {current:?} (head seq {}); the upstream's log is {log_id:?}",
-                self.head.seq
-            )));
+        match &lineage {
+            // An empty log has no history to diverge from, whoever minted its id.
+            None if self.head.seq == 0 => {}
+            // The upstream's log was forked from this one at or after this file's head: the
+            // history here is the upstream's too (the follower checked the crc at the head).
+            Some(l) if l.prev_log_id == current && self.head.seq <= l.fork_seq => {}
+            _ => {
+                return Err(StoreError::Diverged(format!(
+                    "this file already follows log {current:?} (head seq {}); the upstream's log is {log_id:?}",
+                    self.head.seq
+                )));
+            }
         }
-        self.conn
-            .execute("UPDATE meta SET value = ?1 WHERE name = 'log_id'", [log_id])?;
+        let tx = self.conn.transaction()?;
+        super::schema::set_meta(&tx, "log_id", log_id)?;
+        if let Some(l) = lineage {
+            // Kept, so that followers of the old log can continue from this node too.
+            super::schema::set_meta(&tx, "prev_log_id", &l.prev_log_id)?;
+            super::schema::set_meta(&tx, "fork_seq", &l.fork_seq.to_string())?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Forks this log at its head: a new log_id, with the old one and the head recorded as its
+    /// lineage, and the namespace marked promoted (it no longer follows an upstream).
+    fn promote(&mut self) -> Result<Lineage, StoreError> {
+        let tx = self.conn.transaction()?;
+        let current: String =
+            tx.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
+                r.get(0)
+            })?;
+        let lineage = Lineage {
+            prev_log_id: current,
+            fork_seq: self.head.seq,
+        };
+        super::schema::set_meta(&tx, "log_id", &super::schema::mint_log_id())?;
+        super::schema::set_meta(&tx, "prev_log_id", &lineage.prev_log_id)?;
+        super::schema::set_meta(&tx, "fork_seq", &lineage.fork_seq.to_string())?;
+        super::schema::set_meta(&tx, "promoted_at_ms", &now_ms().to_string())?;
+        tx.commit()?;
+        Ok(lineage)
     }
 }
 

@@ -1,0 +1,245 @@
+//! Failover without Raft: readiness, promotion with lineage, and the old primary rejoining.
+//! The primary is the real binary, killed with SIGKILL.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+
+const NS: &str = "ns";
+
+fn with_grpc(text: String) -> String {
+    format!("{text}[grpc_config]\nport = 0\n")
+}
+
+/// A replica of `upstream` that serves the stream too (so it can be promoted and followed).
+async fn replica(dir: &Path, upstream: &str, relayer_extra: &str) -> TestNode {
+    let line = format!("upstream_address = {upstream:?}\n");
+    let text = replica_config(dir, &[NS], upstream, "[grpc_config]\nport = 0\n")
+        .replace(&line, &format!("{line}{relayer_extra}\n"));
+    TestNode::start_as(ferry::node::Mode::Replica, &text, dir).await
+}
+
+async fn ready(c: &reqwest::Client, node: &TestNode) -> (u16, serde_json::Value) {
+    call(c, Method::GET, &node.url("/ready"), None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_which_namespace_is_not_serving_and_why() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    assert_eq!(ready(&c, &primary).await.0, 200, "a primary is ready");
+    let port = primary.node.grpc_addr().unwrap().port();
+    let upstream = primary.grpc();
+    for i in 0..20 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    primary.stop().await;
+
+    // Upstream down: not ready, and says so.
+    let replica = replica(rdir.path(), &upstream, "max_lag = 5").await;
+    let (status, body) = ready(&c, &replica).await;
+    assert_eq!(status, 503, "{body}");
+    let why = body["namespaces"][NS].as_str().unwrap();
+    assert!(
+        why.starts_with("connecting") || why.starts_with("retrying"),
+        "{body}"
+    );
+    assert!(body["error"].as_str().unwrap().contains(NS), "{body}");
+    assert_eq!(
+        call(&c, Method::GET, &replica.url("/health"), None).await.0,
+        200
+    );
+
+    // Upstream back: ready once caught up (20 entries behind is over max_lag 5).
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    wait_synced(&primary, &replica, NS).await;
+    let (status, body) = wait_for(Duration::from_secs(20), "ready", async || {
+        let r = ready(&c, &replica).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(body["namespaces"][NS], "ready", "{status} {body}");
+    replica.stop().await;
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_refuses_a_primary_namespace_and_an_unknown_one() {
+    let pdir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let (status, body) = call(&c, Method::POST, &primary.url("/api/v1/ns/promote"), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already a primary")
+    );
+    let (status, _) = call(&c, Method::POST, &primary.url("/api/v1/nope/promote"), None).await;
+    assert_eq!(status, 404);
+    primary.stop().await;
+}
+
+/// Writes `n` keys `{prefix}{i}` through HTTP to a node at `base`.
+async fn write_n(c: &reqwest::Client, base: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let body = serde_json::json!({"value": b64(format!("{prefix}{i}").as_bytes())}).to_string();
+        let (s, j) = call(
+            c,
+            Method::PUT,
+            &format!("{base}/api/v1/{NS}/kv/{prefix}{i}"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(s, 200, "{j}");
+    }
+}
+
+async fn stats_at(c: &reqwest::Client, base: &str) -> serde_json::Value {
+    call(c, Method::GET, &format!("{base}/api/v1/{NS}/stats"), None)
+        .await
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
+    let (pdir, r1dir, r2dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let c = reqwest::Client::new();
+    // P: the real binary.
+    let pconf = pdir.path().join("p.toml");
+    std::fs::write(&pconf, with_grpc(primary_config(pdir.path(), &[NS]))).unwrap();
+    let mut p = Running::spawn(&["server", "--config", pconf.to_str().unwrap()]);
+    let p_http = format!(
+        "http://{}",
+        p.wait_line("HTTP listening on ")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+    );
+    let p_grpc = p
+        .wait_line("gRPC listening on ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let r1 = replica(r1dir.path(), &p_grpc, "").await;
+    let r2 = replica(r2dir.path(), &p_grpc, "").await;
+    write_n(&c, &p_http, "a", 10).await;
+    for r in [&r1, &r2] {
+        wait_for(Duration::from_secs(30), "replicas at seq 10", async || {
+            (r.head(NS) == 10).then_some(())
+        })
+        .await;
+    }
+    // R2 goes away for a while: it will be behind R1 at the failover.
+    r2.stop().await;
+    write_n(&c, &p_http, "b", 5).await;
+    wait_for(Duration::from_secs(30), "R1 at seq 15", async || {
+        (r1.head(NS) == 15).then_some(())
+    })
+    .await;
+    // R1 goes away too: the next writes reach P only, and are lost to the failover.
+    r1.stop().await;
+    write_n(&c, &p_http, "lost", 3).await;
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+
+    // R1 back (its upstream is gone), then promoted.
+    let r1 = replica(r1dir.path(), &p_grpc, "").await;
+    let (status, body) = call(&c, Method::POST, &r1.url("/api/v1/ns/promote"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fork_seq"], 15, "{body}");
+    assert_eq!(
+        body["prev_log_id"],
+        log_id(&pdir.path().join("ns.db")),
+        "{body}"
+    );
+    let st = stats(&c, &r1, NS).await;
+    assert_eq!(st["role"], "primary", "{st}");
+    assert!(st.get("replication").is_none(), "{st}");
+    // It takes writes at once.
+    assert_eq!(put(&c, &r1, NS, "c0", b"new").await, 16);
+
+    // R2, re-pointed to R1, continues from its own position without a snapshot.
+    let r2 = replica(r2dir.path(), &r1.grpc(), "").await;
+    wait_synced(&r1, &r2, NS).await;
+    let st = stats(&c, &r2, NS).await;
+    assert_eq!(st["replication"]["bootstraps"], 0, "{st}");
+    assert_eq!(st["log_id"], body["log_id"], "{st}");
+    assert_same_files(&r1.db(NS), &r2.db(NS));
+
+    // The old primary, restarted as a replica of R1: its 3 unreplicated writes go to a
+    // rollback file, it re-bootstraps, and ends equal to R1.
+    let rconf = pdir.path().join("r.toml");
+    std::fs::write(&rconf, replica_config(pdir.path(), &[NS], &r1.grpc(), "")).unwrap();
+    let mut old = Running::spawn(&["replica", "--config", rconf.to_str().unwrap()]);
+    let old_http = format!(
+        "http://{}",
+        old.wait_line("HTTP listening on ")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+    );
+    put(&c, &r1, NS, "c1", b"new").await;
+    let want = r1.head(NS);
+    wait_for(
+        Duration::from_secs(60),
+        "the old primary to rejoin",
+        async || {
+            let st = stats_at(&c, &old_http).await;
+            (st["head_seq"] == want && st["replication"]["state"] == "following").then_some(())
+        },
+    )
+    .await;
+    let st = stats_at(&c, &old_http).await;
+    assert_eq!(st["replication"]["rollbacks"], 1, "{st}");
+    assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
+    assert!(old.terminate().success());
+    let files: Vec<_> = std::fs::read_dir(pdir.path().join("rollback"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let rolled: Vec<String> = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(rolled, ["lost0", "lost1", "lost2"]);
+    assert_eq!(kv_rows(&r1.db(NS)), kv_rows(&pdir.path().join("ns.db")));
+    r2.stop().await;
+
+    // The promotion survives a restart; a config that still follows the namespace is refused.
+    r1.stop().await;
+    let text = replica_config(r1dir.path(), &[NS], &p_grpc, "");
+    let config = ferry::config::Config::parse(&text, Path::new("r1.toml")).unwrap();
+    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
+    let err = ferry::node::Node::start(config, ferry::node::Mode::Replica, listeners)
+        .await
+        .err()
+        .expect("a promoted namespace is not followed again");
+    let err = err.to_string();
+    assert!(
+        err.contains("was promoted") && err.contains("relayer_config.up"),
+        "{err}"
+    );
+    let r1 = TestNode::primary(r1dir.path(), &[NS]).await;
+    assert_eq!(stats(&c, &r1, NS).await["role"], "primary");
+    r1.stop().await;
+}

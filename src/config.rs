@@ -46,6 +46,10 @@ pub struct Config {
     /// ZeroMQ publisher per namespace.
     #[serde(default)]
     pub notifier_config: BTreeMap<String, NotifierConfig>,
+    /// Per namespace: how many followers a write waits for by default (ferry's; `?acks=K`
+    /// overrides it per request).
+    #[serde(default)]
+    pub acks_config: BTreeMap<String, AcksConfig>,
     #[serde(default)]
     pub log_config: LogConfig,
     /// Accepted for compatibility; ferry notifies as soon as a commit is durable.
@@ -222,6 +226,34 @@ fn default_max_lag() -> i64 {
     10_000
 }
 
+/// `[acks_config.NS]`: the default `?acks=K&timeout_ms=T` of writes to NS on this node.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AcksConfig {
+    /// Followers that must have applied a write before it is answered (default 0: none).
+    #[serde(default)]
+    pub acks: u32,
+    /// How long a write waits for them before it is answered 504 (still committed here).
+    #[serde(default = "default_acks_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for AcksConfig {
+    fn default() -> Self {
+        AcksConfig {
+            acks: 0,
+            timeout_ms: default_acks_timeout_ms(),
+        }
+    }
+}
+
+fn default_acks_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Most a write may wait for acknowledgements.
+pub const MAX_ACKS_TIMEOUT_MS: u64 = 60_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifierConfig {
@@ -354,6 +386,19 @@ impl Config {
                 return Err(format!(
                     "relayer_config.{relayer}.max_lag must be 0 or more, got {}",
                     r.max_lag
+                ));
+            }
+        }
+        for (name, a) in &self.acks_config {
+            if !ns.contains(name) {
+                return Err(format!(
+                    "acks_config.{name}: namespace {name:?} is not in storage_config.namespaces"
+                ));
+            }
+            if a.timeout_ms == 0 || a.timeout_ms > MAX_ACKS_TIMEOUT_MS {
+                return Err(format!(
+                    "acks_config.{name}.timeout_ms must be 1 to {MAX_ACKS_TIMEOUT_MS}, got {}",
+                    a.timeout_ms
                 ));
             }
         }

@@ -277,6 +277,7 @@ impl Node {
             synchronous: config.storage_config.synchronous,
             max_body_bytes: config.http_config.max_body_bytes,
             followers,
+            acks: config.acks_config.clone(),
             notifications: notifiers
                 .iter()
                 .map(|(k, n)| {

@@ -243,3 +243,139 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
     assert_eq!(stats(&c, &r1, NS).await["role"], "primary");
     r1.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_acks_returns_once_a_replica_applied_it() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let replica = replica(rdir.path(), &primary.grpc(), "").await;
+    wait_for(
+        Duration::from_secs(20),
+        "the follower to be listed",
+        async || {
+            let st = stats(&c, &primary, NS).await;
+            (st["followers"].as_array().map(Vec::len) == Some(1)).then_some(st)
+        },
+    )
+    .await;
+    let body = serde_json::json!({"value": b64(b"v")}).to_string();
+    for i in 0..20 {
+        let url = primary.url(&format!("/api/v1/{NS}/kv/k{i}?acks=1&timeout_ms=10000"));
+        let (status, j) = call(&c, Method::PUT, &url, Some(&body)).await;
+        assert_eq!(status, 200, "{j}");
+        assert_eq!(j["acks"], 1, "{j}");
+        let seq = j["seq"].as_i64().unwrap();
+        // Applied on the replica before the answer came back, every time.
+        assert!(
+            replica.head(NS) >= seq,
+            "seq {seq} answered before the replica had it"
+        );
+    }
+    let (status, j) = call(
+        &c,
+        Method::POST,
+        &primary.url(&format!("/api/v1/{NS}/kv/batch?acks=1")),
+        Some(&serde_json::json!({"operation":"delete","keys":["k1","k2"]}).to_string()),
+    )
+    .await;
+    assert_eq!((status, j["acks"].as_i64()), (200, Some(1)), "{j}");
+    assert!(replica.head(NS) >= j["last_seq"].as_i64().unwrap());
+    let st = stats(&c, &primary, NS).await;
+    let f = &st["followers"][0];
+    assert_eq!(f["applied_seq"], st["head_seq"], "{st}");
+    assert_eq!(f["lag"], 0, "{st}");
+    assert!(
+        f["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{st}"
+    );
+
+    // Replica gone: the answer says the write is committed, and how many have it.
+    replica.stop().await;
+    wait_for(
+        Duration::from_secs(20),
+        "the follower to leave",
+        async || {
+            let st = stats(&c, &primary, NS).await;
+            st.get("followers").is_none().then_some(())
+        },
+    )
+    .await;
+    let url = primary.url(&format!("/api/v1/{NS}/kv/late?acks=1&timeout_ms=200"));
+    let (status, j) = call(&c, Method::PUT, &url, Some(&body)).await;
+    assert_eq!(status, 504, "{j}");
+    assert_eq!(j["committed"], true, "{j}");
+    assert_eq!(j["acks"], 0, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("do not retry"), "{j}");
+    let seq = j["seq"].as_i64().unwrap();
+    assert_eq!(primary.head(NS), seq, "the write is stored");
+    assert_eq!(
+        get_value(&c, &primary, NS, "late").await,
+        (200, b"v".to_vec())
+    );
+
+    // Bad parameters are refused before anything is written.
+    for q in [
+        "acks=x",
+        "acks=1&timeout_ms=0",
+        "acks=1&timeout_ms=999999",
+        "ack=1",
+    ] {
+        let url = primary.url(&format!("/api/v1/{NS}/kv/bad?{q}"));
+        let (status, j) = call(&c, Method::PUT, &url, Some(&body)).await;
+        assert_eq!(status, 400, "{q}: {j}");
+    }
+    assert_eq!(primary.head(NS), seq, "nothing stored by a refused write");
+    primary.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_config_sets_a_namespace_default() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let text = format!(
+        "{}[acks_config.{NS}]\nacks = 1\ntimeout_ms = 300\n",
+        with_grpc(primary_config(pdir.path(), &[NS]))
+    );
+    let primary = TestNode::start(&text, pdir.path()).await;
+    // No follower yet: the default makes a plain PUT wait, then say so.
+    let body = serde_json::json!({"value": b64(b"v")}).to_string();
+    let (status, j) = call(
+        &c,
+        Method::PUT,
+        &primary.url("/api/v1/ns/kv/a"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!((status, j["committed"].as_bool()), (504, Some(true)), "{j}");
+    let replica = replica(rdir.path(), &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    let (status, j) = wait_for(
+        Duration::from_secs(20),
+        "an acknowledged write",
+        async || {
+            let r = call(
+                &c,
+                Method::PUT,
+                &primary.url("/api/v1/ns/kv/b"),
+                Some(&body),
+            )
+            .await;
+            (r.0 == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(j["acks"], 1, "{status} {j}");
+    // acks=0 on the request overrides the default.
+    let (status, j) = call(
+        &c,
+        Method::PUT,
+        &primary.url("/api/v1/ns/kv/c?acks=0"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(j.get("acks").is_none(), "{j}");
+    replica.stop().await;
+    primary.stop().await;
+}

@@ -15,6 +15,9 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// A body with more than `{"error"}` (it has an `error` field too), when the client needs
+    /// more to act on, e.g. a write's seq and that it is committed.
+    pub body: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -22,6 +25,17 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            body: None,
+        }
+    }
+
+    /// An error whose JSON body is `body` (which must have an `error` field).
+    pub fn json(status: StatusCode, body: &impl serde::Serialize) -> ApiError {
+        let body = serde_json::to_value(body).expect("error bodies serialize");
+        ApiError {
+            status,
+            message: body["error"].as_str().unwrap_or_default().to_owned(),
+            body: Some(body),
         }
     }
 
@@ -53,7 +67,12 @@ impl From<StoreError> for ApiError {
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
-        render(self.status, &self.message)
+        match self.body {
+            Some(body) => {
+                warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+            }
+            None => render(self.status, &self.message),
+        }
     }
 }
 

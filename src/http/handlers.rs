@@ -203,10 +203,12 @@ pub async fn put(
     ns: String,
     raw_key: String,
     content_type: Option<String>,
+    query: String,
     body: Body,
 ) -> Result<Response> {
     let namespace = writable(&api, &ns)?;
     let key = key_from_path(&raw_key)?;
+    let acks = write_acks(&api, &ns, &query)?;
     let body = body.read(api.max_body_bytes).await?;
     let raw = content_type
         .as_deref()
@@ -218,26 +220,82 @@ pub async fn put(
         decode("value", &req.value).map_err(ApiError::bad_request)?
     };
     let c = namespace.write(vec![Mutation::Put { key, value }]).await?;
+    let acked = wait_acks(&namespace, c.last_seq, acks).await?;
     ok_json(&WriteResponse {
         success: true,
         seq: c.last_seq,
+        acks: acked,
     })
 }
 
-pub async fn delete(api: Arc<Api>, ns: String, raw_key: String) -> Result<Response> {
+pub async fn delete(api: Arc<Api>, ns: String, raw_key: String, query: String) -> Result<Response> {
     let namespace = writable(&api, &ns)?;
     let key = key_from_path(&raw_key)?;
+    let acks = write_acks(&api, &ns, &query)?;
     let c = namespace.write(vec![Mutation::Delete { key }]).await?;
+    let acked = wait_acks(&namespace, c.last_seq, acks).await?;
     ok_json(&WriteResponse {
         success: true,
         seq: c.last_seq,
+        acks: acked,
     })
+}
+
+/// `?acks=K&timeout_ms=T` of a write, or the namespace's `[acks_config]` default.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcksQuery {
+    acks: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+/// How many followers a write must wait for, and for how long (checked before the write, so
+/// a bad parameter stores nothing).
+fn write_acks(api: &Api, ns: &str, query: &str) -> Result<(usize, std::time::Duration)> {
+    let q: AcksQuery = parse_query(query)?;
+    let default = api.acks.get(ns).copied().unwrap_or_default();
+    let timeout_ms = q.timeout_ms.unwrap_or(default.timeout_ms);
+    if timeout_ms == 0 || timeout_ms > crate::config::MAX_ACKS_TIMEOUT_MS {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be 1 to {}, got {timeout_ms}",
+            crate::config::MAX_ACKS_TIMEOUT_MS
+        )));
+    }
+    let acks = q.acks.unwrap_or(default.acks) as usize;
+    Ok((acks, std::time::Duration::from_millis(timeout_ms)))
+}
+
+/// Waits until `acks` followers applied `seq` (nothing to wait for when 0). Returns how many
+/// did; a timeout is 504 saying the write IS committed here, so it must not be retried.
+async fn wait_acks(
+    namespace: &Namespace,
+    seq: crate::log::Seq,
+    (acks, timeout): (usize, std::time::Duration),
+) -> Result<Option<usize>> {
+    if acks == 0 {
+        return Ok(None);
+    }
+    let got = namespace.acks.wait(seq, acks, timeout).await;
+    if got >= acks {
+        return Ok(Some(got));
+    }
+    let body = AcksTimeout {
+        error: format!(
+            "seq {seq} is committed on this node, but only {got} of the {acks} followers asked for applied it within {} ms; do not retry the write (it is stored), read it back with ?min_seq={seq} on a replica instead",
+            timeout.as_millis()
+        ),
+        seq,
+        acks: got,
+        committed: true,
+    };
+    Err(ApiError::json(StatusCode::GATEWAY_TIMEOUT, &body))
 }
 
 /// `POST /kv/batch`: every item is validated before anything is written, then the whole batch
 /// commits as one atomic group (one seq range, one `txn`).
-pub async fn batch(api: Arc<Api>, ns: String, body: Body) -> Result<Response> {
+pub async fn batch(api: Arc<Api>, ns: String, query: String, body: Body) -> Result<Response> {
     let namespace = writable(&api, &ns)?;
+    let acks = write_acks(&api, &ns, &query)?;
     let body = body.read(api.max_body_bytes).await?;
     let req: BatchRequest = parse_json(&body)?;
     let mutations = match req.operation.as_str() {
@@ -282,11 +340,13 @@ pub async fn batch(api: Arc<Api>, ns: String, body: Body) -> Result<Response> {
     }
     let count = mutations.len();
     let c = namespace.write(mutations).await?;
+    let acked = wait_acks(&namespace, c.last_seq, acks).await?;
     ok_json(&BatchResponse {
         success: true,
         count,
         first_seq: c.first_seq,
         last_seq: c.last_seq,
+        acks: acked,
     })
 }
 
@@ -331,6 +391,18 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
             .get(namespace.name())
             .filter(|_| api.role.upstream(namespace.name()).is_some())
             .map(|f| f.tracker.snapshot(&namespace)),
+        followers: namespace
+            .acks
+            .list()
+            .into_iter()
+            .map(|f| FollowerStats {
+                lag: (s.head_seq - f.applied_seq).max(0),
+                id: f.id,
+                address: f.address,
+                applied_seq: f.applied_seq,
+                connected_since_ms: f.connected_since_ms,
+            })
+            .collect(),
         notifier: api
             .notifications
             .get(namespace.name())

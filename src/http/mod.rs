@@ -87,6 +87,8 @@ pub struct Api {
     pub max_body_bytes: u64,
     /// Replica: each followed namespace's follower.
     pub followers: BTreeMap<String, Followed>,
+    /// Per namespace: the default `?acks=K&timeout_ms=T` of writes (`[acks_config.NS]`).
+    pub acks: BTreeMap<String, crate::config::AcksConfig>,
     /// Per namespace with a notifier: notifications handed to ZeroMQ, subscribed topics.
     pub notifications: BTreeMap<String, NotifierCounters>,
 }
@@ -190,10 +192,11 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .and(warp::path!("kv" / "batch"))
         .and(warp::post())
         .and(with_api(api.clone()))
+        .and(raw_query())
         .and(body())
-        .then(
-            |ns, api, body| async move { handlers::respond(handlers::batch(api, ns, body).await) },
-        )
+        .then(|ns, api, query, body| async move {
+            handlers::respond(handlers::batch(api, ns, query, body).await)
+        })
         .boxed();
     let get = key()
         .and(warp::get())
@@ -207,15 +210,19 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .and(warp::put())
         .and(with_api(api.clone()))
         .and(warp::header::optional::<String>("content-type"))
+        .and(raw_query())
         .and(body())
-        .then(|ns, key, api, ct, body| async move {
-            handlers::respond(handlers::put(api, ns, key, ct, body).await)
+        .then(|ns, key, api, ct, query, body| async move {
+            handlers::respond(handlers::put(api, ns, key, ct, query, body).await)
         })
         .boxed();
     let delete = key()
         .and(warp::delete())
         .and(with_api(api.clone()))
-        .then(|ns, key, api| async move { handlers::respond(handlers::delete(api, ns, key).await) })
+        .and(raw_query())
+        .then(|ns, key, api, query| async move {
+            handlers::respond(handlers::delete(api, ns, key, query).await)
+        })
         .boxed();
     let offset = ns()
         .and(warp::path!("offset"))

@@ -31,6 +31,19 @@ pub struct PutRequest {
 pub struct WriteResponse {
     pub success: bool,
     pub seq: Seq,
+    /// With `?acks=K`: how many followers have applied the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<usize>,
+}
+
+/// 504 for a write that waited for `?acks=K` in vain: it IS committed here, so a client must
+/// not retry it.
+#[derive(Debug, Serialize)]
+pub struct AcksTimeout {
+    pub error: String,
+    pub seq: Seq,
+    pub acks: usize,
+    pub committed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +75,9 @@ pub struct BatchResponse {
     pub count: usize,
     pub first_seq: Seq,
     pub last_seq: Seq,
+    /// With `?acks=K`: how many followers have applied the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +113,10 @@ pub struct StatsResponse {
     /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::follower::Status>,
+    /// The followers connected to this node for the namespace (Tail streams that name
+    /// themselves), with what each applied: what `?acks=K` counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<FollowerStats>,
     /// When the namespace has a ZeroMQ notifier: its endpoint's counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notifier: Option<NotifierStats>,
@@ -107,6 +127,16 @@ pub struct HealthResponse {
     pub status: &'static str,
     pub role: &'static str,
     pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FollowerStats {
+    pub id: String,
+    pub address: String,
+    pub applied_seq: Seq,
+    /// This node's head seq minus `applied_seq`.
+    pub lag: Seq,
+    pub connected_since_ms: i64,
 }
 
 #[derive(Debug, Serialize)]

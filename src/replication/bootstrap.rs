@@ -215,6 +215,8 @@ pub(crate) async fn fetch(
                 log_id: log_id.to_owned(),
                 from_seq: progress.replayed_to + 1,
                 prev_crc: progress.replayed_crc,
+                // Not a follower's stream: it does not count towards acks.
+                follower_id: String::new(),
             };
             let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
                 Ok(Ok(s)) => s.into_inner(),

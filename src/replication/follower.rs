@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use super::pb::replication_client::ReplicationClient;
-use super::pb::{PositionRequest, TailRequest};
+use super::pb::{AckRequest, PositionRequest, TailRequest};
 use super::{ErrorKind, is_log_id};
 use crate::log::{Entry, Seq};
 use crate::store::{Namespace, StoreError};
@@ -137,6 +137,8 @@ pub struct Follower {
     pub(super) upstream: String,
     pub(super) tracker: Tracker,
     pub(super) on_divergence: OnDivergence,
+    /// Random, per follower task: names this follower in its Tail streams and Acks.
+    pub(super) id: String,
     /// The divergence a rollback file was last written for (upstream log_id, split seq, local
     /// head), so a bootstrap that fails and is retried does not write the same file twice.
     pub(super) rolled_back: Mutex<Option<(String, Seq, Seq)>>,
@@ -165,6 +167,7 @@ impl Follower {
             upstream,
             tracker,
             on_divergence,
+            id: crate::store::schema::mint_log_id()[..16].to_owned(),
             rolled_back: Mutex::new(None),
         }
     }
@@ -327,6 +330,7 @@ impl Follower {
             log_id: pos.log_id.clone(),
             from_seq: head.seq + 1,
             prev_crc: head.crc,
+            follower_id: self.id.clone(),
         };
         let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
             Ok(Ok(s)) => s.into_inner(),
@@ -408,8 +412,29 @@ impl Follower {
             }
             None
         };
-        tokio::pin!(receive, apply);
+        // Report what is applied (durably) to the upstream, for writes waiting on `?acks=K`:
+        // once now, then after every commit here (coalesced: the latest head each time).
+        let ack = async {
+            let mut head_rx = self.ns.subscribe();
+            let mut client = client.clone();
+            loop {
+                let seq = head_rx.borrow_and_update().seq;
+                let report = AckRequest {
+                    namespace: name.clone(),
+                    follower_id: self.id.clone(),
+                    applied_seq: seq,
+                };
+                // A lost ack only delays a waiting write; the stream's own errors end the
+                // session.
+                let _ = tokio::time::timeout(SILENCE_LIMIT, client.ack(report)).await;
+                if head_rx.changed().await.is_err() {
+                    return std::future::pending::<End>().await;
+                }
+            }
+        };
+        tokio::pin!(receive, apply, ack);
         tokio::select! {
+            end = &mut ack => end,
             end = &mut apply => end.unwrap_or(End::Shutdown),
             end = &mut receive => {
                 // Apply what already arrived before reconnecting: the next session starts from

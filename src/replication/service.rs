@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 
 use super::pb::replication_server::Replication;
 use super::pb::{
-    PositionRequest, PositionResponse, SnapshotChunk, SnapshotRequest, TailRequest, TailResponse,
+    AckRequest, AckResponse, PositionRequest, PositionResponse, SnapshotChunk, SnapshotRequest,
+    TailRequest, TailResponse,
 };
 use super::{ErrorKind, is_log_id};
 use crate::store::{Namespace, Store, StoreError, reader};
@@ -115,6 +116,9 @@ impl Replication for ReplicationService {
     type TailStream = TailStream;
 
     async fn tail(&self, req: Request<TailRequest>) -> Result<Response<TailStream>, Status> {
+        let address = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         if req.from_seq < 1 {
@@ -171,8 +175,22 @@ impl Replication for ReplicationService {
             }
         }
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
+        let follower = (!req.follower_id.is_empty()).then(|| (req.follower_id.clone(), address));
+        tokio::spawn(stream_entries(
+            ns,
+            req.from_seq,
+            follower,
+            tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        ns.acks.ack(&req.follower_id, req.applied_seq);
+        Ok(Response::new(AckResponse {}))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -243,13 +261,15 @@ async fn stream_snapshot(
 async fn stream_entries(
     ns: Arc<Namespace>,
     mut next: i64,
+    follower: Option<(String, String)>,
     tx: mpsc::Sender<Result<TailResponse, Status>>,
     shutdown: CancellationToken,
 ) {
     let mut head_rx = ns.subscribe();
     let epoch = head_rx.borrow().epoch;
-    // Retention holds back for this stream while it lives.
+    // Retention holds back for this stream while it lives; `?acks=K` counts its follower.
     let position = ns.register_tail(next);
+    let _follower = follower.map(|(id, address)| ns.acks.register(&id, address, next - 1));
     loop {
         let head = *head_rx.borrow_and_update();
         if head.epoch != epoch {

@@ -5,6 +5,7 @@
 //! - [`writer`]: the writer thread and group commit.
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
+pub mod acks;
 pub mod lock;
 pub mod reader;
 pub mod recent;
@@ -146,6 +147,8 @@ pub struct Namespace {
     counters: Arc<CommitCounters>,
     /// `meta.base_seq`, kept current by the writer.
     base_seq: Arc<AtomicI64>,
+    /// Connected followers and what they have applied (`?acks=K`).
+    pub acks: acks::Acks,
     /// The next seq each live tail stream will send: retention holds back for them.
     tails: Mutex<BTreeMap<u64, Arc<AtomicI64>>>,
     next_tail: AtomicU64,
@@ -253,6 +256,7 @@ impl Namespace {
             writer_thread: Mutex::new(Some(thread)),
             counters,
             base_seq,
+            acks: acks::Acks::default(),
             tails: Mutex::new(BTreeMap::new()),
             next_tail: AtomicU64::new(0),
             corrupt: std::sync::OnceLock::new(),

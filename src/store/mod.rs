@@ -344,13 +344,8 @@ impl Namespace {
             return Err(StoreError::EmptyWrite);
         }
         self.usable()?;
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Write { mutations, reply })
+        self.request(|reply| Command::Write { mutations, reply })
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await
-            .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| self.noticed(e))
     }
 
@@ -358,28 +353,19 @@ impl Namespace {
     /// checking they continue this log. Returns the new head.
     pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
         self.usable()?;
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Apply { entries, reply })
+        self.request(|reply| Command::Apply { entries, reply })
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await
-            .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| self.noticed(e))
     }
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
     /// empty replica file); otherwise the ids must already be equal.
     pub async fn adopt_log_id(&self, log_id: &str) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::AdoptLogId {
-                log_id: log_id.to_owned(),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)??;
+        self.request(|reply| Command::AdoptLogId {
+            log_id: log_id.to_owned(),
+            reply,
+        })
+        .await?;
         *self.log_id.write().unwrap() = log_id.to_owned();
         Ok(())
     }

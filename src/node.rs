@@ -115,7 +115,12 @@ pub struct Node {
     grpc_addr: Option<SocketAddr>,
     notifiers: BTreeMap<String, Notifier>,
     shutdown: CancellationToken,
+    /// Every task that serves, follows or prunes; shutdown waits for them before it closes
+    /// the store.
     tasks: TaskTracker,
+    /// The tasks relaying head changes to the notifiers. They pass on every commit until their
+    /// namespace closes, so shutdown waits for them after it closes the store.
+    relays: TaskTracker,
 }
 
 impl Node {
@@ -166,6 +171,7 @@ impl Node {
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let relays = TaskTracker::new();
 
         let mut notifiers = BTreeMap::new();
         for (name, cfg) in &config.notifier_config {
@@ -173,7 +179,8 @@ impl Node {
                 .get(name)
                 .expect("config validation checked the namespace")
                 .clone();
-            match Notifier::start(ns, config.listen_ip, cfg, tokio::runtime::Handle::current()) {
+            let runtime = tokio::runtime::Handle::current();
+            match Notifier::start(ns, config.listen_ip, cfg, runtime, &relays) {
                 Ok(n) => {
                     notifiers.insert(name.clone(), n);
                 }
@@ -254,8 +261,12 @@ impl Node {
         let grpc_addr = match listeners.grpc {
             Some(listener) => {
                 let addr = local_addr(&listener, "gRPC")?;
-                let service =
-                    ReplicationService::new(store.clone(), replicated.clone(), shutdown.clone());
+                let service = ReplicationService::new(
+                    store.clone(),
+                    replicated.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                );
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     let server = tonic::transport::Server::builder()
@@ -286,6 +297,7 @@ impl Node {
             notifiers,
             shutdown,
             tasks,
+            relays,
         })
     }
 
@@ -314,6 +326,8 @@ impl Node {
         self.tasks.close();
         self.tasks.wait().await;
         self.store.close().await;
+        self.relays.close();
+        self.relays.wait().await;
         let notifiers = self.notifiers;
         let _ =
             tokio::task::spawn_blocking(move || notifiers.into_values().for_each(Notifier::join))

@@ -22,6 +22,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio_util::task::TaskTracker;
 
 use crate::config::NotifierConfig;
 use crate::log::Seq;
@@ -64,11 +65,15 @@ const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(50);
 impl Notifier {
     /// Binds the PUB socket now (so a taken port fails startup) and starts publishing every
     /// entry committed after this call. Port 0 picks a free port ([`Notifier::endpoint`]).
+    ///
+    /// The task relaying head changes to the notifier's thread runs on `runtime`, tracked by
+    /// `relays`; it ends when the namespace closes.
     pub fn start(
         ns: Arc<Namespace>,
         listen_ip: IpAddr,
         config: &NotifierConfig,
         runtime: tokio::runtime::Handle,
+        relays: &TaskTracker,
     ) -> Result<Notifier, NotifyError> {
         let host = match listen_ip {
             IpAddr::V6(ip) => format!("[{ip}]"),
@@ -114,15 +119,19 @@ impl Notifier {
         // sender drops, and the thread finishes on its own.
         let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<Seq>(1);
         let mut head_rx = ns.subscribe();
-        runtime.spawn(async move {
-            while head_rx.changed().await.is_ok() {
-                let head = head_rx.borrow_and_update().seq;
-                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) = wake_tx.try_send(head)
-                {
-                    return;
+        relays.spawn_on(
+            async move {
+                while head_rx.changed().await.is_ok() {
+                    let head = head_rx.borrow_and_update().seq;
+                    if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) =
+                        wake_tx.try_send(head)
+                    {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+            &runtime,
+        );
         let head_now = ns.subscribe();
         let name = ns.name().to_owned();
         let thread = std::thread::Builder::new()

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::pb::replication_server::Replication;
@@ -34,6 +35,8 @@ pub struct ReplicationService {
     /// The namespaces this node follows from an upstream (a replica's).
     followed: Vec<String>,
     shutdown: CancellationToken,
+    /// The node's tasks: each stream's task is one, so shutdown waits for it.
+    tasks: TaskTracker,
 }
 
 impl ReplicationService {
@@ -41,11 +44,13 @@ impl ReplicationService {
         store: Arc<Store>,
         followed: Vec<String>,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> ReplicationService {
         ReplicationService {
             store,
             followed,
             shutdown,
+            tasks,
         }
     }
 
@@ -162,7 +167,8 @@ impl Replication for ReplicationService {
             }
         }
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
+        self.tasks
+            .spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -175,7 +181,7 @@ impl Replication for ReplicationService {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(stream_snapshot(
+        self.tasks.spawn(stream_snapshot(
             ns,
             req.after_key,
             tx,
@@ -197,6 +203,7 @@ async fn stream_snapshot(
     let log_id = ns.log_id();
     let runtime = tokio::runtime::Handle::current();
     let chunks = tx.clone();
+    let stop = shutdown.clone();
     let read = ns.read(move |conn| {
         reader::snapshot(
             conn,
@@ -214,7 +221,7 @@ async fn stream_snapshot(
                 let sent = runtime.block_on(async {
                     tokio::select! {
                         sent = chunks.send(Ok(chunk)) => Some(sent.is_ok()),
-                        _ = shutdown.cancelled() => None,
+                        _ = stop.cancelled() => None,
                     }
                 });
                 sent.unwrap_or_else(|| {
@@ -226,7 +233,11 @@ async fn stream_snapshot(
         )
     });
     if let Err(e) = read.await {
-        let _ = tx.send(Err(internal(e))).await;
+        // A client that stopped reading must not hold up shutdown.
+        tokio::select! {
+            _ = tx.send(Err(internal(e))) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 

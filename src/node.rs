@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http::{self, Api, Role};
 use crate::notify::{Notifier, NotifyError};
+use crate::replication::MAX_MESSAGE_BYTES;
 use crate::replication::follower::Follower;
 use crate::replication::pb::replication_server::ReplicationServer;
 use crate::replication::service::ReplicationService;
@@ -272,7 +273,7 @@ impl Node {
                     let server = tonic::transport::Server::builder()
                         .add_service(
                             ReplicationServer::new(service)
-                                .max_encoding_message_size(64 * 1024 * 1024),
+                                .max_encoding_message_size(MAX_MESSAGE_BYTES),
                         )
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -27,6 +27,9 @@ pub use reader::{Stats, Value};
 use writer::{Command, Writer};
 pub use writer::{CommitCounters, Committed, Mutation, Prune, Pruned};
 
+/// Commands queued for a writer thread before senders wait (backpressure on writes).
+const COMMAND_QUEUE: usize = 4096;
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -214,7 +217,7 @@ impl Namespace {
         };
         let base_seq = Arc::new(AtomicI64::new(info.base_seq));
         let (head_tx, head_rx) = watch::channel(head);
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let recent = Arc::new(recent::Recent::default());
         let counters = Arc::new(CommitCounters::default());
         let writer = Writer {

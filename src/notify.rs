@@ -184,7 +184,7 @@ impl Notifier {
                             let body = serde_json::to_vec(&Notification {
                                 key: &e.key,
                                 namespace: &name,
-                                operation: &e.op,
+                                operation: e.op.as_str(),
                                 entry_type: "kv",
                                 seq_num: e.seq,
                                 txn: e.txn,

@@ -187,17 +187,10 @@ pub fn entries(
         if full && txn == seq {
             break;
         }
-        let op: String = r.get(2)?;
         let entry = Entry {
             seq,
             txn,
-            op: Op::parse(&op).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    2,
-                    rusqlite::types::Type::Text,
-                    format!("unknown op {op:?}").into(),
-                )
-            })?,
+            op: op_at(r, 2)?,
             key: r.get(3)?,
             value: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
             ts_ms: r.get(5)?,
@@ -207,6 +200,18 @@ pub fn entries(
         out.push(entry);
     }
     Ok(out)
+}
+
+/// Column `idx` of `r`, a `wal_log.op`.
+fn op_at(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Op> {
+    let op: String = r.get(idx)?;
+    Op::parse(&op).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown op {op:?}").into(),
+        )
+    })
 }
 
 /// The crc of entry `seq`, if the log still knows it: a retained entry, the base (the entry
@@ -232,7 +237,7 @@ pub fn crc_at(conn: &Connection, seq: Seq) -> rusqlite::Result<Option<u32>> {
 pub struct EntryHead {
     pub seq: Seq,
     pub txn: Seq,
-    pub op: String,
+    pub op: Op,
     pub key: String,
     pub ts_ms: i64,
 }
@@ -251,7 +256,7 @@ pub fn entry_heads(
         Ok(EntryHead {
             seq: r.get(0)?,
             txn: r.get(1)?,
-            op: r.get(2)?,
+            op: op_at(r, 2)?,
             key: r.get(3)?,
             ts_ms: r.get(4)?,
         })

@@ -464,11 +464,7 @@ impl Namespace {
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || pool.with(f))
-            .await
-            .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
-            .map_err(|e| self.noticed(e))
+        self.readers.run(f).await.map_err(|e| self.noticed(e))
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {

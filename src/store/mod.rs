@@ -484,9 +484,13 @@ impl Namespace {
 
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
-        let mut stats = self.read_anyway(reader::stats).await?;
-        stats.file_bytes = file_bytes(&path);
-        Ok(stats)
+        // On the reader's blocking thread: `file_bytes` asks the file system.
+        self.read_anyway(move |c| {
+            let mut stats = reader::stats(c)?;
+            stats.file_bytes = file_bytes(&path);
+            Ok(stats)
+        })
+        .await
     }
 
     /// Lets queued writes finish, then stops the writer thread and waits for it. Later writes
@@ -525,6 +529,26 @@ impl Store {
     /// that cannot be used, closing the ones already open.
     /// Namespaces in `replicated` are opened as replicas (see [`Namespace::open_replica`]).
     pub async fn open(config: &StorageConfig, replicated: &[String]) -> Result<Store, StoreError> {
+        let (config, replicated) = (config.clone(), replicated.to_vec());
+        // Creating base_dir, locking it, opening and checking each file: all of it blocks.
+        let opened = tokio::task::spawn_blocking(move || Store::open_files(&config, &replicated))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match opened? {
+            (store, None) => Ok(store),
+            (store, Some(e)) => {
+                store.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Store::open`]'s blocking part: the store with the files opened before the first that
+    /// failed, and that failure.
+    fn open_files(
+        config: &StorageConfig,
+        replicated: &[String],
+    ) -> Result<(Store, Option<StoreError>), StoreError> {
         std::fs::create_dir_all(&config.base_dir).map_err(|e| StoreError::Io {
             path: config.base_dir.clone(),
             reason: e.to_string(),
@@ -545,13 +569,10 @@ impl Store {
                 Ok(ns) => {
                     store.namespaces.insert(name.clone(), Arc::new(ns));
                 }
-                Err(e) => {
-                    store.close().await;
-                    return Err(e);
-                }
+                Err(e) => return Ok((store, Some(e))),
             }
         }
-        Ok(store)
+        Ok((store, None))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Namespace>> {

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::http::{self, Api, Role};
 use crate::notify::{Notifier, NotifyError};
 use crate::replication::MAX_MESSAGE_BYTES;
-use crate::replication::follower::Follower;
+use crate::replication::follower::{Follower, Tracker};
 use crate::replication::pb::replication_server::ReplicationServer;
 use crate::replication::service::ReplicationService;
 use crate::store::{Store, StoreError};
@@ -131,105 +131,23 @@ impl Node {
         mode: Mode,
         listeners: Listeners,
     ) -> Result<Node, NodeError> {
-        for (key, why) in config.ignored_keys() {
-            tracing::info!(key, "config key ignored: {why}");
-        }
-        match mode {
-            Mode::Replica if config.relayer_config.is_empty() => {
-                return Err(NodeError::Config(
-                    "a replica needs at least one [relayer_config.NAME] with namespaces and upstream_address".into(),
-                ));
-            }
-            Mode::Primary if !config.relayer_config.is_empty() => {
-                tracing::warn!(
-                    "relayer_config is ignored by `ferry server`; run `ferry replica` to follow an upstream"
-                );
-            }
-            _ => {}
-        }
-        let replicated: Vec<String> = match mode {
-            Mode::Primary => Vec::new(),
-            Mode::Replica => config
-                .relayer_config
-                .values()
-                .flat_map(|r| r.namespaces.iter().cloned())
-                .collect(),
-        };
+        check_mode(&config, mode)?;
+        let replicated = replicated(&config, mode);
         let store = Arc::new(Store::open(&config.storage_config, &replicated).await?);
-        let role = match mode {
-            Mode::Primary => Role::Primary,
-            Mode::Replica => Role::Replica {
-                upstreams: config
-                    .relayer_config
-                    .values()
-                    .flat_map(|r| {
-                        r.namespaces
-                            .iter()
-                            .map(|ns| (ns.clone(), r.upstream_address.clone()))
-                    })
-                    .collect(),
-            },
-        };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
 
-        let mut notifiers = BTreeMap::new();
-        for (name, cfg) in &config.notifier_config {
-            let ns = store
-                .get(name)
-                .expect("config validation checked the namespace")
-                .clone();
-            let runtime = tokio::runtime::Handle::current();
-            match Notifier::start(ns, config.listen_ip, cfg, runtime, &relays) {
-                Ok(n) => {
-                    notifiers.insert(name.clone(), n);
-                }
-                Err(e) => {
-                    store.close().await;
-                    notifiers.into_values().for_each(Notifier::join);
-                    return Err(e.into());
-                }
-            }
-        }
-
-        if let Some(retention) = config
-            .storage_config
-            .wal_cleanup_config
-            .as_ref()
-            .filter(|w| w.enabled)
-        {
-            for ns in store.iter() {
-                tasks.spawn(crate::store::retention::run(
-                    ns.clone(),
-                    retention.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
-
-        let mut followers = BTreeMap::new();
-        if mode == Mode::Replica {
-            for relayer in config.relayer_config.values() {
-                for name in &relayer.namespaces {
-                    let ns = store
-                        .get(name)
-                        .expect("config validation checked the namespace")
-                        .clone();
-                    let follower =
-                        Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
-                    followers.insert(name.clone(), follower.tracker());
-                    tasks.spawn(follower.run(shutdown.clone()));
-                }
-            }
-            for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
-                tracing::warn!(namespace = %name, "no relayer_config follows this namespace: this node is its primary and accepts writes to it");
-            }
-        }
+        let notifiers = start_notifiers(&config, &store, &relays).await?;
+        start_retention(&config, &store, &tasks, &shutdown);
+        let followers = match mode {
+            Mode::Primary => BTreeMap::new(),
+            Mode::Replica => start_followers(&config, &store, &tasks, &shutdown),
+        };
 
         let api = Arc::new(Api {
             store: store.clone(),
-            role,
+            role: role(&config, mode),
             synchronous: config.storage_config.synchronous,
             max_body_bytes: config.http_config.max_body_bytes,
             followers,
@@ -264,28 +182,11 @@ impl Node {
                 let addr = local_addr(&listener, "gRPC")?;
                 let service = ReplicationService::new(
                     store.clone(),
-                    replicated.clone(),
+                    replicated,
                     shutdown.clone(),
                     tasks.clone(),
                 );
-                let stop = shutdown.clone();
-                tasks.spawn(async move {
-                    let server = tonic::transport::Server::builder()
-                        .add_service(
-                            ReplicationServer::new(service)
-                                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                        )
-                        .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
-                            stop.clone().cancelled_owned(),
-                        );
-                    // Streams end on their own once shutdown begins (they send
-                    // `shutting-down`); `drained` covers clients that stopped reading.
-                    let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "gRPC server failed");
-                    }
-                });
+                tasks.spawn(serve_grpc(service, listener, shutdown.clone()));
                 tracing::info!("gRPC listening on {addr}");
                 Some(addr)
             }
@@ -334,5 +235,149 @@ impl Node {
             tokio::task::spawn_blocking(move || notifiers.into_values().for_each(Notifier::join))
                 .await;
         tracing::info!("node stopped");
+    }
+}
+
+/// Refuses a replica with nothing to follow; says what a primary ignores.
+fn check_mode(config: &Config, mode: Mode) -> Result<(), NodeError> {
+    for (key, why) in config.ignored_keys() {
+        tracing::info!(key, "config key ignored: {why}");
+    }
+    match mode {
+        Mode::Replica if config.relayer_config.is_empty() => Err(NodeError::Config(
+            "a replica needs at least one [relayer_config.NAME] with namespaces and upstream_address".into(),
+        )),
+        Mode::Primary if !config.relayer_config.is_empty() => {
+            tracing::warn!(
+                "relayer_config is ignored by `ferry server`; run `ferry replica` to follow an upstream"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The namespaces this node follows from an upstream (none on a primary).
+fn replicated(config: &Config, mode: Mode) -> Vec<String> {
+    match mode {
+        Mode::Primary => Vec::new(),
+        Mode::Replica => config
+            .relayer_config
+            .values()
+            .flat_map(|r| r.namespaces.iter().cloned())
+            .collect(),
+    }
+}
+
+/// What the HTTP API tells clients about where writes go.
+fn role(config: &Config, mode: Mode) -> Role {
+    match mode {
+        Mode::Primary => Role::Primary,
+        Mode::Replica => Role::Replica {
+            upstreams: config
+                .relayer_config
+                .values()
+                .flat_map(|r| {
+                    r.namespaces
+                        .iter()
+                        .map(|ns| (ns.clone(), r.upstream_address.clone()))
+                })
+                .collect(),
+        },
+    }
+}
+
+/// One notifier per `[notifier_config.NAME]`. If one cannot start, closes the store (which
+/// ends the notifiers already started) and fails.
+async fn start_notifiers(
+    config: &Config,
+    store: &Store,
+    relays: &TaskTracker,
+) -> Result<BTreeMap<String, Notifier>, NodeError> {
+    let mut notifiers = BTreeMap::new();
+    for (name, cfg) in &config.notifier_config {
+        let ns = store
+            .get(name)
+            .expect("config validation checked the namespace")
+            .clone();
+        let runtime = tokio::runtime::Handle::current();
+        match Notifier::start(ns, config.listen_ip, cfg, runtime, relays) {
+            Ok(n) => {
+                notifiers.insert(name.clone(), n);
+            }
+            Err(e) => {
+                store.close().await;
+                notifiers.into_values().for_each(Notifier::join);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(notifiers)
+}
+
+/// A retention task per namespace, when `[wal_cleanup_config]` enables it.
+fn start_retention(
+    config: &Config,
+    store: &Store,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let Some(retention) = config
+        .storage_config
+        .wal_cleanup_config
+        .as_ref()
+        .filter(|w| w.enabled)
+    else {
+        return;
+    };
+    for ns in store.iter() {
+        tasks.spawn(crate::store::retention::run(
+            ns.clone(),
+            retention.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// A replica's followers, one per namespace of each `[relayer_config.NAME]`: their progress,
+/// by namespace.
+fn start_followers(
+    config: &Config,
+    store: &Store,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> BTreeMap<String, Tracker> {
+    let mut followers = BTreeMap::new();
+    for relayer in config.relayer_config.values() {
+        for name in &relayer.namespaces {
+            let ns = store
+                .get(name)
+                .expect("config validation checked the namespace")
+                .clone();
+            let follower =
+                Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
+            followers.insert(name.clone(), follower.tracker());
+            tasks.spawn(follower.run(shutdown.clone()));
+        }
+    }
+    for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
+        tracing::warn!(namespace = %name, "no relayer_config follows this namespace: this node is its primary and accepts writes to it");
+    }
+    followers
+}
+
+/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it).
+async fn serve_grpc(service: ReplicationService, listener: TcpListener, stop: CancellationToken) {
+    let server = tonic::transport::Server::builder()
+        .add_service(ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    // Streams end on their own once shutdown begins (they send `shutting-down`); `drained`
+    // covers clients that stopped reading.
+    let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server failed");
     }
 }

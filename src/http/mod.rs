@@ -2,11 +2,13 @@
 //!
 //! - `filters` (here): which route calls which handler.
 //! - [`handlers`]: what each route does.
+//! - [`metrics`]: `GET /metrics`.
 //! - [`models`]: the JSON shapes.
 //! - [`error`]: the one place errors become `{"error": ...}` responses.
 
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod models;
 
 use std::collections::BTreeMap;
@@ -142,7 +144,7 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_api(api.clone()))
-        .then(handlers::metrics)
+        .then(metrics::metrics)
         .boxed();
 
     // /api/v1/{namespace}/...

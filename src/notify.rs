@@ -41,7 +41,7 @@ pub struct NotifyError {
 
 /// One notification, as published.
 #[derive(Debug, Serialize)]
-pub struct Notification<'a> {
+pub(crate) struct Notification<'a> {
     pub key: &'a str,
     pub namespace: &'a str,
     pub operation: &'a str,

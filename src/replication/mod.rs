@@ -8,7 +8,7 @@
 
 pub mod backup;
 mod bootstrap;
-pub mod follower;
+pub(crate) mod follower;
 pub mod service;
 
 use tonic::Status;

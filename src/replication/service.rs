@@ -30,7 +30,7 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// How long an idle stream waits before sending a heartbeat with the head seq.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
-pub struct ReplicationService {
+pub(crate) struct ReplicationService {
     store: Arc<Store>,
     /// The namespaces this node follows from an upstream (a replica's).
     followed: Vec<String>,
@@ -40,7 +40,7 @@ pub struct ReplicationService {
 }
 
 impl ReplicationService {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<Store>,
         followed: Vec<String>,
         shutdown: CancellationToken,

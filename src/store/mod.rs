@@ -6,13 +6,13 @@
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
 pub mod lock;
-pub mod reader;
-pub mod recent;
+pub(crate) mod reader;
+pub(crate) mod recent;
 pub mod retention;
-pub mod schema;
-pub mod snapshot;
+pub(crate) mod schema;
+pub(crate) mod snapshot;
 pub mod verify;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

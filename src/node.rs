@@ -47,6 +47,9 @@ async fn drained<T>(
     }
 }
 
+/// Connections the kernel queues for a listener before the node accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -106,7 +109,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A running node.

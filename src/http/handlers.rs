@@ -134,6 +134,10 @@ async fn wait_for_seq(ns: &Namespace, min_seq: i64, timeout_ms: u64) -> Result<(
 
 /// Largest page of `GET /kv` and `GET /changes`.
 pub const MAX_PAGE: usize = 10_000;
+/// Keys in a `GET /kv` page when the request sets no `limit`.
+const DEFAULT_KEYS_PAGE: usize = 100;
+/// Entries in a `GET /changes` page when the request sets no `limit`.
+const DEFAULT_CHANGES_PAGE: usize = 1000;
 
 fn parse_query<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
     serde_urlencoded::from_str(raw)
@@ -155,7 +159,7 @@ pub async fn get(api: Arc<Api>, ns: String, raw_key: String, query: String) -> R
     let namespace = namespace(&api, &ns)?;
     if raw_key.is_empty() {
         let q: ListQuery = parse_query(&query)?;
-        let limit = page_limit(q.limit, 100)?;
+        let limit = page_limit(q.limit, DEFAULT_KEYS_PAGE)?;
         let page = namespace.list(q.prefix, q.after, limit).await?;
         let next_after = (page.len() == limit)
             .then(|| page.last().map(|(k, _)| k.clone()))
@@ -348,7 +352,7 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
     if q.since < 0 {
         return Err(ApiError::bad_request("since must be 0 or more"));
     }
-    let limit = page_limit(q.limit, 1000)?;
+    let limit = page_limit(q.limit, DEFAULT_CHANGES_PAGE)?;
     let head = namespace.head().seq;
     let entries = namespace
         .entries_from(q.since + 1, limit, usize::MAX)

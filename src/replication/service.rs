@@ -29,6 +29,10 @@ pub const MAX_BATCH_ENTRIES: usize = 2000;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// How long an idle stream waits before sending a heartbeat with the head seq.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Batches a tail stream reads ahead of its follower.
+const TAIL_BUFFER: usize = 4;
+/// Chunks a snapshot stream reads ahead of its client.
+const SNAPSHOT_BUFFER: usize = 2;
 
 pub(crate) struct ReplicationService {
     store: Arc<Store>,
@@ -166,7 +170,7 @@ impl Replication for ReplicationService {
                 Some(_) => {}
             }
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(TAIL_BUFFER);
         self.tasks
             .spawn(stream_entries(ns, req.from_seq, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -180,7 +184,7 @@ impl Replication for ReplicationService {
     ) -> Result<Response<SnapshotStream>, Status> {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(SNAPSHOT_BUFFER);
         self.tasks.spawn(stream_snapshot(
             ns,
             req.after_key,

@@ -304,13 +304,23 @@ async fn start_notifiers(
             .expect("config validation checked the namespace")
             .clone();
         let runtime = tokio::runtime::Handle::current();
-        match Notifier::start(ns, config.listen_ip, cfg, runtime, relays) {
+        let (listen_ip, cfg, relays) = (config.listen_ip, cfg.clone(), relays.clone());
+        // Binding the socket and opening the namespace file block.
+        let started = tokio::task::spawn_blocking(move || {
+            Notifier::start(ns, listen_ip, &cfg, runtime, &relays)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match started {
             Ok(n) => {
                 notifiers.insert(name.clone(), n);
             }
             Err(e) => {
                 store.close().await;
-                notifiers.into_values().for_each(Notifier::join);
+                let _ = tokio::task::spawn_blocking(move || {
+                    notifiers.into_values().for_each(Notifier::join)
+                })
+                .await;
                 return Err(e.into());
             }
         }

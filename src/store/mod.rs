@@ -187,7 +187,7 @@ impl Namespace {
 
     /// Like [`Namespace::open`], for a replica: a new file gets no log_id until the follower
     /// adopts its upstream's ([`Namespace::adopt_log_id`]).
-    pub fn open_replica(
+    pub(crate) fn open_replica(
         base_dir: &Path,
         name: &str,
         sync: Synchronous,
@@ -267,7 +267,7 @@ impl Namespace {
     }
 
     /// Why this namespace's file is considered damaged, if it is.
-    pub fn corrupt(&self) -> Option<&str> {
+    pub(crate) fn corrupt(&self) -> Option<&str> {
         self.corrupt.get().map(String::as_str)
     }
 
@@ -354,7 +354,7 @@ impl Namespace {
 
     /// Replica: appends entries received from upstream (verbatim, one transaction) after
     /// checking they continue this log. Returns the new head.
-    pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
+    pub(crate) async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
         self.usable()?;
         self.request(|reply| Command::Apply { entries, reply })
             .await
@@ -363,7 +363,7 @@ impl Namespace {
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
     /// empty replica file); otherwise the ids must already be equal.
-    pub async fn adopt_log_id(&self, log_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn adopt_log_id(&self, log_id: &str) -> Result<(), StoreError> {
         self.request(|reply| Command::AdoptLogId {
             log_id: log_id.to_owned(),
             reply,
@@ -392,7 +392,7 @@ impl Namespace {
     }
 
     /// The smallest next seq of the live tail streams (the slowest connected follower), if any.
-    pub fn slowest_tail(&self) -> Option<Seq> {
+    pub(crate) fn slowest_tail(&self) -> Option<Seq> {
         let tails = self.tails.lock().unwrap();
         tails.values().map(|p| p.load(Ordering::Relaxed)).min()
     }
@@ -404,7 +404,7 @@ impl Namespace {
 
     /// Replaces this namespace's state and history with the snapshot staged in `staging`
     /// (see [`snapshot::Staging`]), atomically, and takes the snapshot's log_id.
-    pub async fn install_snapshot(&self, staging: &Path) -> Result<Head, StoreError> {
+    pub(crate) async fn install_snapshot(&self, staging: &Path) -> Result<Head, StoreError> {
         let staging = staging.to_owned();
         let head = self
             .request(|reply| Command::Install { staging, reply })
@@ -472,7 +472,7 @@ impl Namespace {
     }
 
     /// Keys with `prefix` after `after`, in key order.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         prefix: String,
         after: String,
@@ -482,7 +482,7 @@ impl Namespace {
             .await
     }
 
-    pub async fn stats(&self) -> Result<Stats, StoreError> {
+    pub(crate) async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
         // On the reader's blocking thread: `file_bytes` asks the file system.
         self.read_anyway(move |c| {

@@ -210,6 +210,7 @@ async fn fan_out(dir: &Path, streams: usize, rate: u64, seconds: u64) -> (Durati
             .await
             .unwrap();
         let req = TailRequest {
+            follower_id: String::new(),
             namespace: "ns".into(),
             log_id: log_id.clone(),
             from_seq: 1,

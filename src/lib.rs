@@ -14,7 +14,7 @@
 pub mod config;
 pub mod crdt;
 pub mod demo;
-pub mod http;
+pub(crate) mod http;
 pub mod log;
 pub mod node;
 pub mod notify;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http::{self, Api, Role};
 use crate::notify::{Notifier, NotifyError};
+use crate::replication::MAX_MESSAGE_BYTES;
 use crate::replication::follower::Follower;
 use crate::replication::pb::replication_server::ReplicationServer;
 use crate::replication::service::ReplicationService;
@@ -45,6 +46,9 @@ async fn drained<T>(
         }
     }
 }
+
+/// Connections the kernel queues for a listener before the node accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +109,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A namespace promoted on this node (`meta.promoted_at_ms`) is this node's to write: a
@@ -117,6 +121,10 @@ async fn refuse_promoted(
 ) -> Result<(), NodeError> {
     for name in replicated {
         let ns = store.get(name).expect("opened above");
+        if ns.corrupt().is_some() {
+            // Unreadable; the follower stops on it and /stats says why.
+            continue;
+        }
         let promoted = ns
             .read(|c| {
                 Ok((
@@ -150,7 +158,12 @@ pub struct Node {
     grpc_addr: Option<SocketAddr>,
     notifiers: BTreeMap<String, Notifier>,
     shutdown: CancellationToken,
+    /// Every task that serves, follows or prunes; shutdown waits for them before it closes
+    /// the store.
     tasks: TaskTracker,
+    /// The tasks relaying head changes to the notifiers. They pass on every commit until their
+    /// namespace closes, so shutdown waits for them after it closes the store.
+    relays: TaskTracker,
 }
 
 impl Node {
@@ -160,30 +173,8 @@ impl Node {
         mode: Mode,
         listeners: Listeners,
     ) -> Result<Node, NodeError> {
-        for (key, why) in config.ignored_keys() {
-            tracing::info!(key, "config key ignored: {why}");
-        }
-        match mode {
-            Mode::Replica if config.relayer_config.is_empty() => {
-                return Err(NodeError::Config(
-                    "a replica needs at least one [relayer_config.NAME] with namespaces and upstream_address".into(),
-                ));
-            }
-            Mode::Primary if !config.relayer_config.is_empty() => {
-                tracing::warn!(
-                    "relayer_config is ignored by `ferry server`; run `ferry replica` to follow an upstream"
-                );
-            }
-            _ => {}
-        }
-        let replicated: Vec<String> = match mode {
-            Mode::Primary => Vec::new(),
-            Mode::Replica => config
-                .relayer_config
-                .values()
-                .flat_map(|r| r.namespaces.iter().cloned())
-                .collect(),
-        };
+        check_mode(&config, mode)?;
+        let replicated = replicated(&config, mode);
         let store = Arc::new(Store::open(&config.storage_config, &replicated).await?);
         if let Err(e) = refuse_promoted(&store, &config, &replicated).await {
             store.close().await;
@@ -209,67 +200,14 @@ impl Node {
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let relays = TaskTracker::new();
 
-        let mut notifiers = BTreeMap::new();
-        for (name, cfg) in &config.notifier_config {
-            let ns = store
-                .get(name)
-                .expect("config validation checked the namespace")
-                .clone();
-            match Notifier::start(ns, config.listen_ip, cfg, tokio::runtime::Handle::current()) {
-                Ok(n) => {
-                    notifiers.insert(name.clone(), n);
-                }
-                Err(e) => {
-                    store.close().await;
-                    notifiers.into_values().for_each(Notifier::join);
-                    return Err(e.into());
-                }
-            }
-        }
-
-        if let Some(retention) = config
-            .storage_config
-            .wal_cleanup_config
-            .as_ref()
-            .filter(|w| w.enabled)
-        {
-            for ns in store.iter() {
-                tasks.spawn(crate::store::retention::run(
-                    ns.clone(),
-                    retention.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
-
-        let mut followers = BTreeMap::new();
-        if mode == Mode::Replica {
-            for relayer in config.relayer_config.values() {
-                for name in &relayer.namespaces {
-                    let ns = store
-                        .get(name)
-                        .expect("config validation checked the namespace")
-                        .clone();
-                    let follower =
-                        Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
-                    // Its own token, so a promotion can stop this follower alone.
-                    let stop = shutdown.child_token();
-                    followers.insert(
-                        name.clone(),
-                        http::Followed {
-                            tracker: follower.tracker(),
-                            stop: stop.clone(),
-                            max_lag: relayer.max_lag,
-                        },
-                    );
-                    tasks.spawn(follower.run(stop));
-                }
-            }
-            for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
-                tracing::warn!(namespace = %name, "no relayer_config follows this namespace: this node is its primary and accepts writes to it");
-            }
-        }
+        let notifiers = start_notifiers(&config, &store, &relays).await?;
+        start_retention(&config, &store, &tasks, &shutdown);
+        let followers = match mode {
+            Mode::Primary => BTreeMap::new(),
+            Mode::Replica => start_followers(&config, &store, &tasks, &shutdown),
+        };
 
         let api = Arc::new(Api {
             store: store.clone(),
@@ -307,26 +245,13 @@ impl Node {
         let grpc_addr = match listeners.grpc {
             Some(listener) => {
                 let addr = local_addr(&listener, "gRPC")?;
-                let service =
-                    ReplicationService::new(store.clone(), upstreams.clone(), shutdown.clone());
-                let stop = shutdown.clone();
-                tasks.spawn(async move {
-                    let server = tonic::transport::Server::builder()
-                        .add_service(
-                            ReplicationServer::new(service)
-                                .max_encoding_message_size(64 * 1024 * 1024),
-                        )
-                        .serve_with_incoming_shutdown(
-                            tokio_stream::wrappers::TcpListenerStream::new(listener),
-                            stop.clone().cancelled_owned(),
-                        );
-                    // Streams end on their own once shutdown begins (they send
-                    // `shutting-down`); `drained` covers clients that stopped reading.
-                    let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "gRPC server failed");
-                    }
-                });
+                let service = ReplicationService::new(
+                    store.clone(),
+                    upstreams.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                );
+                tasks.spawn(serve_grpc(service, listener, shutdown.clone()));
                 tracing::info!("gRPC listening on {addr}");
                 Some(addr)
             }
@@ -339,6 +264,7 @@ impl Node {
             notifiers,
             shutdown,
             tasks,
+            relays,
         })
     }
 
@@ -367,10 +293,157 @@ impl Node {
         self.tasks.close();
         self.tasks.wait().await;
         self.store.close().await;
+        self.relays.close();
+        self.relays.wait().await;
         let notifiers = self.notifiers;
         let _ =
             tokio::task::spawn_blocking(move || notifiers.into_values().for_each(Notifier::join))
                 .await;
         tracing::info!("node stopped");
+    }
+}
+
+/// Refuses a replica with nothing to follow; says what a primary ignores.
+fn check_mode(config: &Config, mode: Mode) -> Result<(), NodeError> {
+    for (key, why) in config.ignored_keys() {
+        tracing::info!(key, "config key ignored: {why}");
+    }
+    match mode {
+        Mode::Replica if config.relayer_config.is_empty() => Err(NodeError::Config(
+            "a replica needs at least one [relayer_config.NAME] with namespaces and upstream_address".into(),
+        )),
+        Mode::Primary if !config.relayer_config.is_empty() => {
+            tracing::warn!(
+                "relayer_config is ignored by `ferry server`; run `ferry replica` to follow an upstream"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The namespaces this node follows from an upstream (none on a primary).
+fn replicated(config: &Config, mode: Mode) -> Vec<String> {
+    match mode {
+        Mode::Primary => Vec::new(),
+        Mode::Replica => config
+            .relayer_config
+            .values()
+            .flat_map(|r| r.namespaces.iter().cloned())
+            .collect(),
+    }
+}
+
+/// One notifier per `[notifier_config.NAME]`. If one cannot start, closes the store (which
+/// ends the notifiers already started) and fails.
+async fn start_notifiers(
+    config: &Config,
+    store: &Store,
+    relays: &TaskTracker,
+) -> Result<BTreeMap<String, Notifier>, NodeError> {
+    let mut notifiers = BTreeMap::new();
+    for (name, cfg) in &config.notifier_config {
+        let ns = store
+            .get(name)
+            .expect("config validation checked the namespace")
+            .clone();
+        let runtime = tokio::runtime::Handle::current();
+        let (listen_ip, cfg, relays) = (config.listen_ip, cfg.clone(), relays.clone());
+        // Binding the socket and opening the namespace file block.
+        let started = tokio::task::spawn_blocking(move || {
+            Notifier::start(ns, listen_ip, &cfg, runtime, &relays)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match started {
+            Ok(n) => {
+                notifiers.insert(name.clone(), n);
+            }
+            Err(e) => {
+                store.close().await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    notifiers.into_values().for_each(Notifier::join)
+                })
+                .await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(notifiers)
+}
+
+/// A retention task per namespace, when `[wal_cleanup_config]` enables it.
+fn start_retention(
+    config: &Config,
+    store: &Store,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let Some(retention) = config
+        .storage_config
+        .wal_cleanup_config
+        .as_ref()
+        .filter(|w| w.enabled)
+    else {
+        return;
+    };
+    for ns in store.iter() {
+        tasks.spawn(crate::store::retention::run(
+            ns.clone(),
+            retention.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// A replica's followers, one per namespace of each `[relayer_config.NAME]`: their progress,
+/// by namespace.
+fn start_followers(
+    config: &Config,
+    store: &Store,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> BTreeMap<String, http::Followed> {
+    let mut followers = BTreeMap::new();
+    for relayer in config.relayer_config.values() {
+        for name in &relayer.namespaces {
+            let ns = store
+                .get(name)
+                .expect("config validation checked the namespace")
+                .clone();
+            let follower =
+                Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
+            // Its own token, so a promotion can stop this follower alone.
+            let stop = shutdown.child_token();
+            followers.insert(
+                name.clone(),
+                http::Followed {
+                    tracker: follower.tracker(),
+                    stop: stop.clone(),
+                    max_lag: relayer.max_lag,
+                },
+            );
+            tasks.spawn(follower.run(stop));
+        }
+    }
+    for name in store.names().iter().filter(|n| !followers.contains_key(*n)) {
+        tracing::warn!(namespace = %name, "no relayer_config follows this namespace: this node is its primary and accepts writes to it");
+    }
+    followers
+}
+
+/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it).
+async fn serve_grpc(service: ReplicationService, listener: TcpListener, stop: CancellationToken) {
+    let server = tonic::transport::Server::builder()
+        .add_service(ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    // Streams end on their own once shutdown begins (they send `shutting-down`); `drained`
+    // covers clients that stopped reading.
+    let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server failed");
     }
 }

@@ -34,6 +34,7 @@ async fn commits_the_relay_never_saw_are_notified_at_close() {
         "127.0.0.1".parse().unwrap(),
         &config,
         relay_runtime.handle().clone(),
+        &tokio_util::task::TaskTracker::new(),
     )
     .unwrap();
 

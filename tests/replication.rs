@@ -370,6 +370,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
     // A healthy stream stays open across the bad requests below.
     let mut good = client
         .tail(TailRequest {
+            follower_id: String::new(),
             namespace: NS.into(),
             log_id: pos.log_id.clone(),
             from_seq: 1,
@@ -385,6 +386,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
     );
 
     let tail = |namespace: &str, log_id: &str, from_seq, prev_crc| TailRequest {
+        follower_id: String::new(),
         namespace: namespace.into(),
         log_id: log_id.into(),
         from_seq,
@@ -768,6 +770,7 @@ async fn stream_readers_that_stall_do_not_hold_up_shutdown() {
         .unwrap();
     let mut tail = client
         .tail(TailRequest {
+            follower_id: String::new(),
             namespace: NS.into(),
             log_id,
             from_seq: 1,
@@ -814,6 +817,7 @@ async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
         .await
         .unwrap();
     let tail_from = |from_seq| TailRequest {
+        follower_id: String::new(),
         namespace: NS.into(),
         log_id: primary.node.store().get(NS).unwrap().log_id(),
         from_seq,
@@ -856,6 +860,7 @@ async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
         .unwrap();
     let mut tail = client
         .tail(TailRequest {
+            follower_id: String::new(),
             namespace: NS.into(),
             log_id: primary.ns(NS).log_id(),
             from_seq: 1,
@@ -920,6 +925,7 @@ async fn assert_batches_whole(primary: &TestNode, group: i64) {
         .unwrap();
     let mut tail = client
         .tail(TailRequest {
+            follower_id: String::new(),
             namespace: NS.into(),
             log_id: ns.log_id(),
             from_seq: 1,

@@ -13,6 +13,7 @@
 //! LWW value to change a register). Malformed values are reported and skipped.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -180,59 +181,24 @@ pub async fn run(
     opts: Options,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let out = Printer { json: opts.json };
-    let reader = Reader {
-        http: reqwest::Client::new(),
-        base: opts.http.trim_end_matches('/').to_owned(),
+    let mut client = Client {
+        out: Printer { json: opts.json },
+        reader: Reader {
+            http: reqwest::Client::new(),
+            base: opts.http.trim_end_matches('/').to_owned(),
+        },
+        state: State::default(),
+        seen: BTreeMap::new(),
     };
-    out.line("  Waiting for change notifications...\n");
-    let (tx, mut rx) = mpsc::channel::<Notice>(10_000);
-    let running = Arc::new(AtomicBool::new(true));
-    let mut threads = Vec::new();
-    for (ns, endpoint) in &opts.subscriptions {
-        out.line(&format!("  Connecting to ZeroMQ {ns}: {endpoint}"));
-        threads.push(subscribe(ns, endpoint, tx.clone(), running.clone())?);
-    }
-    drop(tx);
-    for (ns, _) in &opts.subscriptions {
-        out.line(&format!("  ZeroMQ listener started for namespace: {ns}"));
-    }
-
-    let mut state = State::default();
-    let mut seen: BTreeMap<String, Seq> = BTreeMap::new();
+    client.out.line("  Waiting for change notifications...\n");
+    let (subscribers, mut rx) = Subscribers::start(&opts.subscriptions, &client.out)?;
     tokio::pin!(stop);
-    // Bootstrap: retried until the node answers (it may start after the client).
     for (ns, _) in &opts.subscriptions {
-        let mut warned = false;
-        let (head, count) = loop {
-            match bootstrap(&reader, ns, &mut state).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    if !warned {
-                        out.line(&format!(
-                            "  Cannot load {ns} yet ({e}); retrying every second"
-                        ));
-                        out.event(serde_json::json!({"event": "waiting", "namespace": ns, "error": e.to_string()}));
-                        warned = true;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = &mut stop => return Ok(()),
-                    }
-                }
-            }
-        };
-        seen.insert(ns.clone(), head);
-        out.line(&format!(
-            "  Loaded {count} CRDT keys from {ns} (up to seq {head}) via {}",
-            reader.base
-        ));
+        if !client.load(ns, stop.as_mut()).await {
+            return Ok(());
+        }
     }
-    out.event(serde_json::json!({"event": "ready", "seqs": seen, "state": state.to_json()}));
-    if !state.lww.is_empty() || !state.counters.is_empty() {
-        out.line(&format!("\n{}", state.render()));
-    }
-
+    client.ready();
     loop {
         let notice = tokio::select! {
             n = rx.recv() => match n {
@@ -241,12 +207,107 @@ pub async fn run(
             },
             _ = &mut stop => break,
         };
-        let Some(&last) = seen.get(&notice.namespace) else {
-            continue;
+        client.on_notice(notice).await;
+    }
+    subscribers.stop().await;
+    Ok(())
+}
+
+/// The threads receiving notifications, one per namespace.
+struct Subscribers {
+    running: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Subscribers {
+    /// Subscribes to each `(namespace, endpoint)`; the notifications arrive on the receiver.
+    fn start(
+        subscriptions: &[(String, String)],
+        out: &Printer,
+    ) -> Result<(Subscribers, mpsc::Receiver<Notice>), ClientError> {
+        let (tx, rx) = mpsc::channel::<Notice>(10_000);
+        let running = Arc::new(AtomicBool::new(true));
+        let mut threads = Vec::new();
+        for (ns, endpoint) in subscriptions {
+            out.line(&format!("  Connecting to ZeroMQ {ns}: {endpoint}"));
+            threads.push(subscribe(ns, endpoint, tx.clone(), running.clone())?);
+        }
+        drop(tx);
+        for (ns, _) in subscriptions {
+            out.line(&format!("  ZeroMQ listener started for namespace: {ns}"));
+        }
+        Ok((Subscribers { running, threads }, rx))
+    }
+
+    /// Stops the threads and waits for them.
+    async fn stop(self) {
+        self.running.store(false, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// What the client knows and where it reads and prints.
+struct Client {
+    out: Printer,
+    reader: Reader,
+    state: State,
+    /// Per namespace, the last seq merged into `state`.
+    seen: BTreeMap<String, Seq>,
+}
+
+impl Client {
+    /// Loads every CRDT key of `ns`, retrying every second until the node answers (it may start
+    /// after the client). False when `stop` resolved first.
+    async fn load(&mut self, ns: &str, mut stop: Pin<&mut impl Future<Output = ()>>) -> bool {
+        let mut warned = false;
+        let (head, count) = loop {
+            match bootstrap(&self.reader, ns, &mut self.state).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    if !warned {
+                        self.out.line(&format!(
+                            "  Cannot load {ns} yet ({e}); retrying every second"
+                        ));
+                        self.out.event(serde_json::json!({"event": "waiting", "namespace": ns, "error": e.to_string()}));
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = &mut stop => return false,
+                    }
+                }
+            }
+        };
+        self.seen.insert(ns.to_owned(), head);
+        self.out.line(&format!(
+            "  Loaded {count} CRDT keys from {ns} (up to seq {head}) via {}",
+            self.reader.base
+        ));
+        true
+    }
+
+    /// Every namespace is loaded: says so, and shows the state.
+    fn ready(&self) {
+        let state = &self.state;
+        self.out.event(
+            serde_json::json!({"event": "ready", "seqs": self.seen, "state": state.to_json()}),
+        );
+        if !state.lww.is_empty() || !state.counters.is_empty() {
+            self.out.line(&format!("\n{}", state.render()));
+        }
+    }
+
+    /// Merges what `notice` announces (and any gap before it), unless already seen.
+    async fn on_notice(&mut self, notice: Notice) {
+        let Some(&last) = self.seen.get(&notice.namespace) else {
+            return;
         };
         if notice.seq_num <= last {
-            continue; // already covered by the bootstrap or an earlier read
+            return; // already covered by the bootstrap or an earlier read
         }
+        let out = &self.out;
         out.line(&format!(
             "  Change notification received\n   Topic: {}.kv\n   Key: {}\n   Operation: {}\n",
             notice.namespace, notice.key, notice.operation
@@ -261,20 +322,20 @@ pub async fn run(
             out.event(serde_json::json!({"event": "gap", "namespace": notice.namespace, "from": last + 1, "to": notice.seq_num - 1}));
         }
         match catch_up(
-            &reader,
-            &out,
+            &self.reader,
+            out,
             &notice.namespace,
             last,
             notice.seq_num,
-            &mut state,
+            &mut self.state,
         )
         .await
         {
             Ok(new_last) => {
-                seen.insert(notice.namespace.clone(), new_last);
+                self.seen.insert(notice.namespace.clone(), new_last);
             }
             Err((new_last, e)) => {
-                seen.insert(notice.namespace.clone(), new_last);
+                self.seen.insert(notice.namespace.clone(), new_last);
                 out.line(&format!(
                     "  Could not read {} ({e}); will retry on the next notification",
                     notice.namespace
@@ -282,14 +343,11 @@ pub async fn run(
                 out.event(serde_json::json!({"event": "error", "namespace": notice.namespace, "error": e.to_string()}));
             }
         }
-        out.line(&format!("\n{}", state.render()));
-        out.event(serde_json::json!({"event": "state", "seqs": seen, "state": state.to_json()}));
+        out.line(&format!("\n{}", self.state.render()));
+        out.event(
+            serde_json::json!({"event": "state", "seqs": self.seen, "state": self.state.to_json()}),
+        );
     }
-    running.store(false, Ordering::Relaxed);
-    for t in threads {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    Ok(())
 }
 
 /// Loads every CRDT key of `ns`; returns (the head seq read before listing, keys loaded).

@@ -134,6 +134,10 @@ async fn wait_for_seq(ns: &Namespace, min_seq: i64, timeout_ms: u64) -> Result<(
 
 /// Largest page of `GET /kv` and `GET /changes`.
 pub const MAX_PAGE: usize = 10_000;
+/// Keys in a `GET /kv` page when the request sets no `limit`.
+const DEFAULT_KEYS_PAGE: usize = 100;
+/// Entries in a `GET /changes` page when the request sets no `limit`.
+const DEFAULT_CHANGES_PAGE: usize = 1000;
 
 fn parse_query<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
     serde_urlencoded::from_str(raw)
@@ -155,7 +159,7 @@ pub async fn get(api: Arc<Api>, ns: String, raw_key: String, query: String) -> R
     let namespace = namespace(&api, &ns)?;
     if raw_key.is_empty() {
         let q: ListQuery = parse_query(&query)?;
-        let limit = page_limit(q.limit, 100)?;
+        let limit = page_limit(q.limit, DEFAULT_KEYS_PAGE)?;
         let page = namespace.list(q.prefix, q.after, limit).await?;
         let next_after = (page.len() == limit)
             .then(|| page.last().map(|(k, _)| k.clone()))
@@ -421,7 +425,7 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
     if q.since < 0 {
         return Err(ApiError::bad_request("since must be 0 or more"));
     }
-    let limit = page_limit(q.limit, 1000)?;
+    let limit = page_limit(q.limit, DEFAULT_CHANGES_PAGE)?;
     let head = namespace.head().seq;
     let entries = namespace
         .entries_from(q.since + 1, limit, usize::MAX)
@@ -462,116 +466,4 @@ pub async fn changes(api: Arc<Api>, ns: String, query: String) -> Result<Respons
         head_seq: head,
         entries,
     })
-}
-
-/// `GET /metrics`: Prometheus text format, one series per namespace.
-pub async fn metrics(api: Arc<Api>) -> Response {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering;
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, series: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in series {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
-    let label = |ns: &str| format!("namespace=\"{ns}\"");
-    let namespaces: Vec<_> = api.store.iter().cloned().collect();
-    family(
-        "ferry_head_seq",
-        "gauge",
-        "Seq of the last entry committed to the namespace's log.",
-        namespaces
-            .iter()
-            .map(|n| (label(n.name()), n.head().seq.to_string()))
-            .collect(),
-    );
-    let commits = |value: fn(&crate::store::CommitCounters) -> String| {
-        namespaces
-            .iter()
-            .map(|n| (label(n.name()), value(n.commit_counters())))
-            .collect()
-    };
-    family(
-        "ferry_commits_total",
-        "counter",
-        "SQLite transactions the writer committed: groups of client writes, and replicated batches.",
-        commits(|c| c.commits.load(Ordering::Relaxed).to_string()),
-    );
-    family(
-        "ferry_commit_requests_total",
-        "counter",
-        "Client write requests stored; divided by ferry_commits_total, the size of a group commit.",
-        commits(|c| c.requests.load(Ordering::Relaxed).to_string()),
-    );
-    family(
-        "ferry_commit_seconds_total",
-        "counter",
-        "Time the writer spent in transactions, BEGIN to end of COMMIT (fsync included); its rate is how busy the writer is.",
-        commits(|c| format!("{:.6}", c.micros.load(Ordering::Relaxed) as f64 / 1e6)),
-    );
-    let followed: Vec<_> = namespaces
-        .iter()
-        .filter_map(|n| {
-            api.followers
-                .get(n.name())
-                .filter(|_| api.role.upstream(n.name()).is_some())
-                .map(|f| (n.name().to_owned(), f.tracker.snapshot(n)))
-        })
-        .collect();
-    family(
-        "ferry_replication_upstream_head_seq",
-        "gauge",
-        "Head seq the upstream last reported (replicas).",
-        followed
-            .iter()
-            .map(|(n, s)| (label(n), s.upstream_head_seq.to_string()))
-            .collect(),
-    );
-    family(
-        "ferry_replication_lag_entries",
-        "gauge",
-        "Entries the upstream has that this replica has not applied yet (NaN once stopped: unknown).",
-        followed
-            .iter()
-            .map(|(n, s)| (label(n), s.lag.map_or("NaN".into(), |l| l.to_string())))
-            .collect(),
-    );
-    family(
-        "ferry_replication_following",
-        "gauge",
-        "1 while the follower is streaming from its upstream, else 0 (see /stats for why).",
-        followed
-            .iter()
-            .map(|(n, s)| {
-                let on = s.state == crate::replication::follower::State::Following;
-                (label(n), u8::from(on).to_string())
-            })
-            .collect(),
-    );
-    let notifiers: Vec<_> = api.notifications.iter().collect();
-    family(
-        "ferry_notifications_sent_total",
-        "counter",
-        "ZeroMQ notifications handed to the publisher socket.",
-        notifiers
-            .iter()
-            .map(|(n, c)| (label(n), c.sent.load(Ordering::Relaxed).to_string()))
-            .collect(),
-    );
-    family(
-        "ferry_notifier_subscribed_topics",
-        "gauge",
-        "Distinct topic prefixes subscribed to on the namespace's ZeroMQ socket.",
-        notifiers
-            .iter()
-            .map(|(n, c)| {
-                (
-                    label(n),
-                    c.subscriptions.load(Ordering::Relaxed).to_string(),
-                )
-            })
-            .collect(),
-    );
-    warp::reply::with_header(out, "content-type", "text/plain; version=0.0.4").into_response()
 }

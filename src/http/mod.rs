@@ -2,12 +2,14 @@
 //!
 //! - `filters` (here): which route calls which handler.
 //! - [`handlers`]: what each route does.
+//! - [`metrics`]: `GET /metrics`.
 //! - [`models`]: the JSON shapes.
 //! - [`error`]: the one place errors become `{"error": ...}` responses.
 
 pub mod error;
 pub mod failover;
 pub mod handlers;
+pub mod metrics;
 pub mod models;
 
 use std::collections::BTreeMap;
@@ -161,112 +163,147 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
 
 /// Every route of the API, with errors rendered as JSON.
 pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let api_for_failover = api.clone();
-    let health = warp::path!("health")
+    get_health(api.clone())
+        .or(get_metrics(api.clone()))
+        .unify()
+        .or(post_batch(api.clone()))
+        .unify()
+        .or(get_kv(api.clone()))
+        .unify()
+        .or(put_kv(api.clone()))
+        .unify()
+        .or(delete_kv(api.clone()))
+        .unify()
+        .or(get_offset(api.clone()))
+        .unify()
+        .or(get_stats(api.clone()))
+        .unify()
+        .or(get_changes(api.clone()))
+        .unify()
+        .or(failover::routes(api))
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+/// `/api/v1/{namespace}`, extracting the namespace.
+fn namespace() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path::param::<String>())
+}
+
+/// `/api/v1/{namespace}/kv/{key}`, extracting both. The key is the rest of the path,
+/// percent-decoded by the handler (so an empty key can get a clear 400 rather than a bare 404).
+fn kv_key() -> impl Filter<Extract = (String, String), Error = warp::Rejection> + Clone {
+    namespace()
+        .and(warp::path("kv"))
+        .and(warp::path::tail())
+        .map(|ns: String, tail: warp::path::Tail| (ns, tail.as_str().to_owned()))
+        .untuple_one()
+}
+
+/// `GET /health`
+fn get_health(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    warp::path!("health")
         .and(warp::get())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .then(handlers::health)
-        .boxed();
-    let metrics = warp::path!("metrics")
+        .boxed()
+}
+
+/// `GET /metrics`
+fn get_metrics(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    warp::path!("metrics")
         .and(warp::get())
-        .and(with_api(api.clone()))
-        .then(handlers::metrics)
-        .boxed();
+        .and(with_api(api))
+        .then(metrics::metrics)
+        .boxed()
+}
 
-    // /api/v1/{namespace}/...
-    let ns = || {
-        warp::path("api")
-            .and(warp::path("v1"))
-            .and(warp::path::param::<String>())
-    };
-    // The key is the rest of the path, percent-decoded by the handler (so an empty key can get
-    // a clear 400 rather than a bare 404).
-    let key = || {
-        ns().and(warp::path("kv"))
-            .and(warp::path::tail())
-            .map(|ns: String, tail: warp::path::Tail| (ns, tail.as_str().to_owned()))
-            .untuple_one()
-    };
-
-    let batch = ns()
+/// `POST /api/v1/{namespace}/kv/batch`
+fn post_batch(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    namespace()
         .and(warp::path!("kv" / "batch"))
         .and(warp::post())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .and(raw_query())
         .and(body())
         .then(|ns, api, query, body| async move {
             handlers::respond(handlers::batch(api, ns, query, body).await)
         })
-        .boxed();
-    let get = key()
+        .boxed()
+}
+
+/// `GET /api/v1/{namespace}/kv/{key}`
+fn get_kv(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    kv_key()
         .and(warp::get())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .and(raw_query())
         .then(|ns, key, api, query| async move {
             handlers::respond(handlers::get(api, ns, key, query).await)
         })
-        .boxed();
-    let put = key()
+        .boxed()
+}
+
+/// `PUT /api/v1/{namespace}/kv/{key}`
+fn put_kv(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    kv_key()
         .and(warp::put())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .and(warp::header::optional::<String>("content-type"))
         .and(raw_query())
         .and(body())
         .then(|ns, key, api, ct, query, body| async move {
             handlers::respond(handlers::put(api, ns, key, ct, query, body).await)
         })
-        .boxed();
-    let delete = key()
+        .boxed()
+}
+
+/// `DELETE /api/v1/{namespace}/kv/{key}`
+fn delete_kv(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    kv_key()
         .and(warp::delete())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .and(raw_query())
         .then(|ns, key, api, query| async move {
             handlers::respond(handlers::delete(api, ns, key, query).await)
         })
-        .boxed();
-    let offset = ns()
+        .boxed()
+}
+
+/// `GET /api/v1/{namespace}/offset`
+fn get_offset(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    namespace()
         .and(warp::path!("offset"))
         .and(warp::get())
-        .and(with_api(api.clone()))
+        .and(with_api(api))
         .then(|ns, api| async move { handlers::respond(handlers::offset(api, ns).await) })
-        .boxed();
-    let changes =
-        ns().and(warp::path!("changes"))
-            .and(warp::get())
-            .and(with_api(api.clone()))
-            .and(raw_query())
-            .then(|ns, api, query| async move {
-                handlers::respond(handlers::changes(api, ns, query).await)
-            })
-            .boxed();
-    let stats = ns()
+        .boxed()
+}
+
+/// `GET /api/v1/{namespace}/changes`
+fn get_changes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    namespace()
+        .and(warp::path!("changes"))
+        .and(warp::get())
+        .and(with_api(api))
+        .and(raw_query())
+        .then(|ns, api, query| async move {
+            handlers::respond(handlers::changes(api, ns, query).await)
+        })
+        .boxed()
+}
+
+/// `GET /api/v1/{namespace}/stats`
+fn get_stats(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    namespace()
         .and(warp::path!("stats"))
         .and(warp::get())
         .and(with_api(api))
         .then(|ns, api| async move { handlers::respond(handlers::stats(api, ns).await) })
-        .boxed();
-
-    health
-        .or(metrics)
-        .unify()
-        .or(batch)
-        .unify()
-        .or(get)
-        .unify()
-        .or(put)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(offset)
-        .unify()
-        .or(stats)
-        .unify()
-        .or(changes)
-        .unify()
-        .or(failover::routes(api_for_failover))
-        .unify()
-        .recover(error::recover)
-        .unify()
         .boxed()
 }
 

@@ -51,7 +51,8 @@ pub async fn backup(
             super::follower::error_chain(&e)
         )
     })?;
-    let mut client = ReplicationClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client =
+        ReplicationClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
     let pos = client
         .position(PositionRequest {
             namespace: namespace.to_owned(),

@@ -8,7 +8,7 @@
 
 pub mod backup;
 mod bootstrap;
-pub mod follower;
+pub(crate) mod follower;
 pub mod service;
 
 use tonic::Status;
@@ -20,6 +20,10 @@ use crate::log::{Entry, Op};
 pub mod pb {
     tonic::include_proto!("ferry.v1");
 }
+
+/// Largest gRPC message a node sends or a client of it accepts (tonic's default is 4 MiB): a
+/// tail batch runs past [`service::MAX_BATCH_BYTES`] to finish an atomic request.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Metadata key carrying the typed error code on a gRPC status.
 pub const ERROR_KEY: &str = "ferry-error";

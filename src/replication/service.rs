@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::pb::replication_server::Replication;
@@ -29,24 +30,32 @@ pub const MAX_BATCH_ENTRIES: usize = 2000;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// How long an idle stream waits before sending a heartbeat with the head seq.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Batches a tail stream reads ahead of its follower.
+const TAIL_BUFFER: usize = 4;
+/// Chunks a snapshot stream reads ahead of its client.
+const SNAPSHOT_BUFFER: usize = 2;
 
-pub struct ReplicationService {
+pub(crate) struct ReplicationService {
     store: Arc<Store>,
     /// The namespaces this node follows from an upstream (a replica's), with the upstream.
     followed: crate::http::Upstreams,
     shutdown: CancellationToken,
+    /// The node's tasks: each stream's task is one, so shutdown waits for it.
+    tasks: TaskTracker,
 }
 
 impl ReplicationService {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<Store>,
         followed: crate::http::Upstreams,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> ReplicationService {
         ReplicationService {
             store,
             followed,
             shutdown,
+            tasks,
         }
     }
 
@@ -174,9 +183,9 @@ impl Replication for ReplicationService {
                 Some(_) => {}
             }
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(TAIL_BUFFER);
         let follower = (!req.follower_id.is_empty()).then(|| (req.follower_id.clone(), address));
-        tokio::spawn(stream_entries(
+        self.tasks.spawn(stream_entries(
             ns,
             req.from_seq,
             follower,
@@ -201,8 +210,8 @@ impl Replication for ReplicationService {
     ) -> Result<Response<SnapshotStream>, Status> {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace)?;
-        let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(stream_snapshot(
+        let (tx, rx) = mpsc::channel(SNAPSHOT_BUFFER);
+        self.tasks.spawn(stream_snapshot(
             ns,
             req.after_key,
             tx,
@@ -224,6 +233,7 @@ async fn stream_snapshot(
     let log_id = ns.log_id();
     let runtime = tokio::runtime::Handle::current();
     let chunks = tx.clone();
+    let stop = shutdown.clone();
     let read = ns.read(move |conn| {
         reader::snapshot(
             conn,
@@ -241,7 +251,7 @@ async fn stream_snapshot(
                 let sent = runtime.block_on(async {
                     tokio::select! {
                         sent = chunks.send(Ok(chunk)) => Some(sent.is_ok()),
-                        _ = shutdown.cancelled() => None,
+                        _ = stop.cancelled() => None,
                     }
                 });
                 sent.unwrap_or_else(|| {
@@ -253,7 +263,11 @@ async fn stream_snapshot(
         )
     });
     if let Err(e) = read.await {
-        let _ = tx.send(Err(internal(e))).await;
+        // A client that stopped reading must not hold up shutdown.
+        tokio::select! {
+            _ = tx.send(Err(internal(e))) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 

@@ -7,13 +7,13 @@
 
 pub mod acks;
 pub mod lock;
-pub mod reader;
-pub mod recent;
+pub(crate) mod reader;
+pub(crate) mod recent;
 pub mod retention;
-pub mod schema;
-pub mod snapshot;
+pub(crate) mod schema;
+pub(crate) mod snapshot;
 pub mod verify;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,9 @@ use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
 use writer::{Command, Writer};
 pub use writer::{CommitCounters, Committed, Lineage, Mutation, Prune, Pruned};
+
+/// Commands queued for a writer thread before senders wait (backpressure on writes).
+const COMMAND_QUEUE: usize = 4096;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,7 +190,7 @@ impl Namespace {
 
     /// Like [`Namespace::open`], for a replica: a new file gets no log_id until the follower
     /// adopts its upstream's ([`Namespace::adopt_log_id`]).
-    pub fn open_replica(
+    pub(crate) fn open_replica(
         base_dir: &Path,
         name: &str,
         sync: Synchronous,
@@ -217,7 +220,7 @@ impl Namespace {
         };
         let base_seq = Arc::new(AtomicI64::new(info.base_seq));
         let (head_tx, head_rx) = watch::channel(head);
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let recent = Arc::new(recent::Recent::default());
         let counters = Arc::new(CommitCounters::default());
         let writer = Writer {
@@ -268,7 +271,7 @@ impl Namespace {
     }
 
     /// Why this namespace's file is considered damaged, if it is.
-    pub fn corrupt(&self) -> Option<&str> {
+    pub(crate) fn corrupt(&self) -> Option<&str> {
         self.corrupt.get().map(String::as_str)
     }
 
@@ -348,33 +351,23 @@ impl Namespace {
             return Err(StoreError::EmptyWrite);
         }
         self.usable()?;
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Write { mutations, reply })
+        self.request(|reply| Command::Write { mutations, reply })
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await
-            .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| self.noticed(e))
     }
 
     /// Replica: appends entries received from upstream (verbatim, one transaction) after
     /// checking they continue this log. Returns the new head.
-    pub async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
+    pub(crate) async fn apply(&self, entries: Vec<Entry>) -> Result<Head, StoreError> {
         self.usable()?;
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Apply { entries, reply })
+        self.request(|reply| Command::Apply { entries, reply })
             .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await
-            .map_err(|_| StoreError::ShuttingDown)?
             .map_err(|e| self.noticed(e))
     }
 
     /// Replica: takes the upstream's log_id. Allowed only while this file has none (a new,
     /// empty replica file); otherwise the ids must already be equal.
-    pub async fn adopt_log_id(
+    pub(crate) async fn adopt_log_id(
         &self,
         log_id: &str,
         lineage: Option<Lineage>,
@@ -424,7 +417,7 @@ impl Namespace {
     }
 
     /// The smallest next seq of the live tail streams (the slowest connected follower), if any.
-    pub fn slowest_tail(&self) -> Option<Seq> {
+    pub(crate) fn slowest_tail(&self) -> Option<Seq> {
         let tails = self.tails.lock().unwrap();
         tails.values().map(|p| p.load(Ordering::Relaxed)).min()
     }
@@ -436,7 +429,7 @@ impl Namespace {
 
     /// Replaces this namespace's state and history with the snapshot staged in `staging`
     /// (see [`snapshot::Staging`]), atomically, and takes the snapshot's log_id.
-    pub async fn install_snapshot(&self, staging: &Path) -> Result<Head, StoreError> {
+    pub(crate) async fn install_snapshot(&self, staging: &Path) -> Result<Head, StoreError> {
         let staging = staging.to_owned();
         let head = self
             .request(|reply| Command::Install { staging, reply })
@@ -496,11 +489,7 @@ impl Namespace {
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || pool.with(f))
-            .await
-            .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
-            .map_err(|e| self.noticed(e))
+        self.readers.run(f).await.map_err(|e| self.noticed(e))
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
@@ -508,7 +497,7 @@ impl Namespace {
     }
 
     /// Keys with `prefix` after `after`, in key order.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         prefix: String,
         after: String,
@@ -518,11 +507,15 @@ impl Namespace {
             .await
     }
 
-    pub async fn stats(&self) -> Result<Stats, StoreError> {
+    pub(crate) async fn stats(&self) -> Result<Stats, StoreError> {
         let path = self.path.clone();
-        let mut stats = self.read_anyway(reader::stats).await?;
-        stats.file_bytes = file_bytes(&path);
-        Ok(stats)
+        // On the reader's blocking thread: `file_bytes` asks the file system.
+        self.read_anyway(move |c| {
+            let mut stats = reader::stats(c)?;
+            stats.file_bytes = file_bytes(&path);
+            Ok(stats)
+        })
+        .await
     }
 
     /// Lets queued writes finish, then stops the writer thread and waits for it. Later writes
@@ -561,6 +554,26 @@ impl Store {
     /// that cannot be used, closing the ones already open.
     /// Namespaces in `replicated` are opened as replicas (see [`Namespace::open_replica`]).
     pub async fn open(config: &StorageConfig, replicated: &[String]) -> Result<Store, StoreError> {
+        let (config, replicated) = (config.clone(), replicated.to_vec());
+        // Creating base_dir, locking it, opening and checking each file: all of it blocks.
+        let opened = tokio::task::spawn_blocking(move || Store::open_files(&config, &replicated))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match opened? {
+            (store, None) => Ok(store),
+            (store, Some(e)) => {
+                store.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Store::open`]'s blocking part: the store with the files opened before the first that
+    /// failed, and that failure.
+    fn open_files(
+        config: &StorageConfig,
+        replicated: &[String],
+    ) -> Result<(Store, Option<StoreError>), StoreError> {
         std::fs::create_dir_all(&config.base_dir).map_err(|e| StoreError::Io {
             path: config.base_dir.clone(),
             reason: e.to_string(),
@@ -581,13 +594,10 @@ impl Store {
                 Ok(ns) => {
                     store.namespaces.insert(name.clone(), Arc::new(ns));
                 }
-                Err(e) => {
-                    store.close().await;
-                    return Err(e);
-                }
+                Err(e) => return Ok((store, Some(e))),
             }
         }
-        Ok(store)
+        Ok((store, None))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Namespace>> {

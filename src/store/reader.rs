@@ -7,17 +7,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::Semaphore;
 
 use super::StoreError;
 use crate::log::{Entry, Op, Seq};
 
 /// Idle connections kept for reuse; more are opened under load and closed when returned.
 const MAX_IDLE: usize = 16;
+/// Most queries running at once on one namespace, hence most read connections open (each
+/// holds a blocking thread and a file handle). Further queries wait for one to finish.
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone)]
 pub(crate) struct Pool {
     path: Arc<PathBuf>,
     idle: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per running query: bounds the connections open at once.
+    running: Arc<Semaphore>,
 }
 
 impl Pool {
@@ -25,14 +31,34 @@ impl Pool {
         Pool {
             path: Arc::new(path),
             idle: Arc::new(Mutex::new(Vec::new())),
+            running: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 
-    /// Runs `f` on a pooled connection (blocking: call from a blocking context).
-    pub fn with<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, StoreError> {
+    /// Waits until fewer than [`MAX_CONNECTIONS`] queries run, then runs `f` on a pooled
+    /// connection on a blocking thread.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let permit = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool never closes its semaphore");
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.with(f)
+        })
+        .await
+        .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
+    }
+
+    /// Runs `f` on a pooled connection (blocking).
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
         let conn = self.idle.lock().unwrap().pop();
         let conn = match conn {
             Some(c) => c,
@@ -187,17 +213,10 @@ pub fn entries(
         if full && txn == seq {
             break;
         }
-        let op: String = r.get(2)?;
         let entry = Entry {
             seq,
             txn,
-            op: Op::parse(&op).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    2,
-                    rusqlite::types::Type::Text,
-                    format!("unknown op {op:?}").into(),
-                )
-            })?,
+            op: op_at(r, 2)?,
             key: r.get(3)?,
             value: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
             ts_ms: r.get(5)?,
@@ -207,6 +226,18 @@ pub fn entries(
         out.push(entry);
     }
     Ok(out)
+}
+
+/// Column `idx` of `r`, a `wal_log.op`.
+fn op_at(r: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Op> {
+    let op: String = r.get(idx)?;
+    Op::parse(&op).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown op {op:?}").into(),
+        )
+    })
 }
 
 /// The crc of entry `seq`, if the log still knows it: a retained entry, the base (the entry
@@ -232,7 +263,7 @@ pub fn crc_at(conn: &Connection, seq: Seq) -> rusqlite::Result<Option<u32>> {
 pub struct EntryHead {
     pub seq: Seq,
     pub txn: Seq,
-    pub op: String,
+    pub op: Op,
     pub key: String,
     pub ts_ms: i64,
 }
@@ -251,7 +282,7 @@ pub fn entry_heads(
         Ok(EntryHead {
             seq: r.get(0)?,
             txn: r.get(1)?,
-            op: r.get(2)?,
+            op: op_at(r, 2)?,
             key: r.get(3)?,
             ts_ms: r.get(4)?,
         })

@@ -29,10 +29,13 @@ pub struct FileInfo {
     pub created: bool,
 }
 
+/// How long a connection waits for another's lock before SQLite reports the file busy.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Per-connection settings. Set at every open, never inside migrations, because PRAGMAs like
 /// `synchronous` are not persisted in the file.
 fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", sync.pragma())?;
     // After a checkpoint has copied the WAL into the file, cut the WAL back to this size: a
@@ -216,7 +219,7 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 

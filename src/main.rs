@@ -260,29 +260,37 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
+    // Listening for SIGINT/SIGTERM starts before the node does: a signal that arrives while it
+    // starts (e.g. right after "HTTP listening on") stops it cleanly instead of killing it.
+    let stop = shutdown_signal();
     let listeners = Listeners::bind(&config).await?;
     let node = Node::start(config, mode, listeners).await?;
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutdown requested; finishing in-flight requests");
     node.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM received after this call (the handlers are
+/// installed now, not when the future is first polled).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -388,7 +396,7 @@ fn crdt_client(cmd: CrdtClientCmd) -> ExitCode {
         json: cmd.json,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    match runtime.block_on(ferry::crdt::client::run(opts, shutdown_signal())) {
+    match runtime.block_on(async { ferry::crdt::client::run(opts, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry crdt-client: {e}");
@@ -408,7 +416,7 @@ fn demo(cmd: DemoCmd) -> ExitCode {
     };
     init_tracing(&configs[0]);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    match runtime.block_on(ferry::demo::run(configs, shutdown_signal())) {
+    match runtime.block_on(async { ferry::demo::run(configs, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry demo: {e:#}");

@@ -194,6 +194,7 @@ async fn fan_out(dir: &Path, streams: usize, rate: u64, seconds: u64) -> (Durati
         .position(PositionRequest {
             probe_seq: 0,
             namespace: "ns".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -379,3 +379,78 @@ async fn acks_config_sets_a_namespace_default() {
     replica.stop().await;
     primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_primary_learns_it_was_superseded_and_can_be_fenced() {
+    let (pdir, r1dir, r2dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let r1 = replica(r1dir.path(), &primary.grpc(), "").await;
+    let r2 = replica(r2dir.path(), &primary.grpc(), "").await;
+    for i in 0..5 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    wait_synced(&primary, &r1, NS).await;
+    wait_synced(&primary, &r2, NS).await;
+    // R1 is promoted while the old primary keeps running (a partition, say); R2 moves over.
+    let (status, promoted) = call(&c, Method::POST, &r1.url("/api/v1/ns/promote"), None).await;
+    assert_eq!(status, 200, "{promoted}");
+    r2.stop().await;
+    let r2 = replica(r2dir.path(), &r1.grpc(), "").await;
+    wait_for(Duration::from_secs(20), "R2 on R1's log", async || {
+        (r2.ns(NS).log_id() == r1.ns(NS).log_id()).then_some(())
+    })
+    .await;
+    assert!(stats(&c, &primary, NS).await.get("superseded_by").is_none());
+
+    // R2 pointed back at the old primary by mistake: it refuses to follow a superseded log,
+    // and the old primary learns that it was superseded.
+    r2.stop().await;
+    let r2 = replica(r2dir.path(), &primary.grpc(), "").await;
+    let st = wait_replication_state(&c, &r2, NS, "stopped").await;
+    let why = st["replication"]["last_error"].as_str().unwrap();
+    assert!(why.contains("stale primary"), "{why}");
+    assert_eq!(
+        r2.ns(NS).log_id(),
+        r1.ns(NS).log_id(),
+        "R2 kept the newer history"
+    );
+    let st = stats(&c, &primary, NS).await;
+    assert_eq!(st["superseded_by"]["log_id"], promoted["log_id"], "{st}");
+    assert_eq!(st["superseded_by"]["fork_seq"], 5, "{st}");
+
+    // Fenced, it refuses writes (and says why), is not ready, and stays fenced after a restart.
+    let (status, _) = call(&c, Method::POST, &primary.url("/api/v1/ns/fence"), None).await;
+    assert_eq!(status, 200);
+    let body = serde_json::json!({"value": b64(b"late")}).to_string();
+    let (status, j) = call(
+        &c,
+        Method::PUT,
+        &primary.url("/api/v1/ns/kv/x"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 403, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("fenced"), "{j}");
+    assert_eq!(ready(&c, &primary).await.0, 503);
+    let head = primary.head(NS);
+    primary.stop().await;
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let (status, _) = call(
+        &c,
+        Method::PUT,
+        &primary.url("/api/v1/ns/kv/x"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(primary.head(NS), head);
+    assert_eq!(stats(&c, &primary, NS).await["fenced"], true);
+    r2.stop().await;
+    r1.stop().await;
+    primary.stop().await;
+}

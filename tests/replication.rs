@@ -361,6 +361,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
         .position(PositionRequest {
             probe_seq: 0,
             namespace: NS.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -444,6 +445,7 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
         .position(PositionRequest {
             probe_seq: 0,
             namespace: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -17,10 +17,8 @@ use crate::replication::follower::State;
 
 /// `GET /ready` and `POST /api/v1/{ns}/promote`.
 pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let with = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
+    let with_api = |api: Arc<Api>| warp::any().map(move || api.clone());
+    let with = with_api(api.clone());
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(with.clone())
@@ -28,10 +26,15 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .boxed();
     let promote = warp::path!("api" / "v1" / String / "promote")
         .and(warp::post())
-        .and(with)
+        .and(with.clone())
         .then(|ns, api| async move { super::handlers::respond(promote(api, ns).await) })
         .boxed();
-    ready.or(promote).unify().boxed()
+    let fence = warp::path!("api" / "v1" / String / "fence")
+        .and(warp::post())
+        .and(with_api(api))
+        .then(|ns, api| async move { super::handlers::respond(fence(api, ns).await) })
+        .boxed();
+    ready.or(promote).unify().or(fence).unify().boxed()
 }
 
 #[derive(Serialize)]
@@ -47,6 +50,9 @@ struct Readiness {
 fn not_ready(api: &Api, ns: &crate::store::Namespace) -> Option<String> {
     if let Some(reason) = ns.corrupt() {
         return Some(format!("corrupt: {reason}"));
+    }
+    if ns.fenced() {
+        return Some("fenced: refuses writes (superseded)".to_owned());
     }
     api.role.upstream(ns.name())?;
     let followed = api.followers.get(ns.name())?;
@@ -145,6 +151,24 @@ async fn promote(api: Arc<Api>, ns: String) -> Result<Response> {
         log_id,
         prev_log_id: lineage.prev_log_id,
         fork_seq: lineage.fork_seq,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct Fenced {
+    success: bool,
+    namespace: String,
+}
+
+/// Makes a namespace refuse writes from now on (persisted): what an operator does to a primary
+/// that was superseded by a promotion, until it rejoins as a replica.
+async fn fence(api: Arc<Api>, ns: String) -> Result<Response> {
+    let namespace = super::handlers::namespace(&api, &ns)?;
+    namespace.fence().await?;
+    Ok(warp::reply::json(&Fenced {
+        success: true,
+        namespace: ns,
     })
     .into_response())
 }

@@ -39,6 +39,21 @@ fn writable(api: &Api, ns: &str) -> Result<Arc<Namespace>> {
             ),
         ));
     }
+    if namespace.fenced() {
+        let why = match namespace.superseded_by() {
+            Some(l) => format!(
+                "; log {} was forked from this one at seq {} by a promotion",
+                l.prev_log_id, l.fork_seq
+            ),
+            None => String::new(),
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "namespace {ns:?} on this node is fenced: it was superseded and refuses writes{why}; send writes to the new primary"
+            ),
+        ));
+    }
     Ok(namespace)
 }
 
@@ -395,6 +410,11 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
             .get(namespace.name())
             .filter(|_| api.role.upstream(namespace.name()).is_some())
             .map(|f| f.tracker.snapshot(&namespace)),
+        fenced: namespace.fenced(),
+        superseded_by: namespace.superseded_by().map(|l| SupersededBy {
+            log_id: l.prev_log_id,
+            fork_seq: l.fork_seq,
+        }),
         followers: namespace
             .acks
             .list()

@@ -113,6 +113,12 @@ pub struct StatsResponse {
     /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::follower::Status>,
+    /// The namespace refuses writes (`POST /fence`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
+    /// A newer log forked from this one, reported by a follower: this node is a stale primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<SupersededBy>,
     /// The followers connected to this node for the namespace (Tail streams that name
     /// themselves), with what each applied: what `?acks=K` counts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -127,6 +133,12 @@ pub struct HealthResponse {
     pub status: &'static str,
     pub role: &'static str,
     pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SupersededBy {
+    pub log_id: String,
+    pub fork_seq: Seq,
 }
 
 #[derive(Debug, Serialize)]

@@ -57,6 +57,7 @@ pub async fn backup(
         .position(PositionRequest {
             namespace: namespace.to_owned(),
             probe_seq: 0,
+            ..Default::default()
         })
         .await
         .map_err(|s| format!("{upstream}: {}", s.message()))?

@@ -256,9 +256,20 @@ impl Follower {
             ReplicationClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let name = self.ns.name().to_owned();
 
+        // Our own lineage goes with the request: a stale primary learns it was superseded.
+        let lineage = match self.ns.read(crate::store::schema::lineage).await {
+            Ok(l) => l,
+            Err(e) => return store_end(e),
+        };
         let position = client.position(PositionRequest {
             namespace: name.clone(),
             probe_seq: 0,
+            follower_log_id: self.ns.log_id(),
+            follower_prev_log_id: lineage
+                .as_ref()
+                .map(|l| l.prev_log_id.clone())
+                .unwrap_or_default(),
+            follower_fork_seq: lineage.as_ref().map_or(0, |l| l.fork_seq),
         });
         let pos = match tokio::time::timeout(SILENCE_LIMIT, position).await {
             Ok(Ok(p)) => p.into_inner(),
@@ -275,6 +286,14 @@ impl Follower {
             return End::Retry(format!("upstream has no log_id for {name:?} yet"));
         }
         let local = self.ns.log_id();
+        if let Some(ours) = lineage.filter(|l| l.prev_log_id == pos.log_id) {
+            // The upstream serves the log ours was forked from: it is the primary a promotion
+            // replaced. Following it would throw the newer history away.
+            return End::Fatal(format!(
+                "the upstream {} serves log {}, which this replica's log {local} superseded at seq {} (a promotion): it is a stale primary; point this replica at the new primary",
+                self.upstream, pos.log_id, ours.fork_seq
+            ));
+        }
         if local != pos.log_id {
             let head = self.ns.head();
             let lineage = (!pos.prev_log_id.is_empty() && local == pos.prev_log_id).then(|| {
@@ -512,6 +531,7 @@ pub(super) async fn upstream_crc(
     let probe = PositionRequest {
         namespace: namespace.to_owned(),
         probe_seq: seq,
+        ..Default::default()
     };
     match tokio::time::timeout(SILENCE_LIMIT, client.position(probe)).await {
         Ok(Ok(p)) => {

@@ -89,6 +89,13 @@ impl Replication for ReplicationService {
         let ns = self.namespace(&req.namespace)?;
         let head = ns.head();
         let following = self.followed.read().unwrap().contains_key(&req.namespace);
+        if !following
+            && !req.follower_prev_log_id.is_empty()
+            && req.follower_prev_log_id == ns.log_id()
+        {
+            // A follower whose log was forked from ours: we are a stale primary.
+            ns.mark_superseded(&req.follower_log_id, req.follower_fork_seq);
+        }
         let probe = req.probe_seq;
         let (oldest, probed, lineage) = ns
             .read(move |c| {

@@ -159,6 +159,10 @@ pub struct Namespace {
     /// or by SQLite reporting it malformed. Reads and writes of this namespace then fail with
     /// [`StoreError::Corrupt`]; other namespaces keep serving.
     corrupt: std::sync::OnceLock<String>,
+    /// A newer log forked from this one (a promotion elsewhere), as a follower reported it.
+    superseded: Mutex<Option<Lineage>>,
+    /// Refuses writes (`meta.fenced_at_ms`): an operator fenced this superseded primary.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// A live tail stream's position, registered with its namespace while the stream lives.
@@ -263,6 +267,8 @@ impl Namespace {
             tails: Mutex::new(BTreeMap::new()),
             next_tail: AtomicU64::new(0),
             corrupt: std::sync::OnceLock::new(),
+            superseded: Mutex::new(None),
+            fenced: std::sync::atomic::AtomicBool::new(info.fenced),
         };
         if !check.is_ok() {
             ns.mark_corrupt(format!("the check at open found: {}", check.summary()));
@@ -396,6 +402,40 @@ impl Namespace {
             .await?;
         *self.log_id.write().unwrap() = log_id;
         Ok(lineage)
+    }
+
+    /// Records that log `log_id`, forked from this one at `fork_seq`, exists elsewhere: this
+    /// node is a superseded primary for the namespace. Logged loudly once per newer log.
+    pub fn mark_superseded(&self, log_id: &str, fork_seq: Seq) {
+        let newer = Lineage {
+            prev_log_id: log_id.to_owned(),
+            fork_seq,
+        };
+        let mut superseded = self.superseded.lock().unwrap();
+        if superseded.as_ref() != Some(&newer) {
+            tracing::error!(namespace = %self.name, own_log_id = %self.log_id(), newer_log_id = %log_id, fork_seq, "SUPERSEDED: a follower reports log {log_id}, forked from this node's log at seq {fork_seq} (a replica was promoted). Writes here will not reach that history: stop this primary, or fence it (POST /api/v1/{}/fence) and rejoin it as a replica", self.name);
+            *superseded = Some(newer);
+        }
+    }
+
+    /// Whether this namespace refuses writes (fenced).
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Refuses writes from now on, durably (`meta.fenced_at_ms`): what an operator does to a
+    /// primary that a promotion superseded, until it rejoins as a replica.
+    pub async fn fence(&self) -> Result<(), StoreError> {
+        self.request(|reply| Command::Fence { reply }).await?;
+        self.fenced.store(true, Ordering::Relaxed);
+        tracing::warn!(namespace = %self.name, "FENCED: this namespace refuses writes from now on");
+        Ok(())
+    }
+
+    /// The newer log that superseded this one, if a follower reported one (`prev_log_id` holds
+    /// the newer log's id here).
+    pub fn superseded_by(&self) -> Option<Lineage> {
+        self.superseded.lock().unwrap().clone()
     }
 
     /// The entry just before the oldest retained one (0 when nothing was ever pruned).

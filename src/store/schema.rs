@@ -26,6 +26,8 @@ pub struct FileInfo {
     pub head_seq: Seq,
     pub head_crc: u32,
     pub base_seq: Seq,
+    /// `meta.fenced_at_ms` is set: the namespace refuses writes.
+    pub fenced: bool,
     pub created: bool,
 }
 
@@ -101,6 +103,9 @@ pub fn open_writer(
     let log_id = meta("log_id")?.ok_or_else(|| bad("meta.log_id is missing".into()))?;
     let (head_seq, head_crc) = head(&conn).map_err(|e| bad(format!("cannot read wal_log: {e}")))?;
     let (base_seq, _) = base(&conn).map_err(|e| bad(format!("cannot read meta: {e}")))?;
+    let fenced = fenced_at_ms(&conn)
+        .map_err(|e| bad(format!("cannot read meta: {e}")))?
+        .is_some();
     if log_id.is_empty() && head_seq != 0 {
         return Err(bad("meta.log_id is empty but wal_log has entries".into()));
     }
@@ -121,6 +126,7 @@ pub fn open_writer(
             head_seq,
             head_crc,
             base_seq,
+            fenced,
             created,
         },
     ))
@@ -187,6 +193,14 @@ pub fn lineage(conn: &Connection) -> rusqlite::Result<Option<super::Lineage>> {
         }),
         _ => None,
     })
+}
+
+/// When this namespace was fenced (`meta.fenced_at_ms`): it refuses writes.
+pub fn fenced_at_ms(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE name = 'fenced_at_ms'")?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()
+        .map(|v| v.and_then(|v| v.parse().ok()))
 }
 
 /// When this namespace was promoted from a replica to a primary (`meta.promoted_at_ms`).

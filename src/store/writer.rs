@@ -60,6 +60,10 @@ pub(crate) enum Command {
         lineage: Option<Lineage>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Record in `meta` that this namespace refuses writes (a superseded primary).
+    Fence {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Turn this namespace's log into a new one forked at the head (a promotion).
     Promote {
         reply: oneshot::Sender<Result<Lineage, StoreError>>,
@@ -187,6 +191,14 @@ impl Writer {
                             }
                             Command::Promote { reply } => {
                                 let _ = reply.send(self.promote());
+                            }
+                            Command::Fence { reply } => {
+                                let r = super::schema::set_meta(
+                                    &self.conn,
+                                    "fenced_at_ms",
+                                    &now_ms().to_string(),
+                                );
+                                let _ = reply.send(r.map_err(StoreError::from));
                             }
                             Command::Prune { prune, reply } => {
                                 let _ = reply.send(self.prune(prune));

@@ -113,7 +113,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// A namespace promoted on this node (`meta.promoted_at_ms`) is this node's to write: a
-/// config that still has it followed would silently throw its new history away. Refuse.
+/// config that still follows it from the upstream it was promoted away from (the config was
+/// not changed since) would throw its new history away. Refuse that. A config that follows it
+/// from another upstream (an operator re-pointed it: this node rejoins a newer primary) goes
+/// ahead with a loud warning; divergence recovery keeps what only this node had.
 async fn refuse_promoted(
     store: &Store,
     config: &Config,
@@ -130,23 +133,29 @@ async fn refuse_promoted(
                 Ok((
                     crate::store::schema::promoted_at_ms(c)?,
                     crate::store::schema::lineage(c)?,
+                    crate::store::schema::meta(c, "promoted_from")?,
                 ))
             })
             .await?;
-        if let (Some(at), Some(lineage)) = promoted {
-            let relayer = config
-                .relayer_config
-                .iter()
-                .find(|(_, r)| r.namespaces.contains(name))
-                .map_or("?", |(k, _)| k.as_str());
+        let (Some(at), Some(lineage), from) = promoted else {
+            continue;
+        };
+        let (relayer, upstream) = config
+            .relayer_config
+            .iter()
+            .find(|(_, r)| r.namespaces.contains(name))
+            .map_or(("?", ""), |(k, r)| {
+                (k.as_str(), r.upstream_address.as_str())
+            });
+        if from.as_deref() == Some(upstream) {
             return Err(NodeError::Config(format!(
-                "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {} forked from {} at seq {}), but relayer_config.{relayer} still follows it: remove it from relayer_config.{relayer} to serve it as a primary, or move {} away to make this node its replica again",
+                "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {} forked from {} at seq {}) away from {upstream}, and relayer_config.{relayer} still follows it from there: remove it from relayer_config.{relayer} to serve it as a primary, or point upstream_address at the new primary to make this node its replica again",
                 ns.log_id(),
                 lineage.prev_log_id,
                 lineage.fork_seq,
-                ns.path().display()
             )));
         }
+        tracing::warn!(namespace = %name, promoted_at_ms = at, %upstream, "this namespace was promoted on this node, and now follows {upstream}: rejoining as a replica (entries the new upstream does not have go to a rollback file)");
     }
     Ok(())
 }

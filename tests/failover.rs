@@ -223,7 +223,6 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
         .collect();
     assert_eq!(rolled, ["lost0", "lost1", "lost2"]);
     assert_eq!(kv_rows(&r1.db(NS)), kv_rows(&pdir.path().join("ns.db")));
-    r2.stop().await;
 
     // The promotion survives a restart; a config that still follows the namespace is refused.
     r1.stop().await;
@@ -239,6 +238,15 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
         err.contains("was promoted") && err.contains("relayer_config.up"),
         "{err}"
     );
+    // Re-pointed at another upstream, it starts: an operator making it a replica again.
+    let text = replica_config(r1dir.path(), &[NS], &r2.grpc(), "");
+    let config = ferry::config::Config::parse(&text, Path::new("r1.toml")).unwrap();
+    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
+    let rejoined = ferry::node::Node::start(config, ferry::node::Mode::Replica, listeners)
+        .await
+        .expect("a promoted namespace may follow a new upstream");
+    rejoined.shutdown().await;
+    r2.stop().await;
     let r1 = TestNode::primary(r1dir.path(), &[NS]).await;
     assert_eq!(stats(&c, &r1, NS).await["role"], "primary");
     r1.stop().await;

@@ -126,11 +126,7 @@ struct Promoted {
 /// writes at once.
 async fn promote(api: Arc<Api>, ns: String) -> Result<Response> {
     let namespace = super::handlers::namespace(&api, &ns)?;
-    let Some(followed) = api
-        .followers
-        .get(&ns)
-        .filter(|_| api.role.upstream(&ns).is_some())
-    else {
+    let (Some(followed), Some(from)) = (api.followers.get(&ns), api.role.upstream(&ns)) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("namespace {ns:?} is already a primary on this node: nothing to promote"),
@@ -139,7 +135,7 @@ async fn promote(api: Arc<Api>, ns: String) -> Result<Response> {
     // The follower stops before the log forks: nothing from the old upstream lands after it.
     followed.stop.cancel();
     followed.tracker.wait_stopped().await;
-    let lineage = namespace.promote().await?;
+    let lineage = namespace.promote(&from).await?;
     if let super::Role::Replica { upstreams } = &api.role {
         upstreams.write().unwrap().remove(&ns);
     }

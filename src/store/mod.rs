@@ -390,9 +390,13 @@ impl Namespace {
     }
 
     /// Promotes this namespace's log to a new one forked at the head (a new log_id; the old
-    /// one and the head recorded in `meta` as its lineage). Returns the lineage.
-    pub async fn promote(&self) -> Result<Lineage, StoreError> {
-        let lineage = self.request(|reply| Command::Promote { reply }).await?;
+    /// one, the head and `from`, the upstream it followed, recorded in `meta`). Returns the
+    /// lineage.
+    pub async fn promote(&self, from: &str) -> Result<Lineage, StoreError> {
+        let from = from.to_owned();
+        let lineage = self
+            .request(|reply| Command::Promote { from, reply })
+            .await?;
         let log_id = self
             .read(|c| {
                 c.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {

@@ -195,6 +195,13 @@ pub fn lineage(conn: &Connection) -> rusqlite::Result<Option<super::Lineage>> {
     })
 }
 
+/// One `meta` value, if present.
+pub fn meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get::<_, String>(0))
+        .optional()
+}
+
 /// When this namespace was fenced (`meta.fenced_at_ms`): it refuses writes.
 pub fn fenced_at_ms(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT value FROM meta WHERE name = 'fenced_at_ms'")?

@@ -66,6 +66,8 @@ pub(crate) enum Command {
     },
     /// Turn this namespace's log into a new one forked at the head (a promotion).
     Promote {
+        /// The upstream it followed until now, kept in `meta.promoted_from`.
+        from: String,
         reply: oneshot::Sender<Result<Lineage, StoreError>>,
     },
     /// Delete the oldest entries (see [`Prune`]), in one small transaction.
@@ -189,8 +191,8 @@ impl Writer {
                             } => {
                                 let _ = reply.send(self.adopt_log_id(&log_id, lineage));
                             }
-                            Command::Promote { reply } => {
-                                let _ = reply.send(self.promote());
+                            Command::Promote { from, reply } => {
+                                let _ = reply.send(self.promote(&from));
                             }
                             Command::Fence { reply } => {
                                 let r = super::schema::set_meta(
@@ -406,7 +408,7 @@ impl Writer {
 
     /// Forks this log at its head: a new log_id, with the old one and the head recorded as its
     /// lineage, and the namespace marked promoted (it no longer follows an upstream).
-    fn promote(&mut self) -> Result<Lineage, StoreError> {
+    fn promote(&mut self, from: &str) -> Result<Lineage, StoreError> {
         let tx = self.conn.transaction()?;
         let current: String =
             tx.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
@@ -420,6 +422,7 @@ impl Writer {
         super::schema::set_meta(&tx, "prev_log_id", &lineage.prev_log_id)?;
         super::schema::set_meta(&tx, "fork_seq", &lineage.fork_seq.to_string())?;
         super::schema::set_meta(&tx, "promoted_at_ms", &now_ms().to_string())?;
+        super::schema::set_meta(&tx, "promoted_from", from)?;
         tx.commit()?;
         Ok(lineage)
     }

@@ -50,6 +50,16 @@ async fn ready_says_which_namespace_is_not_serving_and_why() {
         "{body}"
     );
     assert!(body["error"].as_str().unwrap().contains(NS), "{body}");
+    // /stats and /metrics say the same.
+    let said = stats(&c, &replica, NS).await["ready"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        said.starts_with("connecting") || said.starts_with("retrying"),
+        "{said}"
+    );
+    assert_eq!(metric(&metrics(&c, &replica).await, "ferry_ready", NS), 0.0);
     assert_eq!(
         call(&c, Method::GET, &replica.url("/health"), None).await.0,
         200
@@ -64,6 +74,8 @@ async fn ready_says_which_namespace_is_not_serving_and_why() {
     })
     .await;
     assert_eq!(body["namespaces"][NS], "ready", "{status} {body}");
+    assert_eq!(stats(&c, &replica, NS).await["ready"], "ready");
+    assert_eq!(metric(&metrics(&c, &replica).await, "ferry_ready", NS), 1.0);
     replica.stop().await;
     primary.stop().await;
 }
@@ -405,8 +417,25 @@ async fn a_stale_primary_learns_it_was_superseded_and_can_be_fenced() {
     wait_synced(&primary, &r1, NS).await;
     wait_synced(&primary, &r2, NS).await;
     // R1 is promoted while the old primary keeps running (a partition, say); R2 moves over.
-    let (status, promoted) = call(&c, Method::POST, &r1.url("/api/v1/ns/promote"), None).await;
-    assert_eq!(status, 200, "{promoted}");
+    // Through the CLI this time.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["promote", "--target", &r1.base, "--namespace", NS])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promoted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(promoted["fork_seq"], 5, "{promoted}");
+    // Again: refused (exit 1), saying why.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["promote", "--target", &r1.base, "--namespace", NS])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a primary"));
     r2.stop().await;
     let r2 = replica(r2dir.path(), &r1.grpc(), "").await;
     wait_for(Duration::from_secs(20), "R2 on R1's log", async || {

@@ -446,6 +446,15 @@ async fn on_divergence_stop_keeps_the_replica_as_it_was() {
         st["replication"]["lag"].is_null(),
         "a stopped follower's lag is unknown, never 0: {st}"
     );
+    let (status, ready) = call(&c, Method::GET, &replica.url("/ready"), None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["namespaces"][NS]
+            .as_str()
+            .unwrap()
+            .starts_with("stopped: history differs"),
+        "{ready}"
+    );
     assert_eq!(
         (wal_rows(&replica.db(NS)), kv_rows(&replica.db(NS))),
         before

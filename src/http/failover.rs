@@ -46,8 +46,8 @@ struct Readiness {
     namespaces: BTreeMap<String, String>,
 }
 
-/// Why a namespace is not ready to serve, if it is not.
-fn not_ready(api: &Api, ns: &crate::store::Namespace) -> Option<String> {
+/// Why a namespace is not ready to serve, if it is not (`/ready`, `/stats`, `/metrics`).
+pub(crate) fn not_ready(api: &Api, ns: &crate::store::Namespace) -> Option<String> {
     if let Some(reason) = ns.corrupt() {
         return Some(format!("corrupt: {reason}"));
     }

@@ -410,6 +410,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
             .get(namespace.name())
             .filter(|_| api.role.upstream(namespace.name()).is_some())
             .map(|f| f.tracker.snapshot(&namespace)),
+        ready: super::failover::not_ready(&api, &namespace).unwrap_or_else(|| "ready".to_owned()),
         fenced: namespace.fenced(),
         superseded_by: namespace.superseded_by().map(|l| SupersededBy {
             log_id: l.prev_log_id,

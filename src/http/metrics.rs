@@ -81,6 +81,18 @@ fn store(out: &mut Exposition, namespaces: &[Arc<Namespace>]) {
 
 /// Each followed namespace's progress (replicas).
 fn replication(out: &mut Exposition, api: &Api, namespaces: &[Arc<Namespace>]) {
+    out.family(
+        "ferry_ready",
+        "gauge",
+        "1 when the namespace counts as ready for GET /ready (serving; following within max_lag on a replica), else 0 (/stats says why).",
+        namespaces
+            .iter()
+            .map(|n| {
+                let ready = super::failover::not_ready(api, n).is_none();
+                (label(n.name()), u8::from(ready).to_string())
+            })
+            .collect(),
+    );
     let followed: Vec<_> = namespaces
         .iter()
         .filter_map(|n| {

@@ -113,6 +113,8 @@ pub struct StatsResponse {
     /// Replica only: upstream, state, upstream head, applied seq, lag, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<crate::replication::follower::Status>,
+    /// "ready", or why `/ready` does not count this namespace as ready.
+    pub ready: String,
     /// The namespace refuses writes (`POST /fence`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fenced: bool,

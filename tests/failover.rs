@@ -491,3 +491,51 @@ async fn a_stale_primary_learns_it_was_superseded_and_can_be_fenced() {
     r1.stop().await;
     primary.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_further_behind_than_max_lag_is_not_ready() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    // ~3 MB of log: the replica gets part of it, then the proxy holds the stream.
+    for b in 0..30 {
+        let items: Vec<_> = (0..10)
+            .map(|i| serde_json::json!({"key": format!("k{b}-{i}"), "value": b64(&[b'x'; 10_000])}))
+            .collect();
+        let body = serde_json::json!({"operation": "put", "items": items}).to_string();
+        let url = primary.url(&format!("/api/v1/{NS}/kv/batch"));
+        assert_eq!(call(&c, Method::POST, &url, Some(&body)).await.0, 200);
+    }
+    let stall = Arc::new(AtomicBool::new(true));
+    let proxy = stalling_proxy(primary.grpc(), 2_500_000, stall.clone()).await;
+    let replica = replica(rdir.path(), &proxy, "max_lag = 10").await;
+    // Following, but stuck behind: not ready, and the reason says how far.
+    let body = wait_for(Duration::from_secs(30), "catching up", async || {
+        let (status, body) = ready(&c, &replica).await;
+        let why = body["namespaces"][NS]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (status == 503 && why.starts_with("catching up")).then_some(body)
+    })
+    .await;
+    assert!(
+        body["namespaces"][NS]
+            .as_str()
+            .unwrap()
+            .contains("max_lag 10"),
+        "{body}"
+    );
+    assert!(replica.head(NS) < primary.head(NS));
+    // Released, it catches up and is ready.
+    stall.store(false, Ordering::SeqCst);
+    wait_synced(&primary, &replica, NS).await;
+    wait_for(Duration::from_secs(30), "ready", async || {
+        (ready(&c, &replica).await.0 == 200).then_some(())
+    })
+    .await;
+    replica.stop().await;
+    primary.stop().await;
+}

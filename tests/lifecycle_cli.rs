@@ -54,52 +54,6 @@ async fn pruned_primary(dir: &Path) -> (TestNode, reqwest::Client) {
     (primary, c)
 }
 
-/// A TCP proxy to `upstream` that, while `stall` is set, passes the first `stall_after` bytes
-/// of the first connection to the client, then holds it open without passing anything more,
-/// and closes every later connection at once. Once `stall` is cleared it passes everything.
-async fn stalling_proxy(upstream: String, stall_after: usize, stall: Arc<AtomicBool>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((client, _)) = listener.accept().await {
-            if stall.load(Ordering::SeqCst) && !first {
-                drop(client);
-                continue;
-            }
-            let limit = if first { stall_after } else { usize::MAX };
-            first = false;
-            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-            let stall = stall.clone();
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                let mut passed = 0;
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match sr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if passed + n > limit && stall.load(Ordering::SeqCst) {
-                        // Hold the connection open, passing nothing, for as long as it lives.
-                        std::future::pending::<()>().await;
-                    }
-                    passed += n;
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_snapshot_resumes_it_after_restart() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -140,6 +140,19 @@ mod tests {
     }
 
     #[test]
+    fn ops_read_back_from_their_stored_spelling() {
+        // `wal_log.op` holds `as_str`; readers and the follower parse it back, and
+        // notifications print it with `Display`.
+        for op in [Op::Put, Op::Delete] {
+            assert_eq!(Op::parse(op.as_str()), Some(op));
+            assert_eq!(op.to_string(), op.as_str());
+        }
+        assert_eq!((Op::Put.as_str(), Op::Delete.as_str()), ("put", "delete"));
+        assert_eq!(Op::parse("PUT"), None);
+        assert_eq!(Op::parse(""), None);
+    }
+
+    #[test]
     fn crc_encoding_is_stable() {
         // Value computed independently with Python: zlib.crc32(struct.pack("<Iqqb", 0, 1, 1, 0)
         // + struct.pack("<I", 1) + b"k" + struct.pack("<I", 1) + b"v" + struct.pack("<q", 10)).

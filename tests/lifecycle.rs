@@ -125,9 +125,10 @@ async fn a_connected_follower_holds_retention_back_up_to_twice_the_limit() {
     // A live tail stream that still has to send seq 11 (what the service registers).
     let follower = ns.register_tail(11);
     batch(&c, &primary, 10, 150, 10).await;
-    ferry::store::retention::prune_once(&ns, &config)
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
         .await
         .unwrap();
+    assert_eq!(pruned, 10, "prune_once says how many entries went");
     assert_eq!(
         ns.base_seq(),
         10,
@@ -135,25 +136,85 @@ async fn a_connected_follower_holds_retention_back_up_to_twice_the_limit() {
     );
     // Past twice the limit the follower is given up on (it will bootstrap).
     batch(&c, &primary, 160, 100, 10).await;
-    ferry::store::retention::prune_once(&ns, &config)
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
         .await
         .unwrap();
     assert_eq!(ns.base_seq(), 260 - 200, "hard bound: 2 x max_entries");
+    assert_eq!(pruned, 50);
     // Gone, it holds nothing back.
     drop(follower);
-    ferry::store::retention::prune_once(&ns, &config)
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
         .await
         .unwrap();
     assert_eq!(ns.base_seq(), 260 - 100);
+    assert_eq!(pruned, 100);
     assert_eq!(stats(&c, &primary, NS).await["wal_entries"], 100);
     verify_file(&primary.db(NS));
     primary.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_prunes_old_entries_and_holds_for_a_follower_up_to_twice_the_age() {
+    let pdir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::start(&primary_text(pdir.path(), 0, ""), pdir.path()).await;
+    let ns = primary.ns(NS);
+    let age = Duration::from_secs(2);
+    let config = config_with(&format!(
+        "enabled = true\nmax_age = \"{}ms\"\n",
+        age.as_millis()
+    ));
+    let before = std::time::Instant::now();
+    batch(&c, &primary, 0, 10, 10).await;
+    let written = std::time::Instant::now();
+    assert_eq!(
+        ferry::store::retention::prune_once(&ns, &config)
+            .await
+            .unwrap(),
+        0,
+        "nothing is older than max_age yet"
+    );
+    // The follower still has to send seq 3.
+    let follower = ns.register_tail(3);
+    // Older than max_age (but not twice it): only what the follower has goes. The round must
+    // run before `before + 2 x age`; it has about `age` of slack.
+    wait_for(Duration::from_secs(10), "max_age to pass", async || {
+        (written.elapsed() > age + Duration::from_millis(50)).then_some(())
+    })
+    .await;
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert!(
+        before.elapsed() < 2 * age,
+        "the machine was too slow for this test"
+    );
+    assert_eq!((pruned, ns.base_seq()), (2, 2), "held back by the follower");
+    // Older than twice max_age: the follower is given up on; the head entry always stays.
+    wait_for(
+        Duration::from_secs(10),
+        "twice max_age to pass",
+        async || (written.elapsed() > 2 * age + Duration::from_millis(50)).then_some(()),
+    )
+    .await;
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert_eq!((pruned, ns.base_seq()), (7, 9), "hard bound: 2 x max_age");
+    drop(follower);
+    verify_file(&primary.db(NS));
+    primary.stop().await;
+}
+
 fn retention_config(max_entries: u64) -> ferry::config::WalCleanupConfig {
+    config_with(&keep_last(max_entries))
+}
+
+/// The `[storage_config.wal_cleanup_config]` that the TOML lines `retention` give.
+fn config_with(retention: &str) -> ferry::config::WalCleanupConfig {
     let text = format!(
         "http_port = 0\n[storage_config]\nbase_dir = \"/x\"\nnamespaces = [\"ns\"]\n[storage_config.wal_cleanup_config]\n{}",
-        keep_last(max_entries)
+        retention
     );
     ferry::config::Config::parse(&text, Path::new("t.toml"))
         .unwrap()

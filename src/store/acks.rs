@@ -123,3 +123,46 @@ impl Acks {
         self.followers.lock().unwrap().values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_for_two_acks_returns_only_once_two_followers_have_the_seq() {
+        let acks = Acks::default();
+        let _a = acks.register("a", "127.0.0.1:1".into(), 0);
+        let _b = acks.register("b", "127.0.0.1:2".into(), 0);
+        let wait = acks.wait(5, 2, Duration::from_secs(60));
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending(), "nobody has seq 5");
+        assert!(acks.ack("a", 5));
+        assert!(
+            futures::poll!(&mut wait).is_pending(),
+            "one ack of two: the write keeps waiting"
+        );
+        // A stale ack does not move a follower back.
+        assert!(acks.ack("a", 3));
+        assert!(!acks.ack("nobody", 9), "not connected");
+        assert!(futures::poll!(&mut wait).is_pending());
+        assert!(acks.ack("b", 6));
+        assert_eq!(wait.await, 2);
+        assert_eq!(acks.count_at(5), 2);
+        assert_eq!(acks.count_at(6), 1);
+    }
+
+    #[tokio::test]
+    async fn a_follower_connected_twice_counts_once_and_leaves_with_its_streams() {
+        let acks = Acks::default();
+        let first = acks.register("a", "127.0.0.1:1".into(), 0);
+        let second = acks.register("a", "127.0.0.1:2".into(), 0);
+        acks.ack("a", 5);
+        assert_eq!(acks.count_at(5), 1, "one follower, two streams");
+        assert_eq!(acks.list().len(), 2);
+        drop(first);
+        assert_eq!(acks.list().len(), 1);
+        drop(second);
+        assert!(acks.list().is_empty());
+        assert_eq!(acks.count_at(0), 0);
+    }
+}

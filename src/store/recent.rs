@@ -154,4 +154,54 @@ mod tests {
             (6..=20).collect::<Vec<_>>()
         );
     }
+
+    #[test]
+    fn holds_exactly_max_entries() {
+        let r = Recent::default();
+        r.push((1..=MAX_ENTRIES as Seq).map(|s| entry(s, s)));
+        assert_eq!(
+            r.since(1, 1, usize::MAX).unwrap()[0].seq,
+            1,
+            "a full window still serves its oldest entry"
+        );
+        r.push([entry(MAX_ENTRIES as Seq + 1, MAX_ENTRIES as Seq + 1)]);
+        assert!(r.since(1, 1, usize::MAX).is_none(), "one more evicts it");
+        assert_eq!(r.since(2, 1, usize::MAX).unwrap()[0].seq, 2);
+    }
+
+    #[test]
+    fn batches_stop_at_the_byte_bound_on_a_group_boundary() {
+        let r = Recent::default();
+        // Each entry counts its key and value: 2 + 10 = 12 bytes. Groups: [1], [2], [3, 4], [5]
+        r.push([
+            entry(1, 1),
+            entry(2, 2),
+            entry(3, 3),
+            entry(4, 3),
+            entry(5, 5),
+        ]);
+        let seqs = |max_bytes| {
+            r.since(1, 100, max_bytes)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(12), [1], "12 bytes reached after one entry");
+        assert_eq!(seqs(20), [1, 2], "under 20 after one, 24 after two");
+        assert_eq!(seqs(30), [1, 2, 3, 4], "the group [3, 4] is not split");
+        assert_eq!(seqs(usize::MAX), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_cleared_window_forgets_the_replaced_history() {
+        let r = Recent::default();
+        r.push((1..=5).map(|s| entry(s, s)));
+        r.clear();
+        assert!(r.since(3, 10, usize::MAX).is_none(), "read the new file");
+        // The installed history continues from its own base, not from the old entries.
+        r.push((41..=42).map(|s| entry(s, s)));
+        assert!(r.since(5, 10, usize::MAX).is_none());
+        assert_eq!(r.since(41, 10, usize::MAX).unwrap().len(), 2);
+    }
 }

@@ -100,7 +100,8 @@ async fn retention_prunes_past_a_stopped_replica_which_bootstraps_on_restart() {
     wait_synced(&primary, &replica, NS).await;
     batch(&c, &primary, 5000, 10, 5).await;
     wait_synced(&primary, &replica, NS).await;
-    let st = stats(&c, &replica, NS).await;
+    // "following" again means the bootstrap is counted (the head shows a moment earlier).
+    let st = wait_replication_state(&c, &replica, NS, "following").await;
     assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
     assert_eq!(st["replication"]["state"], "following", "{st}");
     assert!(st["base_seq"].as_i64().unwrap() > stopped_at, "{st}");
@@ -155,11 +156,22 @@ async fn a_connected_follower_holds_retention_back_up_to_twice_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_age_prunes_old_entries_and_holds_for_a_follower_up_to_twice_the_age() {
+    // The round between max_age and twice it must run inside that window; on a machine too
+    // loaded for it, the scenario runs again with a longer age instead of failing.
+    for age_s in [2, 4, 8] {
+        if max_age_scenario(Duration::from_secs(age_s)).await {
+            return;
+        }
+    }
+    panic!("the machine was too slow for every max_age tried");
+}
+
+/// Returns false when the machine was too slow to run the middle round in its window.
+async fn max_age_scenario(age: Duration) -> bool {
     let pdir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
     let primary = TestNode::start(&primary_text(pdir.path(), 0, ""), pdir.path()).await;
     let ns = primary.ns(NS);
-    let age = Duration::from_secs(2);
     let config = config_with(&format!(
         "enabled = true\nmax_age = \"{}ms\"\n",
         age.as_millis()
@@ -176,23 +188,22 @@ async fn max_age_prunes_old_entries_and_holds_for_a_follower_up_to_twice_the_age
     );
     // The follower still has to send seq 3.
     let follower = ns.register_tail(3);
-    // Older than max_age (but not twice it): only what the follower has goes. The round must
-    // run before `before + 2 x age`; it has about `age` of slack.
-    wait_for(Duration::from_secs(10), "max_age to pass", async || {
+    // Older than max_age (but not twice it): only what the follower has goes.
+    wait_for(Duration::from_secs(30), "max_age to pass", async || {
         (written.elapsed() > age + Duration::from_millis(50)).then_some(())
     })
     .await;
     let pruned = ferry::store::retention::prune_once(&ns, &config)
         .await
         .unwrap();
-    assert!(
-        before.elapsed() < 2 * age,
-        "the machine was too slow for this test"
-    );
+    if before.elapsed() >= 2 * age {
+        primary.stop().await;
+        return false;
+    }
     assert_eq!((pruned, ns.base_seq()), (2, 2), "held back by the follower");
     // Older than twice max_age: the follower is given up on; the head entry always stays.
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "twice max_age to pass",
         async || (written.elapsed() > 2 * age + Duration::from_millis(50)).then_some(()),
     )
@@ -204,6 +215,7 @@ async fn max_age_prunes_old_entries_and_holds_for_a_follower_up_to_twice_the_age
     drop(follower);
     verify_file(&primary.db(NS));
     primary.stop().await;
+    true
 }
 
 fn retention_config(max_entries: u64) -> ferry::config::WalCleanupConfig {
@@ -286,7 +298,7 @@ async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
         batch(&c, &primary, 7000 + i * 10, 10, 100).await;
     }
     wait_synced(&primary, &replica, NS).await;
-    let st = stats(&c, &replica, NS).await;
+    let st = wait_replication_state(&c, &replica, NS, "following").await;
     let r = &st["replication"];
     assert_eq!(r["bootstraps"], 1, "{st}");
     assert!(

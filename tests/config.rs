@@ -210,3 +210,60 @@ fn retention_durations_and_limits_are_checked() {
     // Disabled retention needs no limits (and prunes nothing).
     assert!(with("enabled = false\n").is_ok());
 }
+
+#[test]
+fn failover_keys_are_checked() {
+    let base = "http_port = 0\n[storage_config]\nbase_dir = \"/x\"\nnamespaces = [\"ns\"]\n";
+    let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("f.toml"));
+    let relayer = |line: &str| {
+        parse(&format!(
+            "[relayer_config.up]\nnamespaces = [\"ns\"]\nupstream_address = \"127.0.0.1:1\"\n{line}\n"
+        ))
+    };
+    let ok = relayer("on_divergence = \"stop\"\nmax_lag = 0").unwrap();
+    let r = &ok.relayer_config["up"];
+    assert_eq!(
+        (r.on_divergence, r.max_lag),
+        (ferry::replication::OnDivergence::Stop, 0)
+    );
+    let defaults = relayer("").unwrap();
+    assert_eq!(defaults.relayer_config["up"].max_lag, 10_000);
+    let err = relayer("on_divergence = \"ignore\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ignore") && err.contains("rebootstrap"),
+        "{err}"
+    );
+    let err = relayer("max_lag = -1").unwrap_err().to_string();
+    assert!(err.contains("max_lag must be 0 or more"), "{err}");
+
+    let acks = parse("[acks_config.ns]\nacks = 2\n").unwrap();
+    assert_eq!(
+        (
+            acks.acks_config["ns"].acks,
+            acks.acks_config["ns"].timeout_ms
+        ),
+        (2, 5000)
+    );
+    let err = parse("[acks_config.other]\nacks = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acks_config.other") && err.contains("not in storage_config"),
+        "{err}"
+    );
+    for bad in ["0", "60001"] {
+        let err = parse(&format!("[acks_config.ns]\ntimeout_ms = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timeout_ms must be 1 to 60000"),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse("[acks_config.ns]\nack = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ack"), "{err}");
+}

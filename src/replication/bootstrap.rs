@@ -123,142 +123,139 @@ pub(crate) async fn fetch(
     staging: &mut Staging,
     report: &mut (dyn FnMut(Fetched<'_>) + Send),
 ) -> End {
-    {
-        let name = name.to_owned();
-        let mut progress = match staging.progress() {
-            Ok(p) => p,
-            Err(e) => return store_end(e),
-        };
-        if progress.log_id.as_deref().is_some_and(|id| id != log_id) {
-            tracing::info!(namespace = %name, "the staged snapshot is of another log; starting over");
-            if let Err(e) = staging.reset() {
-                return store_end(e);
-            }
-            progress = Progress::default();
+    let name = name.to_owned();
+    let mut progress = match staging.progress() {
+        Ok(p) => p,
+        Err(e) => return store_end(e),
+    };
+    if progress.log_id.as_deref().is_some_and(|id| id != log_id) {
+        tracing::info!(namespace = %name, "the staged snapshot is of another log; starting over");
+        if let Err(e) = staging.reset() {
+            return store_end(e);
         }
-        let mut last_report = Instant::now();
-        let started = Instant::now();
-        let resuming = progress.last_key.is_some();
-        if resuming {
-            tracing::info!(namespace = %name, rows = progress.rows, after_key = ?progress.last_key, "resuming a snapshot download");
-        }
-        while !progress.rows_done {
-            let request = SnapshotRequest {
-                namespace: name.clone(),
-                after_key: progress.last_key.clone(),
-            };
-            let mut stream =
-                match tokio::time::timeout(SILENCE_LIMIT, client.snapshot(request)).await {
-                    Ok(Ok(s)) => s.into_inner(),
-                    Ok(Err(s)) => return status_end(&s),
-                    Err(_) => return End::Retry("no answer to the snapshot request".into()),
-                };
-            loop {
-                let chunk = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
-                    Ok(Ok(Some(c))) => c,
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        report(Fetched::Broke);
-                        return End::Retry(format!(
-                            "the snapshot stream broke after {} rows; resuming after key {:?}",
-                            progress.rows, progress.last_key
-                        ));
-                    }
-                };
-                let moved_back = progress.log_id.is_some() && chunk.seq < progress.end.0;
-                if chunk.log_id != log_id || moved_back {
-                    let _ = staging.reset();
-                    return End::Retry("the upstream's log changed during the snapshot".into());
-                }
-                let rows: Vec<KvRow> = chunk
-                    .rows
-                    .into_iter()
-                    .map(|r| KvRow {
-                        key: r.key,
-                        value: r.value,
-                        seq: r.seq,
-                        ts_ms: r.ts_ms,
-                    })
-                    .collect();
-                let (seq, crc, done) = (chunk.seq, chunk.crc, chunk.done);
-                let rows_in_chunk = rows.len() as u64;
-                let id = log_id.to_owned();
-                progress = match with_staging(staging, move |s| {
-                    s.add_chunk(&id, seq, crc, &rows, done)?;
-                    s.progress()
-                })
-                .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return store_end(e),
-                };
-                report(Fetched::Rows(&ChunkProgress {
-                    rows: progress.rows,
-                    bytes: progress.bytes,
-                    end: progress.end,
-                    rows_in_chunk,
-                }));
-                if last_report.elapsed() >= PROGRESS_EVERY {
-                    last_report = Instant::now();
-                    let secs = started.elapsed().as_secs_f64().max(0.001);
-                    tracing::info!(namespace = %name, rows = progress.rows, bytes = progress.bytes, rows_per_s = (progress.rows as f64 / secs) as u64, "snapshot download in progress");
-                }
-                if done {
-                    break;
-                }
-            }
-        }
-        // The rows are fuzzy if the download took several streams: replay the log from the
-        // first stream's seq to the last's.
-        while progress.replayed_to < progress.end.0 {
-            let request = TailRequest {
-                namespace: name.clone(),
-                log_id: log_id.to_owned(),
-                from_seq: progress.replayed_to + 1,
-                prev_crc: progress.replayed_crc,
-                // Not a follower's stream: it does not count towards acks.
-                follower_id: String::new(),
-            };
-            let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
-                Ok(Ok(s)) => s.into_inner(),
-                Ok(Err(s)) if ErrorKind::of(&s) == Some(ErrorKind::SnapshotNeeded) => {
-                    // The upstream pruned the entries the replay needs: start over.
-                    let _ = staging.reset();
-                    return End::Retry(
-                        "the upstream pruned the entries needed to complete the snapshot; fetching it again".into(),
-                    );
-                }
-                Ok(Err(s)) => return status_end(&s),
-                Err(_) => return End::Retry("no answer to the replay request".into()),
-            };
-            while progress.replayed_to < progress.end.0 {
-                let msg = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
-                    Ok(Ok(Some(m))) => m,
-                    _ => return End::Retry("the replay stream broke; resuming".into()),
-                };
-                let entries: Result<Vec<Entry>, String> =
-                    msg.entries.into_iter().map(Entry::try_from).collect();
-                let entries = match entries {
-                    Ok(e) => e,
-                    Err(e) => {
-                        return End::Fatal(format!("the upstream sent an invalid entry: {e}"));
-                    }
-                };
-                progress = match with_staging(staging, move |s| {
-                    s.add_entries(&entries)?;
-                    s.progress()
-                })
-                .await
-                {
-                    Ok(p) => p,
-                    Err(e) => return store_end(e),
-                };
-            }
-        }
-        if resuming || progress.end.0 != progress.start.0 {
-            tracing::info!(namespace = %name, rows = progress.rows, from_seq = progress.start.0, to_seq = progress.end.0, "snapshot complete after a resumed or fuzzy download; replayed the log between its streams");
-        }
-        End::Again
+        progress = Progress::default();
     }
+    let mut last_report = Instant::now();
+    let started = Instant::now();
+    let resuming = progress.last_key.is_some();
+    if resuming {
+        tracing::info!(namespace = %name, rows = progress.rows, after_key = ?progress.last_key, "resuming a snapshot download");
+    }
+    while !progress.rows_done {
+        let request = SnapshotRequest {
+            namespace: name.clone(),
+            after_key: progress.last_key.clone(),
+        };
+        let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.snapshot(request)).await {
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(s)) => return status_end(&s),
+            Err(_) => return End::Retry("no answer to the snapshot request".into()),
+        };
+        loop {
+            let chunk = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    report(Fetched::Broke);
+                    return End::Retry(format!(
+                        "the snapshot stream broke after {} rows; resuming after key {:?}",
+                        progress.rows, progress.last_key
+                    ));
+                }
+            };
+            let moved_back = progress.log_id.is_some() && chunk.seq < progress.end.0;
+            if chunk.log_id != log_id || moved_back {
+                let _ = staging.reset();
+                return End::Retry("the upstream's log changed during the snapshot".into());
+            }
+            let rows: Vec<KvRow> = chunk
+                .rows
+                .into_iter()
+                .map(|r| KvRow {
+                    key: r.key,
+                    value: r.value,
+                    seq: r.seq,
+                    ts_ms: r.ts_ms,
+                })
+                .collect();
+            let (seq, crc, done) = (chunk.seq, chunk.crc, chunk.done);
+            let rows_in_chunk = rows.len() as u64;
+            let id = log_id.to_owned();
+            progress = match with_staging(staging, move |s| {
+                s.add_chunk(&id, seq, crc, &rows, done)?;
+                s.progress()
+            })
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => return store_end(e),
+            };
+            report(Fetched::Rows(&ChunkProgress {
+                rows: progress.rows,
+                bytes: progress.bytes,
+                end: progress.end,
+                rows_in_chunk,
+            }));
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(namespace = %name, rows = progress.rows, bytes = progress.bytes, rows_per_s = (progress.rows as f64 / secs) as u64, "snapshot download in progress");
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    // The rows are fuzzy if the download took several streams: replay the log from the
+    // first stream's seq to the last's.
+    while progress.replayed_to < progress.end.0 {
+        let request = TailRequest {
+            namespace: name.clone(),
+            log_id: log_id.to_owned(),
+            from_seq: progress.replayed_to + 1,
+            prev_crc: progress.replayed_crc,
+            // Not a follower's stream: it does not count towards acks.
+            follower_id: String::new(),
+        };
+        let mut stream = match tokio::time::timeout(SILENCE_LIMIT, client.tail(request)).await {
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(s)) if ErrorKind::of(&s) == Some(ErrorKind::SnapshotNeeded) => {
+                // The upstream pruned the entries the replay needs: start over.
+                let _ = staging.reset();
+                return End::Retry(
+                    "the upstream pruned the entries needed to complete the snapshot; fetching it again".into(),
+                );
+            }
+            Ok(Err(s)) => return status_end(&s),
+            Err(_) => return End::Retry("no answer to the replay request".into()),
+        };
+        while progress.replayed_to < progress.end.0 {
+            let msg = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
+                Ok(Ok(Some(m))) => m,
+                _ => return End::Retry("the replay stream broke; resuming".into()),
+            };
+            let entries: Result<Vec<Entry>, String> =
+                msg.entries.into_iter().map(Entry::try_from).collect();
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    return End::Fatal(format!("the upstream sent an invalid entry: {e}"));
+                }
+            };
+            progress = match with_staging(staging, move |s| {
+                s.add_entries(&entries)?;
+                s.progress()
+            })
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => return store_end(e),
+            };
+        }
+    }
+    if resuming || progress.end.0 != progress.start.0 {
+        tracing::info!(namespace = %name, rows = progress.rows, from_seq = progress.start.0, to_seq = progress.end.0, "snapshot complete after a resumed or fuzzy download; replayed the log between its streams");
+    }
+    End::Again
 }
 
 impl Follower {

@@ -9,6 +9,7 @@
 pub mod backup;
 mod bootstrap;
 pub(crate) mod follower;
+pub use follower::OnDivergence;
 pub mod service;
 
 use tonic::Status;

@@ -509,7 +509,7 @@ async fn a_replica_further_behind_than_max_lag_is_not_ready() {
         assert_eq!(call(&c, Method::POST, &url, Some(&body)).await.0, 200);
     }
     let stall = Arc::new(AtomicBool::new(true));
-    let proxy = stalling_proxy(primary.grpc(), 2_500_000, stall.clone()).await;
+    let proxy = proxy(primary.grpc(), 2_500_000, PastLimit::Stall(stall.clone())).await;
     let replica = replica(rdir.path(), &proxy, "max_lag = 10").await;
     // Following, but stuck behind: not ready, and the reason says how far.
     let body = wait_for(Duration::from_secs(30), "catching up", async || {

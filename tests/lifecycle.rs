@@ -235,46 +235,6 @@ fn config_with(retention: &str) -> ferry::config::WalCleanupConfig {
         .unwrap()
 }
 
-/// A TCP proxy to `upstream` that cuts the first connection once it has passed `cut_after`
-/// bytes towards the client; later connections pass through.
-async fn cutting_proxy(upstream: String, cut_after: usize) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-            let limit = if first { cut_after } else { usize::MAX };
-            first = false;
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                let mut passed = 0;
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match sr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if passed + n > limit {
-                        break; // dropping both halves resets the connection
-                    }
-                    passed += n;
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                up.abort();
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -289,7 +249,7 @@ async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
     let keys = kv_rows(&primary.db(NS)).len();
     assert_eq!(keys, 700);
     // The first connection is cut after ~2.5 MB: in the middle of the snapshot.
-    let proxy = cutting_proxy(primary.grpc(), 2_500_000).await;
+    let proxy = proxy(primary.grpc(), 2_500_000, PastLimit::Cut).await;
     let replica_cfg = replica_text(rdir.path(), &proxy, "");
     let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
     // Writes go on meanwhile: the resumed stream is read at a later seq, and the replay of

@@ -60,7 +60,7 @@ async fn a_replica_killed_mid_snapshot_resumes_it_after_restart() {
     let (primary, c) = pruned_primary(pdir.path()).await;
     let keys = kv_rows(&primary.db(NS)).len() as i64;
     let stall = Arc::new(AtomicBool::new(true));
-    let proxy = stalling_proxy(primary.grpc(), 2_500_000, stall.clone()).await;
+    let proxy = proxy(primary.grpc(), 2_500_000, PastLimit::Stall(stall.clone())).await;
     let config = rdir.path().join("replica.toml");
     std::fs::write(&config, replica_config(rdir.path(), &[NS], &proxy, "")).unwrap();
     let args = ["replica", "--config", config.to_str().unwrap()];

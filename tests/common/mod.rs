@@ -572,33 +572,43 @@ pub fn metric(text: &str, name: &str, ns: &str) -> f64 {
         .unwrap()
 }
 
-/// A TCP proxy to `upstream` that, while `stall` is set, passes the first `stall_after` bytes
-/// of the first connection to the client, then holds it open without passing anything more,
-/// and closes every later connection at once. Once `stall` is cleared it passes everything.
-pub async fn stalling_proxy(
-    upstream: String,
-    stall_after: usize,
-    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> String {
+/// What a [`proxy`] does once the first connection has passed its byte limit towards the
+/// client.
+#[derive(Clone)]
+pub enum PastLimit {
+    /// Drops that connection (both directions reset); later connections pass everything.
+    Cut,
+    /// While the flag is set: holds that connection open passing nothing more, and closes
+    /// every later connection at once. Once it is cleared, everything passes.
+    Stall(std::sync::Arc<std::sync::atomic::AtomicBool>),
+}
+
+/// A TCP proxy to `upstream` on a free loopback port (returned): the first connection passes
+/// `limit` bytes towards the client, then `past` decides.
+pub async fn proxy(upstream: String, limit: usize, past: PastLimit) -> String {
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stalled = move |past: &PastLimit| match past {
+        PastLimit::Cut => false,
+        PastLimit::Stall(flag) => flag.load(Ordering::SeqCst),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         let mut first = true;
         while let Ok((client, _)) = listener.accept().await {
-            if stall.load(Ordering::SeqCst) && !first {
+            if stalled(&past) && !first {
                 drop(client);
                 continue;
             }
-            let limit = if first { stall_after } else { usize::MAX };
+            let limit = if first { limit } else { usize::MAX };
             first = false;
             let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-            let stall = stall.clone();
+            let past = past.clone();
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                tokio::spawn(async move {
+                let up = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut cr, &mut sw).await;
                 });
                 let mut passed = 0;
@@ -608,15 +618,21 @@ pub async fn stalling_proxy(
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if passed + n > limit && stall.load(Ordering::SeqCst) {
-                        // Hold the connection open, passing nothing, for as long as it lives.
-                        std::future::pending::<()>().await;
+                    if passed + n > limit {
+                        match &past {
+                            PastLimit::Cut => break,
+                            // Hold the connection open, passing nothing, while it lives.
+                            p if stalled(p) => std::future::pending::<()>().await,
+                            PastLimit::Stall(_) => {}
+                        }
                     }
                     passed += n;
                     if cw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
                 }
+                // Dropping both halves resets the connection.
+                up.abort();
             });
         }
     });

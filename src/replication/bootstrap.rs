@@ -460,7 +460,7 @@ async fn with_staging<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     // Staging owns a rusqlite Connection (Send, not Sync): move it to the blocking thread and
     // back.
-    let placeholder = std::mem::replace(staging, Staging::placeholder());
+    let placeholder = std::mem::replace(staging, Staging::lent());
     let (back, out) = tokio::task::spawn_blocking(move || {
         let mut s = placeholder;
         let out = f(&mut s);

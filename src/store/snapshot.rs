@@ -62,7 +62,8 @@ impl Progress {
 
 /// A staging file, open for writing.
 pub struct Staging {
-    conn: Connection,
+    /// `None` only while lent to a blocking thread (see [`Staging::lent`]).
+    conn: Option<Connection>,
     path: PathBuf,
 }
 
@@ -73,6 +74,18 @@ CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, txn INTEGER NOT NUL
 ";
 
 impl Staging {
+    fn conn(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("the staging file is not lent out")
+    }
+
+    fn conn_mut(&mut self) -> &mut Connection {
+        self.conn
+            .as_mut()
+            .expect("the staging file is not lent out")
+    }
+
     /// Opens (creating if needed) the staging file at `path`.
     pub fn open(path: &Path) -> Result<Staging, StoreError> {
         let bad = |e: rusqlite::Error| StoreError::BadFile {
@@ -87,7 +100,7 @@ impl Staging {
             .and_then(|_| conn.execute_batch(STAGING_SCHEMA))
             .map_err(bad)?;
         Ok(Staging {
-            conn,
+            conn: Some(conn),
             path: path.to_owned(),
         })
     }
@@ -96,21 +109,21 @@ impl Staging {
         &self.path
     }
 
-    /// A stand-in with no file, for the moment a `Staging` is lent to a blocking thread.
-    pub fn placeholder() -> Staging {
+    /// A stand-in with no connection, for the moment a `Staging` is lent to a blocking thread.
+    pub fn lent() -> Staging {
         Staging {
-            conn: Connection::open_in_memory().expect("an in-memory database opens"),
+            conn: None,
             path: PathBuf::new(),
         }
     }
 
     pub fn progress(&self) -> Result<Progress, StoreError> {
-        Ok(progress(&self.conn, "")?)
+        Ok(progress(self.conn(), "")?)
     }
 
     /// Forgets everything staged (another log, or a replay the upstream can no longer give).
     pub fn reset(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch(
+        self.conn().execute_batch(
             "BEGIN; DELETE FROM kv; DELETE FROM entries; DELETE FROM meta; COMMIT;",
         )?;
         Ok(())
@@ -125,7 +138,7 @@ impl Staging {
         rows: &[KvRow],
         done: bool,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         let first = progress(&tx, "")?.log_id.is_none();
         let set = |name: &str, value: String| -> rusqlite::Result<()> {
             tx.prepare_cached(
@@ -173,7 +186,7 @@ impl Staging {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO entries (seq, txn, op, key, value, ts_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -203,9 +216,9 @@ impl Staging {
     }
 
     /// Closes and deletes the staging file (and its -wal/-shm).
-    pub fn remove(self) {
+    pub fn remove(mut self) {
         let path = self.path.clone();
-        drop(self.conn);
+        drop(self.conn.take());
         remove_files(&path);
     }
 }

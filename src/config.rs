@@ -52,6 +52,8 @@ pub struct Config {
     pub acks_config: BTreeMap<String, AcksConfig>,
     #[serde(default)]
     pub log_config: LogConfig,
+    /// Bearer tokens (ferry's); absent: no authentication, as in the walkthrough.
+    pub auth: Option<AuthConfig>,
     /// Accepted for compatibility; ferry notifies as soon as a commit is durable.
     pub write_notify_config: Option<toml::Value>,
 }
@@ -64,8 +66,28 @@ fn default_listen_ip() -> IpAddr {
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     pub port: u16,
-    /// Accepted for compatibility; ferry's gRPC is plaintext (put TLS in front of it).
+    /// PEM certificate chain this node presents; with `key_path`, gRPC is served over TLS.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    /// PEM CA bundle: when set, every client must present a certificate it signed (mTLS).
+    pub ca_path: Option<PathBuf>,
+    /// Serve plaintext gRPC when no certificate is configured. `false` without `cert_path`
+    /// and `key_path` refuses to start.
     pub allow_insecure: Option<bool>,
+}
+
+/// `[auth]`: bearer tokens, each read from a file holding one token per line (several lines
+/// let an old and a new token work side by side while clients rotate).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tokens for writes: PUT, DELETE, batch, promote, fence.
+    pub write_token_file: Option<PathBuf>,
+    /// Tokens for reads: every GET except `/health` and `/ready`.
+    pub read_token_file: Option<PathBuf>,
+    /// Tokens a follower presents on gRPC (`authorization: Bearer ...` metadata).
+    pub replication_token_file: Option<PathBuf>,
 }
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
@@ -210,7 +232,16 @@ pub struct RelayerConfig {
     /// `host:port` of the upstream's gRPC listener.
     pub upstream_address: String,
     pub segment_lag_threshold: Option<toml::Value>,
+    /// Connect over plaintext when no `ca_path` is set. `false` without `ca_path` refuses to start.
     pub allow_insecure: Option<bool>,
+    /// PEM CA bundle that signed the upstream's certificate; set: connect over TLS.
+    pub ca_path: Option<PathBuf>,
+    /// PEM client certificate presented to an upstream that requires mTLS (with `key_path`).
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    /// File holding the replication token this follower presents (first line used).
+    pub token_file: Option<PathBuf>,
     /// What to do when this replica's history differs from the upstream's: "rebootstrap"
     /// (default: keep the entries the upstream lacks in a rollback file, then install a
     /// snapshot) or "stop".

@@ -1,6 +1,7 @@
 //! ferry: a Raft-free, log-shipping database on SQLite.
 //!
 //! Module map:
+//! - [`auth`]: bearer tokens read from files.
 //! - [`config`]: the TOML configuration (the walkthrough's keys).
 //! - [`log`]: the log vocabulary — `Seq`, `Entry`, `Op`, the crc chain.
 //! - [`store`]: one SQLite file per namespace; the writer thread (group commit) and readers.
@@ -11,6 +12,7 @@
 //! - [`crdt`]: LWW registers, G-counters and the walkthrough's client.
 //! - [`demo`]: `ferry demo`, the walkthrough's cluster in one process.
 
+pub mod auth;
 pub mod config;
 pub mod crdt;
 pub mod demo;

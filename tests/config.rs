@@ -490,3 +490,44 @@ fn log_keys_are_typed() {
     let err = log("access_log = \"yes\"").unwrap_err().to_string();
     assert!(err.contains("access_log"), "{err}");
 }
+
+/// contrib/ferry.toml loads, and the Dockerfile and the systemd unit agree with it: the
+/// ports the image exposes are the ones it listens on, its data lives in the volume / state
+/// directory.
+#[test]
+fn the_packaging_examples_agree_with_their_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let config = Config::load(&root.join("ferry.toml")).unwrap();
+    let base_dir = config.storage_config.base_dir.display().to_string();
+    let mut ports = vec![config.http_port, config.grpc_config.as_ref().unwrap().port];
+    ports.extend(config.notifier_config.values().map(|n| n.bind_port));
+    ports.sort();
+
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let line = |prefix: &str| {
+        docker
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in the Dockerfile"))
+            .trim()
+            .to_owned()
+    };
+    let mut exposed: Vec<u16> = line("EXPOSE ")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    exposed.sort();
+    assert_eq!(exposed, ports);
+    assert_eq!(line("VOLUME "), format!("[{base_dir:?}]"));
+    assert_eq!(line("USER "), "ferry:ferry");
+    assert!(docker.contains("cargo build --release --locked"));
+
+    let unit = std::fs::read_to_string(root.join("ferry.service")).unwrap();
+    assert!(unit.contains("\nStateDirectory=ferry\n"));
+    assert_eq!(base_dir, "/var/lib/ferry");
+    assert!(
+        unit.contains("\nExecStart=/usr/local/bin/ferry server --config /etc/ferry/ferry.toml\n")
+    );
+    // A config error exits 2: systemd must not restart into it forever.
+    assert!(unit.contains("\nRestartPreventExitStatus=2\n"));
+}

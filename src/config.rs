@@ -365,7 +365,7 @@ fn default_hwm() -> i32 {
     1000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// trace, debug, info, warn or error (any case).
@@ -381,18 +381,6 @@ pub struct LogConfig {
     pub access_log: bool,
     /// Accepted for compatibility (log sampling); ferry logs every line at or above `log_level`.
     pub min_level_percents: Option<MinLevelPercents>,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            log_level: LogLevel::default(),
-            disable_timestamp: false,
-            log_format: LogFormat::default(),
-            access_log: false,
-            min_level_percents: None,
-        }
-    }
 }
 
 /// `[log_config] log_level`.

@@ -55,7 +55,21 @@ pub struct Config {
     /// Bearer tokens (ferry's); absent: no authentication, as in the walkthrough.
     pub auth: Option<AuthConfig>,
     /// Accepted for compatibility; ferry notifies as soon as a commit is durable.
-    pub write_notify_config: Option<toml::Value>,
+    pub write_notify_config: Option<WriteNotifyConfig>,
+    /// The file this config was loaded from ([`Config::load`]); `None` when parsed from text.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// `[write_notify_config]`: the walkthrough's notification batching. Its keys are checked
+/// (a typo is an error, as everywhere) and ignored: ferry notifies as soon as a commit is
+/// durable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteNotifyConfig {
+    pub enabled: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    pub max_delay: Option<std::time::Duration>,
 }
 
 fn default_listen_ip() -> IpAddr {
@@ -121,10 +135,13 @@ pub struct StorageConfig {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub synchronous: Synchronous,
-    // Keys of the walkthrough's storage engine with no meaning for SQLite.
-    pub bytes_per_sync: Option<toml::Value>,
-    pub segment_size: Option<toml::Value>,
-    pub arena_size: Option<toml::Value>,
+    // Keys of the walkthrough's storage engine with no meaning for SQLite (sizes: "1MB").
+    #[serde(default, with = "opt_size")]
+    pub bytes_per_sync: Option<u64>,
+    #[serde(default, with = "opt_size")]
+    pub segment_size: Option<u64>,
+    #[serde(default, with = "opt_size")]
+    pub arena_size: Option<u64>,
     /// Log retention; absent or `enabled = false` keeps the whole log.
     pub wal_cleanup_config: Option<WalCleanupConfig>,
 }
@@ -148,8 +165,8 @@ pub struct WalCleanupConfig {
     /// Keep at most this many newest entries (ferry's key).
     pub max_entries: Option<u64>,
     // The walkthrough engine's segment counts: no segments here.
-    pub min_segments: Option<toml::Value>,
-    pub max_segments: Option<toml::Value>,
+    pub min_segments: Option<u64>,
+    pub max_segments: Option<u64>,
 }
 
 fn default_cleanup_interval() -> std::time::Duration {
@@ -197,6 +214,83 @@ mod duration {
     }
 }
 
+/// Parses a size as the walkthrough writes them: a number of bytes, optionally followed by a
+/// unit `B`, `KB`, `MB`, `GB` (powers of 1024, as `KiB`, `MiB`, `GiB` also say): "1MB",
+/// "64KB", "4096". Case-insensitive; a space before the unit is allowed.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid size {text:?}: use a number of bytes, optionally with a unit (B, KB, MB, GB), e.g. \"1MB\""
+        )
+    };
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match t[digits..].trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).ok_or_else(bad)
+}
+
+/// A size key: an integer (bytes) or a string with a unit ([`parse_size`]).
+mod size {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(i64),
+            Text(String),
+        }
+        let bad = |e: String| serde::de::Error::custom(e);
+        match Size::deserialize(d).map_err(|_: D::Error| {
+            bad("expected a size: a number of bytes or a string such as \"1MB\"".to_owned())
+        })? {
+            Size::Bytes(n) => {
+                u64::try_from(n).map_err(|_| bad(format!("invalid size {n}: must be 0 or more")))
+            }
+            Size::Text(t) => super::parse_size(&t).map_err(bad),
+        }
+    }
+    use serde::Deserialize;
+}
+
+mod opt_size {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::size::deserialize(d).map(Some)
+    }
+}
+
+/// A duration in milliseconds: an integer (milliseconds) or a string with units
+/// ([`parse_duration`]: "5s", "250ms").
+mod millis {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Millis {
+            Number(i64),
+            Text(String),
+        }
+        let bad = |e: String| serde::de::Error::custom(e);
+        match Millis::deserialize(d).map_err(|_: D::Error| {
+            bad("expected milliseconds or a duration such as \"5s\"".to_owned())
+        })? {
+            Millis::Number(n) => u64::try_from(n)
+                .map_err(|_| bad(format!("invalid duration {n}: must be 0 or more"))),
+            Millis::Text(t) => super::parse_duration(&t)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(bad),
+        }
+    }
+    use serde::Deserialize;
+}
+
 mod opt_duration {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
@@ -208,8 +302,8 @@ mod opt_duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Largest request body accepted (413 above it).
-    #[serde(default = "default_max_body_bytes")]
+    /// Largest request body accepted (413 above it): bytes, or a size such as "1MB".
+    #[serde(default = "default_max_body_bytes", with = "size")]
     pub max_body_bytes: u64,
 }
 
@@ -229,9 +323,9 @@ fn default_max_body_bytes() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct RelayerConfig {
     pub namespaces: Vec<String>,
-    /// `host:port` of the upstream's gRPC listener.
+    /// `host:port` of the upstream's gRPC listener (checked by [`check_host_port`]).
     pub upstream_address: String,
-    pub segment_lag_threshold: Option<toml::Value>,
+    pub segment_lag_threshold: Option<u64>,
     /// Connect over plaintext when no `ca_path` is set. `false` without `ca_path` refuses to start.
     pub allow_insecure: Option<bool>,
     /// PEM CA bundle that signed the upstream's certificate; set: connect over TLS.
@@ -264,8 +358,9 @@ pub struct AcksConfig {
     /// Followers that must have applied a write before it is answered (default 0: none).
     #[serde(default)]
     pub acks: u32,
-    /// How long a write waits for them before it is answered 504 (still committed here).
-    #[serde(default = "default_acks_timeout_ms")]
+    /// How long a write waits for them before it is answered 504 (still committed here):
+    /// milliseconds, or a duration such as "5s".
+    #[serde(default = "default_acks_timeout_ms", with = "millis")]
     pub timeout_ms: u64,
 }
 
@@ -301,30 +396,120 @@ fn default_hwm() -> i32 {
     1000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// trace, debug, info, warn or error.
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
+    /// trace, debug, info, warn or error (any case).
+    #[serde(default)]
+    pub log_level: LogLevel,
     #[serde(default)]
     pub disable_timestamp: bool,
+    /// "text" (default) or "json": one JSON object per line.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Log one line per HTTP request (method, path, status, duration, bytes) at INFO.
+    #[serde(default)]
+    pub access_log: bool,
     /// Accepted for compatibility (log sampling); ferry logs every line at or above `log_level`.
-    pub min_level_percents: Option<toml::Value>,
+    pub min_level_percents: Option<MinLevelPercents>,
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            log_level: default_log_level(),
-            disable_timestamp: false,
-            min_level_percents: None,
+/// `[log_config] log_level`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The spelling `tracing`'s filters take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
         }
     }
 }
 
-fn default_log_level() -> String {
-    "info".to_string()
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogLevel, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "trace" => LogLevel::Trace,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" => LogLevel::Error,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "log_level {text:?} is not one of trace, debug, info, warn, error"
+                )));
+            }
+        })
+    }
+}
+
+/// `[log_config] log_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (fields `timestamp`, `level`, `fields.message`, ...).
+    Json,
+}
+
+/// `[log_config.min_level_percents]`: the walkthrough's log sampling, by level. Checked and
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinLevelPercents {
+    pub trace: Option<f64>,
+    pub debug: Option<f64>,
+    pub info: Option<f64>,
+    pub warn: Option<f64>,
+    pub error: Option<f64>,
+}
+
+/// Checks an upstream address: `host:port`, as the walkthrough writes it ("127.0.0.1:4001",
+/// "dc1.example:4001", "[::1]:4001"); no scheme, no path.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("{addr:?} is not host:port ({why}), e.g. \"127.0.0.1:4001\"");
+    if addr.contains("://") {
+        return Err(bad("no scheme: ferry adds it"));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("the port must be 1 to 65535")),
+    }
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.strip_suffix(']') {
+            Some(ip) if ip.parse::<std::net::Ipv6Addr>().is_ok() => return Ok(()),
+            _ => return Err(bad("not an IPv6 address in brackets")),
+        },
+        None => host,
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad("the host must be a name or an IP address"));
+    }
+    Ok(())
 }
 
 /// Checks a namespace name: it becomes a file name, so only letters, digits, `-`, `_` and `.`,
@@ -358,7 +543,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        config.file = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is only used in error messages.
@@ -413,6 +600,8 @@ impl Config {
             }
         }
         for (relayer, r) in &self.relayer_config {
+            check_host_port(&r.upstream_address)
+                .map_err(|e| format!("relayer_config.{relayer}.upstream_address {e}"))?;
             if r.max_lag < 0 {
                 return Err(format!(
                     "relayer_config.{relayer}.max_lag must be 0 or more, got {}",
@@ -459,15 +648,6 @@ impl Config {
         }
         if self.http_config.max_body_bytes == 0 {
             return Err("http_config.max_body_bytes must be greater than 0".into());
-        }
-        if !matches!(
-            self.log_config.log_level.to_ascii_lowercase().as_str(),
-            "trace" | "debug" | "info" | "warn" | "error"
-        ) {
-            return Err(format!(
-                "log_config.log_level {:?} is not one of trace, debug, info, warn, error",
-                self.log_config.log_level
-            ));
         }
         Ok(())
     }

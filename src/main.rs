@@ -1,18 +1,23 @@
 //! The `ferry` binary: parses the command line, loads the config, runs a command.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use ferry::config::Config;
+use ferry::config::{Config, LogFormat};
 use ferry::node::{Listeners, Mode, Node};
 
 /// ferry: a log-shipping database on SQLite. Primaries take writes over HTTP; replicas tail
 /// their logs over gRPC.
 #[derive(FromArgs)]
+#[argh(help_triggers("-h", "--help", "help"))]
 struct Cli {
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    version: bool,
     #[argh(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(FromArgs)]
@@ -26,13 +31,25 @@ enum Command {
     Backup(BackupCmd),
     Verify(VerifyCmd),
     Promote(PromoteCmd),
+    Status(StatusCmd),
+}
+
+/// Print a one-screen summary of a running node from its HTTP API: its role and readiness,
+/// and per namespace the head seq, the upstream and lag (followed namespaces) or the
+/// connected followers. Exit codes: 0 ready, 1 not ready or unreachable, 2 usage.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "status", help_triggers("-h", "--help", "help"))]
+struct StatusCmd {
+    /// base URL of the node's HTTP API, e.g. http://localhost:8003 (http:// may be left out)
+    #[argh(option)]
+    target: String,
 }
 
 /// Promote a namespace of a replica to primary: it stops following, takes a new log_id
 /// (recording the old one and its head as lineage, so other replicas can continue from it
 /// without a snapshot), and takes writes. Exit codes: 0 promoted, 1 refused or failed, 2 usage.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "promote")]
+#[argh(subcommand, name = "promote", help_triggers("-h", "--help", "help"))]
 struct PromoteCmd {
     /// base URL of the replica's HTTP API, e.g. http://localhost:8003
     #[argh(option)]
@@ -46,7 +63,7 @@ struct PromoteCmd {
 /// namespace file, from its replication stream. Restore: stop the node, put the file in place
 /// as <base_dir>/<namespace>.db, start the node. Exit codes: 0 done, 1 failed, 2 usage.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "backup")]
+#[argh(subcommand, name = "backup", help_triggers("-h", "--help", "help"))]
 struct BackupCmd {
     /// host:port of the node's gRPC listener, e.g. localhost:4001
     #[argh(option)]
@@ -64,17 +81,17 @@ struct BackupCmd {
 /// of that log. Exits 0 when the file is sound, 1 when something is wrong (each problem is
 /// printed), 2 when the file cannot be opened.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "verify")]
+#[argh(subcommand, name = "verify", help_triggers("-h", "--help", "help"))]
 struct VerifyCmd {
     /// the namespace file, e.g. /tmp/unisondb/examples/dc1/ad-campaign-dc1.db
     #[argh(positional)]
     file: PathBuf,
 }
 
-/// Run the walkthrough's cluster in one process: dc1 (8001/4001), dc2 (8002/4002) and the
-/// replica (8003, ZeroMQ 5555/5556), from the configs directory. Ctrl-C stops all three.
+/// Run the walkthrough's cluster in one process: dc1, dc2 and the replica, on the ports their
+/// config files name; it prints where each listens. Ctrl-C stops all three.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "demo")]
+#[argh(subcommand, name = "demo", help_triggers("-h", "--help", "help"))]
 struct DemoCmd {
     /// directory holding dc1.toml, dc2.toml and relayer.toml (default: configs)
     #[argh(option, default = "PathBuf::from(\"configs\")")]
@@ -84,7 +101,11 @@ struct DemoCmd {
 /// The walkthrough's CRDT client: merges LWW registers and G-counters from the replica's
 /// notifications and prints the converged state.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "crdt-client")]
+#[argh(
+    subcommand,
+    name = "crdt-client",
+    help_triggers("-h", "--help", "help")
+)]
 struct CrdtClientCmd {
     /// namespace=endpoint to subscribe to; repeat for several (default:
     /// ad-campaign-dc1=tcp://localhost:5555 and ad-campaign-dc2=tcp://localhost:5556)
@@ -100,7 +121,7 @@ struct CrdtClientCmd {
 
 /// Run a primary: owns the namespaces in storage_config.namespaces and takes writes on HTTP.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "server")]
+#[argh(subcommand, name = "server", help_triggers("-h", "--help", "help"))]
 struct ServerCmd {
     /// path to the TOML config file, e.g. configs/dc1.toml (`-config FILE` works too)
     #[argh(option, short = 'c')]
@@ -110,7 +131,7 @@ struct ServerCmd {
 /// Run a read-only replica: follows each [relayer_config.NAME]'s namespaces from its
 /// upstream_address over gRPC, serves reads, publishes ZeroMQ notifications.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "replica")]
+#[argh(subcommand, name = "replica", help_triggers("-h", "--help", "help"))]
 struct ReplicaCmd {
     /// path to the TOML config file, e.g. configs/relayer.toml (`-config FILE` works too)
     #[argh(option, short = 'c')]
@@ -119,7 +140,7 @@ struct ReplicaCmd {
 
 /// Print the ZeroMQ change notifications of a node, one line per entry.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "watch")]
+#[argh(subcommand, name = "watch", help_triggers("-h", "--help", "help"))]
 struct WatchCmd {
     /// zeroMQ endpoint to subscribe to (default tcp://localhost:5555); repeat for several
     #[argh(option, short = 'e')]
@@ -212,6 +233,9 @@ fn backup(cmd: BackupCmd) -> ExitCode {
     }
 }
 
+/// Exit code of a usage error or of a config file that cannot be read or is invalid.
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
     let args = go_style_args(std::env::args().collect());
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -220,17 +244,26 @@ fn main() -> ExitCode {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    println!("{}", early.output);
+                    // `ferry --help | head` closes the pipe early: not an error.
+                    let _ = writeln!(std::io::stdout(), "{}", early.output);
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
                     eprintln!("{}", early.output);
-                    ExitCode::from(2)
+                    ExitCode::from(USAGE)
                 }
             };
         }
     };
-    let (config_path, mode) = match cli.command {
+    if cli.version {
+        let _ = writeln!(std::io::stdout(), "ferry {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("ferry: no command given; `ferry --help` lists them");
+        return ExitCode::from(USAGE);
+    };
+    let (config_path, mode) = match command {
         Command::Server(c) => (c.config, Mode::Primary),
         Command::Replica(c) => (c.config, Mode::Replica),
         Command::Watch(w) => return watch(w),
@@ -239,24 +272,49 @@ fn main() -> ExitCode {
         Command::CrdtClient(c) => return crdt_client(c),
         Command::Demo(d) => return demo(d),
         Command::Verify(v) => return verify(v),
+        Command::Status(s) => return status(s),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ferry: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(USAGE);
         }
     };
+    let json = config.log_config.log_format == LogFormat::Json;
     init_tracing(&config);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     match runtime.block_on(run(config, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("ferry: {e:#}");
+            // Said once: as a log line when the log is JSON (so every line parses), else
+            // as the command's last word.
+            let message = error_chain(e.as_ref());
+            if json {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("ferry: {message}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, joined with ": ", leaving out a cause whose text the message
+/// already holds (e.g. "cannot listen on ...: Address already in use (os error 98)" is not
+/// followed by the io error again).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
@@ -294,19 +352,27 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// `log_config.log_level` sets the level; `RUST_LOG`, when set, overrides it.
+/// `log_config.log_level` sets the level (`RUST_LOG`, when set, overrides it);
+/// `log_config.log_format` picks text or JSON lines, on stderr.
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
+    let log = &config.log_config;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log_config.log_level.to_ascii_lowercase()));
+        .unwrap_or_else(|_| EnvFilter::new(log.log_level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if config.log_config.disable_timestamp {
-        builder.without_time().init();
-    } else {
-        builder.init();
+    match (log.log_format, log.disable_timestamp) {
+        (LogFormat::Json, true) => builder.json().without_time().init(),
+        (LogFormat::Json, false) => builder.json().init(),
+        (LogFormat::Text, no_time) => {
+            let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            if no_time {
+                builder.without_time().init()
+            } else {
+                builder.init()
+            }
+        }
     }
 }
 
@@ -411,7 +477,7 @@ fn demo(cmd: DemoCmd) -> ExitCode {
         (Ok(a), Ok(b), Ok(c)) => [a, b, c],
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("ferry demo: {e} (run it from the repository root, or pass --configs DIR)");
-            return ExitCode::FAILURE;
+            return ExitCode::from(USAGE);
         }
     };
     init_tracing(&configs[0]);
@@ -419,8 +485,127 @@ fn demo(cmd: DemoCmd) -> ExitCode {
     match runtime.block_on(async { ferry::demo::run(configs, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry demo: {e:#}");
+            eprintln!("ferry demo: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ferry status --target URL`: what a node says of itself on `/health`, `/ready` and each
+/// namespace's `/stats`, on one screen.
+fn status(cmd: StatusCmd) -> ExitCode {
+    let base = if cmd.target.contains("://") {
+        cmd.target.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", cmd.target.trim_end_matches('/'))
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(node_status(&base)) {
+        Ok((text, ready)) => {
+            print!("{text}");
+            if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The summary text, and whether the node is ready.
+async fn node_status(base: &str) -> anyhow::Result<(String, bool)> {
+    use anyhow::Context;
+    use serde_json::Value;
+    use std::fmt::Write;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let get = async |path: &str| -> anyhow::Result<Value> {
+        let url = format!("{base}{path}");
+        let resp = client.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach {url} ({}): is the node running, and is this its HTTP address?",
+                error_chain(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{url}: {status}"))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{url}: {status}: not a ferry node's JSON: {text:.200}"))
+    };
+    let health = get("/health").await?;
+    let ready = get("/ready").await?;
+    let role = health["role"].as_str().unwrap_or("?");
+    let is_ready = ready["status"] == "ready";
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{base}: {role}, {}",
+        if is_ready { "ready" } else { "NOT READY" }
+    )?;
+    let names: Vec<&str> = health["namespaces"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for ns in names {
+        let st = get(&format!("/api/v1/{ns}/stats")).await?;
+        let n = |v: &Value| v.as_i64().map_or("?".to_owned(), |n| n.to_string());
+        writeln!(
+            out,
+            "  {ns}: {} head {} ({} keys), {}",
+            st["role"].as_str().unwrap_or("?"),
+            n(&st["head_seq"]),
+            n(&st["keys"]),
+            st["ready"].as_str().unwrap_or("?"),
+        )?;
+        let r = &st["replication"];
+        if r.is_object() {
+            let lag = r["lag"]
+                .as_i64()
+                .map_or("unknown".to_owned(), |l| l.to_string());
+            write!(
+                out,
+                "    upstream {} {}: applied {} of {}, lag {lag}",
+                r["upstream"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?"),
+                n(&r["applied_seq"]),
+                n(&r["upstream_head_seq"]),
+            )?;
+            match r["last_error"].as_str() {
+                Some(e) => writeln!(out, "; last error: {e}")?,
+                None => writeln!(out)?,
+            }
+        }
+        let followers = st["followers"].as_array().cloned().unwrap_or_default();
+        if followers.is_empty() && !r.is_object() {
+            writeln!(out, "    no followers connected")?;
+        }
+        for f in &followers {
+            writeln!(
+                out,
+                "    follower {} at {}: applied {}, lag {}",
+                f["id"].as_str().unwrap_or("?"),
+                f["address"].as_str().unwrap_or("?"),
+                n(&f["applied_seq"]),
+                n(&f["lag"]),
+            )?;
+        }
+        if st["notifier"].is_object() {
+            writeln!(
+                out,
+                "    notifier: {} sent, {} topics subscribed",
+                n(&st["notifier"]["sent"]),
+                n(&st["notifier"]["subscribed_topics"]),
+            )?;
+        }
+    }
+    Ok((out, is_ready))
 }

@@ -235,6 +235,7 @@ impl Node {
                     (k.clone(), counters)
                 })
                 .collect(),
+            access_log: config.log_config.access_log,
         });
         let local_addr = |l: &TcpListener, what| {
             l.local_addr().map_err(|source| NodeError::Bind {
@@ -266,6 +267,22 @@ impl Node {
             }
             None => None,
         };
+        let zeromq: Vec<String> = notifiers
+            .iter()
+            .map(|(ns, n)| format!("{ns}={}", n.endpoint()))
+            .collect();
+        tracing::info!(
+            version = %env!("CARGO_PKG_VERSION"),
+            role = %match mode {
+                Mode::Primary => "primary",
+                Mode::Replica => "replica",
+            },
+            config = %config.file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+            http = %http_addr,
+            grpc = %grpc_addr.map_or("-".into(), |a| a.to_string()),
+            zeromq = %if zeromq.is_empty() { "-".into() } else { zeromq.join(",") },
+            "ferry started"
+        );
         Ok(Node {
             store,
             http_addr,
@@ -314,8 +331,13 @@ impl Node {
 
 /// Refuses a replica with nothing to follow; says what a primary ignores.
 fn check_mode(config: &Config, mode: Mode) -> Result<(), NodeError> {
-    for (key, why) in config.ignored_keys() {
-        tracing::info!(key, "config key ignored: {why}");
+    let ignored = config.ignored_keys();
+    if !ignored.is_empty() {
+        let keys: Vec<&str> = ignored.iter().map(|(k, _)| *k).collect();
+        tracing::info!(keys = %keys.join(", "), "config keys ignored: the walkthrough's, with no meaning for ferry (README, Configuration)");
+        for (key, why) in ignored {
+            tracing::debug!(key, "config key ignored: {why}");
+        }
     }
     match mode {
         Mode::Replica if config.relayer_config.is_empty() => Err(NodeError::Config(

@@ -29,7 +29,19 @@ async fn the_walkthroughs_first_write_works_against_the_binary() {
     std::fs::write(&config, text).unwrap();
 
     let mut node = Running::spawn(&["server", "-config", config.to_str().unwrap()]);
-    node.wait_line("config key ignored");
+    // The walkthrough's keys that mean nothing to ferry: said once, on one line.
+    let ignored = node.wait_line("config keys ignored");
+    for key in [
+        "grpc_config.allow_insecure",
+        "log_config.min_level_percents",
+        "storage_config.arena_size",
+        "storage_config.bytes_per_sync",
+        "storage_config.segment_size",
+        "storage_config.wal_cleanup_config.min_segments/max_segments",
+        "write_notify_config",
+    ] {
+        assert!(ignored.contains(key), "{key} not in {ignored}");
+    }
     let opened = node.wait_line("namespace open");
     assert!(
         opened.contains("ad-campaign-dc1.db") && opened.contains("log_id="),
@@ -37,6 +49,9 @@ async fn the_walkthroughs_first_write_works_against_the_binary() {
     );
     let line = node.wait_line("HTTP listening on ");
     let addr = line.rsplit(' ').next().unwrap().to_owned();
+    node.wait_line("ferry started");
+    let mentions = node.seen.iter().filter(|l| l.contains("ignored")).count();
+    assert_eq!(mentions, 1, "{:#?}", node.seen);
 
     // Scenario 1, with the body built as the README shows it.
     let value = r#"{"value":"online","timestamp":1698765432000,"replica":"ad-campaign-dc1"}"#;
@@ -78,6 +93,7 @@ fn startup_errors_are_one_clear_line() {
     );
     let err = run_fail(&["server", "-config", "/no/such/dc1.toml"]);
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(exit_code(&["server", "-config", "/no/such/dc1.toml"]), 2);
     assert!(
         err.contains("cannot read config file /no/such/dc1.toml"),
         "{err}"
@@ -95,6 +111,7 @@ fn startup_errors_are_one_clear_line() {
         err.contains("htp_port") && err.contains("typo.toml") && err.contains("line 1"),
         "{err}"
     );
+    assert_eq!(exit_code(&["server", "--config", bad.to_str().unwrap()]), 2);
 
     // Port already taken: the error names the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -105,11 +122,75 @@ fn startup_errors_are_one_clear_line() {
         primary_config(dir.path(), &["a"]).replace("http_port = 0", &format!("http_port = {port}")),
     )
     .unwrap();
-    let err = run_fail(&["server", "--config", cfg.to_str().unwrap()]);
+    let out = ferry()
+        .args(["server", "--config", cfg.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a runtime failure");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("in use")).collect();
+    // Said once, on one line, and the OS's reason not repeated within it.
+    assert_eq!(said.len(), 1, "{err}");
     assert!(
-        err.contains(&format!("cannot listen on 127.0.0.1:{port} (HTTP)")),
+        said[0].starts_with(&format!(
+            "ferry: cannot listen on 127.0.0.1:{port} (HTTP): "
+        )),
         "{err}"
     );
+    assert_eq!(said[0].matches("in use").count(), 1, "{err}");
+}
+
+fn exit_code(args: &[&str]) -> i32 {
+    ferry().args(args).output().unwrap().status.code().unwrap()
+}
+
+/// Every subcommand of `ferry --help`.
+const SUBCOMMANDS: &[&str] = &[
+    "server",
+    "replica",
+    "demo",
+    "crdt-client",
+    "watch",
+    "backup",
+    "verify",
+    "promote",
+    "status",
+];
+
+#[test]
+fn version_and_help_follow_the_conventions() {
+    for flag in ["--version", "-V"] {
+        let out = ferry().arg(flag).output().unwrap();
+        assert!(out.status.success(), "{flag}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("ferry {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    let help = |args: &[&str]| {
+        let out = ferry().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    assert!(top.starts_with("Usage: ferry "), "{top}");
+    assert_eq!(help(&["-h"]), top);
+    assert_eq!(help(&["help"]), top);
+    for cmd in SUBCOMMANDS {
+        let long = help(&[cmd, "--help"]);
+        assert!(long.starts_with(&format!("Usage: ferry {cmd}")), "{long}");
+        assert_eq!(help(&[cmd, "-h"]), long, "{cmd} -h");
+    }
+    // Usage errors exit 2 and say what is wrong on stderr.
+    for args in [&[][..], &["--nope"], &["serve"], &["server"], &["status"]] {
+        let out = ferry().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
 }
 
 /// The `Options:` section of a `--help` text: (flags, description) per option, wrapped
@@ -176,28 +257,61 @@ fn help_explains_every_option() {
                 ("-t, --topic", &["topic prefix", "(default: everything)"]),
             ],
         ),
+        (
+            "backup",
+            &[
+                ("--upstream", &["host:port", "gRPC listener"]),
+                ("--namespace", &["namespace to back up"]),
+                ("--out", &["file to write", "must not exist"]),
+            ],
+        ),
+        ("verify", &[]),
+        (
+            "promote",
+            &[
+                ("--target", &["base URL", "HTTP API"]),
+                ("--namespace", &["namespace to promote"]),
+            ],
+        ),
+        ("status", &[("--target", &["base URL", "HTTP API"])]),
     ];
+    let help_flags = "-h, --help, help";
     let out = ferry().arg("--help").output().unwrap();
     assert!(out.status.success());
     let top = String::from_utf8(out.stdout).unwrap();
+    let top_options: Vec<String> = options(&top).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(top_options, ["-V, --version", help_flags], "{top}");
+
+    // The commands listed are exactly the ones checked here, each with a description.
     let commands = top.split("Commands:\n").nth(1).expect("a Commands section");
+    let listed: Vec<&str> = commands
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let want: Vec<&str> = expected.iter().map(|(c, _)| *c).collect();
+    assert_eq!(listed, want, "{top}");
     for (cmd, opts) in expected {
-        let listed = commands
+        let line = commands
             .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")));
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+            .unwrap();
         assert!(
-            listed.is_some_and(|l| l.len() > cmd.len() + 12),
-            "{cmd} in:\n{top}"
+            line.len() > cmd.len() + 12,
+            "{cmd} has no description:\n{top}"
         );
 
         let out = ferry().args([cmd, &"--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
         let text = String::from_utf8(out.stdout).unwrap();
         let got = options(&text);
-        let mut names: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
-        names.retain(|f| *f != "--help, help");
-        let want: Vec<&str> = opts.iter().map(|(f, _)| *f).collect();
+        let names: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+        let mut want: Vec<&str> = opts.iter().map(|(f, _)| *f).collect();
+        want.push(help_flags);
         assert_eq!(names, want, "the options of {cmd}:\n{text}");
+        for (flag, desc) in &got {
+            assert!(desc.len() > 10, "{cmd} {flag} has no description");
+        }
         for (flag, needles) in *opts {
             let desc = &got.iter().find(|(f, _)| f == flag).unwrap().1;
             for needle in *needles {
@@ -211,6 +325,26 @@ fn help_explains_every_option() {
             let short = flag.split(',').next().unwrap();
             assert!(usage.contains(long) || usage.contains(short), "{usage}");
         }
+    }
+
+    // `verify` takes the file as a positional argument, explained too.
+    let out = ferry().args(["verify", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("Usage: ferry verify [--] <file>"),
+        "{text}"
+    );
+    let positional = text.split("Positional Arguments:\n").nth(1).unwrap();
+    assert!(positional.contains("the namespace file"), "{text}");
+
+    // `demo --configs` changes the ports, so its help names none: the demo prints them.
+    let out = ferry().args(["demo", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for port in ["8001", "8002", "8003", "4001", "4002", "5555", "5556"] {
+        assert!(
+            !text.contains(port),
+            "demo --help names port {port}:\n{text}"
+        );
     }
 }
 
@@ -419,4 +553,231 @@ async fn ferry_watch_prints_each_notification() {
     assert_eq!(json["seq_num"], seq);
     drop(watch);
     node.stop().await;
+}
+
+/// `ferry status --target URL` as a child process: (exit code, stdout, stderr).
+async fn ferry_status(target: &str) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--target", target])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `ferry status` sums a node up on one screen: role and readiness, and per namespace the
+/// head, the upstream and lag or the followers; it exits 0 only when the node is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_status_sums_up_a_node() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &["ns"], 0).await;
+    let replica = TestNode::replica(rdir.path(), &["ns"], &primary.grpc(), "").await;
+    let c = reqwest::Client::new();
+    put(&c, &primary, "ns", "a", b"1").await;
+    put(&c, &primary, "ns", "b", b"2").await;
+    wait_synced(&primary, &replica, "ns").await;
+    wait_for(
+        Duration::from_secs(20),
+        "the primary to list its follower at seq 2",
+        async || {
+            let st = stats(&c, &primary, "ns").await;
+            (st["followers"][0]["applied_seq"] == 2).then_some(())
+        },
+    )
+    .await;
+
+    wait_for(
+        Duration::from_secs(20),
+        "the replica's notifier to publish both entries",
+        async || (stats(&c, &replica, "ns").await["notifier"]["sent"] == 2).then_some(()),
+    )
+    .await;
+
+    let (code, out, err) = ferry_status(&primary.base).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{}: primary, ready", primary.base),
+        "{out}"
+    );
+    assert_eq!(lines[1], "  ns: primary head 2 (2 keys), ready", "{out}");
+    assert!(
+        lines[2].starts_with("    follower ") && lines[2].ends_with(": applied 2, lag 0"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 3, "{out}");
+
+    // Without the scheme, as `host:port`.
+    let bare = replica.base.strip_prefix("http://").unwrap();
+    let (code, out, err) = ferry_status(bare).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "{}: replica, ready\n  ns: replica head 2 (2 keys), ready\n    upstream {} following: applied 2 of 2, lag 0\n    notifier: 2 sent, 0 topics subscribed\n",
+            replica.base,
+            primary.grpc()
+        )
+    );
+
+    // The upstream gone: the replica says it is not ready, and why; exit 1.
+    primary.stop().await;
+    wait_replication_state(&c, &replica, "ns", "retrying").await;
+    let (code, out, _) = ferry_status(&replica.base).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("{}: replica, NOT READY\n", replica.base)),
+        "{out}"
+    );
+    assert!(
+        out.contains("  ns: replica head 2 (2 keys), retrying "),
+        "{out}"
+    );
+    assert!(out.contains("last error: "), "{out}");
+
+    // Nothing listening: one clear line naming the URL, exit 1.
+    let base = replica.base.clone();
+    replica.stop().await;
+    let (code, out, err) = ferry_status(&base).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("ferry status: cannot reach {base}/health (")),
+        "{err}"
+    );
+}
+
+/// At start a node says in one line what it is and everywhere it listens: version, role,
+/// config file, HTTP, gRPC and each namespace's ZeroMQ endpoint. No access log by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_says_at_start_what_it_is_and_where_it_listens() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = TestNode::primary_with_grpc(pdir.path(), &["ns"], 0).await;
+    let config = rdir.path().join("replica.toml");
+    let text = replica_config(
+        rdir.path(),
+        &["ns"],
+        &primary.grpc(),
+        "[grpc_config]\nport = 0\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut replica = Running::spawn(&["replica", "--config", config.to_str().unwrap()]);
+    let http = replica.wait_line("HTTP listening on ");
+    let http = http.rsplit(' ').next().unwrap().to_owned();
+    let grpc = replica.wait_line("gRPC listening on ");
+    let grpc = grpc.rsplit(' ').next().unwrap().to_owned();
+    let started = replica.wait_line("ferry started");
+    let field = |name: &str| {
+        started
+            .split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {started}"))
+            .to_owned()
+    };
+    assert_eq!(field("version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(field("role"), "replica");
+    assert_eq!(field("config"), config.display().to_string());
+    assert_eq!(field("http"), http);
+    assert_eq!(field("grpc"), grpc);
+    let zeromq = field("zeromq");
+    let endpoint = zeromq.strip_prefix("ns=tcp://127.0.0.1:").expect(&zeromq);
+    assert_ne!(endpoint.parse::<u16>().unwrap(), 0, "{zeromq}");
+
+    let c = reqwest::Client::new();
+    let (s, _) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!("http://{http}/health"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let lines = replica.finish();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("ferry started")).count(),
+        1
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("ferry::access")),
+        "{lines:#?}"
+    );
+    primary.stop().await;
+}
+
+/// `log_format = "json"`: every line the node writes is a JSON object, the startup line and
+/// the access log (`access_log = true`) included, with their fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let text = format!(
+        "{}[grpc_config]\nport = 0\nallow_insecure = true\n[log_config]\nlog_format = \"json\"\naccess_log = true\n",
+        primary_config(dir.path(), &["ns"])
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut node = Running::spawn(&["server", "--config", config.to_str().unwrap()]);
+    let started = node.wait_line("ferry started");
+    let started: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let http = started["fields"]["http"].as_str().unwrap().to_owned();
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(started["fields"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["fields"]["role"], "primary");
+    assert_eq!(started["fields"]["config"], config.display().to_string());
+
+    let c = reqwest::Client::new();
+    let body = format!(r#"{{"value": "{}"}}"#, b64(b"online"));
+    let (s, reply) = call(
+        &c,
+        reqwest::Method::PUT,
+        &format!("http://{http}/api/v1/ns/kv/lww:user-status"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!("http://{http}/nope"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    let lines = node.finish();
+    let objects: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object() && v["level"].is_string(), "{l}");
+            v
+        })
+        .collect();
+    let ignored = objects
+        .iter()
+        .find(|o| o["fields"]["keys"].is_string())
+        .expect("the ignored keys line");
+    assert_eq!(ignored["fields"]["keys"], "grpc_config.allow_insecure");
+    let access: Vec<&serde_json::Value> = objects
+        .iter()
+        .filter(|o| o["target"] == "ferry::access")
+        .map(|o| &o["fields"])
+        .collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    assert_eq!(access[0]["method"], "PUT");
+    assert_eq!(access[0]["path"], "/api/v1/ns/kv/lww:user-status");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["bytes"], reply.to_string().len());
+    assert!(access[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        (&access[1]["method"], &access[1]["status"]),
+        (&"GET".into(), &404.into())
+    );
+    assert_eq!(access[1]["path"], "/nope");
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ferry::config::{Config, ConfigError, Synchronous};
+use ferry::config::{Config, ConfigError, LogFormat, LogLevel, Synchronous};
 
 fn repo_config(name: &str) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +23,14 @@ fn the_walkthrough_configs_load_unchanged() {
     );
     assert_eq!(dc1.storage_config.synchronous, Synchronous::Full);
     assert_eq!(dc1.listen_ip.to_string(), "0.0.0.0");
-    assert_eq!(dc1.log_config.log_level, "info");
+    assert_eq!(dc1.log_config.log_level, LogLevel::Info);
+    assert_eq!(dc1.log_config.log_format, LogFormat::Text);
+    assert!(!dc1.log_config.access_log);
+    // The walkthrough's sizes and durations in the tables ferry ignores are read, not skipped.
+    assert_eq!(dc1.storage_config.bytes_per_sync, Some(1 << 20));
+    assert_eq!(dc1.storage_config.segment_size, Some(16 << 20));
+    let notify = dc1.write_notify_config.as_ref().unwrap();
+    assert_eq!(notify.max_delay, Some(std::time::Duration::from_millis(20)));
     assert!(dc1.log_config.disable_timestamp);
     let ignored: Vec<_> = dc1.ignored_keys().into_iter().map(|(k, _)| k).collect();
     for key in [
@@ -266,4 +273,261 @@ fn failover_keys_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("ack"), "{err}");
+}
+
+#[test]
+fn an_invalid_upstream_address_is_an_error_naming_the_key() {
+    let relayer = |addr: &str| {
+        format!(
+            "{MINIMAL}[relayer_config.dc1]\nnamespaces = [\"a\"]\nupstream_address = {addr:?}\n"
+        )
+    };
+    for bad in [
+        "",
+        "not an address",
+        "http://127.0.0.1:9599",
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "host:port",
+        ":4001",
+        "::1:4001",
+        "[::1]",
+        "[nope]:4001",
+        "dc1/x:4001",
+    ] {
+        let err = parse_err(&relayer(bad));
+        assert!(
+            err.contains("relayer_config.dc1.upstream_address")
+                && err.contains(&format!("{bad:?} is not host:port")),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = parse_err(&relayer("http://127.0.0.1:9599"));
+    assert!(err.contains("no scheme"), "{err}");
+    for good in [
+        "127.0.0.1:4001",
+        "dc1.example.com:4001",
+        "[::1]:4001",
+        "localhost:1",
+    ] {
+        let config = Config::parse(&relayer(good), Path::new("r.toml"))
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        assert_eq!(config.relayer_config["dc1"].upstream_address, good);
+    }
+}
+
+#[test]
+fn unknown_keys_inside_the_ignored_tables_are_errors() {
+    let cases = [
+        (
+            "[write_notify_config]\nenabled = true\nmax_dealy = \"20ms\"\n",
+            "max_dealy",
+        ),
+        (
+            "[log_config.min_level_percents]\ninfo = 10.0\ninfos = 10.0\n",
+            "infos",
+        ),
+        ("[log_config]\nlog_levle = \"info\"\n", "log_levle"),
+        (
+            "[relayer_config.r]\nnamespaces = [\"a\"]\nupstream_address = \"h:1\"\nsegment_lag_treshold = 10\n",
+            "segment_lag_treshold",
+        ),
+        (
+            "[storage_config.wal_cleanup_config]\nmin_segments = 5\nmax_segmentz = 10\n",
+            "max_segmentz",
+        ),
+        (
+            "[notifier_config.a]\nbind_port = 0\nlinger_tme = 1\n",
+            "linger_tme",
+        ),
+    ];
+    for (table, key) in cases {
+        let err = parse_err(&format!("{MINIMAL}{table}"));
+        assert!(
+            err.contains(&format!("unknown field `{key}`")) && err.contains("/etc/ferry/node.toml"),
+            "{key}: {err}"
+        );
+    }
+    // The values of ignored keys are checked too: a wrong type or form is a mistake.
+    let cases = [
+        (
+            "[write_notify_config]\nmax_delay = \"soon\"\n",
+            "invalid duration \"soon\"",
+        ),
+        (
+            "[write_notify_config]\nenabled = \"yes\"\n",
+            "enabled = \"yes\"",
+        ),
+        (
+            "[log_config.min_level_percents]\ninfo = \"ten\"\n",
+            "info = \"ten\"",
+        ),
+    ];
+    for (table, needle) in cases {
+        let err = parse_err(&format!("{MINIMAL}{table}"));
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let storage = |line: &str| {
+        MINIMAL.replace(
+            "namespaces = [\"a\"]\n",
+            &format!("namespaces = [\"a\"]\n{line}\n"),
+        )
+    };
+    let err = parse_err(&storage("segment_size = \"16 parsecs\""));
+    assert!(
+        err.contains("segment_size") && err.contains("invalid size \"16 parsecs\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn sizes_take_the_walkthroughs_forms() {
+    use ferry::config::parse_size;
+    for (text, bytes) in [
+        ("4096", 4096),
+        ("1MB", 1 << 20),
+        ("64KB", 64 << 10),
+        ("64kb", 64 << 10),
+        ("16 MiB", 16 << 20),
+        ("2GB", 2 << 30),
+        ("10B", 10),
+        ("0", 0),
+    ] {
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    for bad in [
+        "",
+        "MB",
+        "1.5MB",
+        "-1MB",
+        "1 MBs",
+        "1TB",
+        "99999999999999999999",
+        "17179869184GB",
+    ] {
+        assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+    }
+    let http = |value: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[http_config]\nmax_body_bytes = {value}\n"),
+            Path::new("s.toml"),
+        )
+    };
+    assert_eq!(http("\"1MB\"").unwrap().http_config.max_body_bytes, 1 << 20);
+    assert_eq!(http("\"64KB\"").unwrap().http_config.max_body_bytes, 65536);
+    assert_eq!(http("2048").unwrap().http_config.max_body_bytes, 2048);
+    for (value, needle) in [
+        ("\"lots\"", "invalid size \"lots\""),
+        ("-1", "invalid size -1"),
+        ("true", "expected a size"),
+        ("0", "max_body_bytes must be greater than 0"),
+        ("\"0KB\"", "max_body_bytes must be greater than 0"),
+    ] {
+        let err = http(value).unwrap_err().to_string();
+        assert!(
+            err.contains(needle) && err.contains("max_body_bytes"),
+            "{value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn durations_take_the_walkthroughs_forms() {
+    let acks = |value: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[acks_config.a]\nacks = 1\ntimeout_ms = {value}\n"),
+            Path::new("d.toml"),
+        )
+        .map(|c| c.acks_config["a"].timeout_ms)
+    };
+    assert_eq!(acks("1500").unwrap(), 1500);
+    assert_eq!(acks("\"2s\"").unwrap(), 2000);
+    assert_eq!(acks("\"20ms\"").unwrap(), 20);
+    for (value, needle) in [
+        ("\"2 seconds\"", "invalid duration \"2 seconds\""),
+        ("-5", "invalid duration -5"),
+        ("\"2m\"", "timeout_ms must be 1 to 60000, got 120000"),
+    ] {
+        let err = acks(value).unwrap_err().to_string();
+        assert!(
+            err.contains(needle) && err.contains("timeout_ms"),
+            "{value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn log_keys_are_typed() {
+    let log = |table: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[log_config]\n{table}\n"),
+            Path::new("l.toml"),
+        )
+        .map(|c| c.log_config)
+    };
+    for (text, level) in [
+        ("trace", LogLevel::Trace),
+        ("debug", LogLevel::Debug),
+        ("INFO", LogLevel::Info),
+        ("warn", LogLevel::Warn),
+        ("warning", LogLevel::Warn),
+        ("error", LogLevel::Error),
+    ] {
+        assert_eq!(
+            log(&format!("log_level = {text:?}")).unwrap().log_level,
+            level
+        );
+    }
+    let c = log("log_format = \"json\"\naccess_log = true").unwrap();
+    assert_eq!((c.log_format, c.access_log), (LogFormat::Json, true));
+    assert_eq!(
+        log("log_format = \"text\"").unwrap().log_format,
+        LogFormat::Text
+    );
+    let err = log("log_format = \"xml\"").unwrap_err().to_string();
+    assert!(err.contains("log_format") && err.contains("xml"), "{err}");
+    let err = log("access_log = \"yes\"").unwrap_err().to_string();
+    assert!(err.contains("access_log"), "{err}");
+}
+
+/// contrib/ferry.toml loads, and the Dockerfile and the systemd unit agree with it: the
+/// ports the image exposes are the ones it listens on, its data lives in the volume / state
+/// directory.
+#[test]
+fn the_packaging_examples_agree_with_their_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let config = Config::load(&root.join("ferry.toml")).unwrap();
+    let base_dir = config.storage_config.base_dir.display().to_string();
+    let mut ports = vec![config.http_port, config.grpc_config.as_ref().unwrap().port];
+    ports.extend(config.notifier_config.values().map(|n| n.bind_port));
+    ports.sort();
+
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let line = |prefix: &str| {
+        docker
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in the Dockerfile"))
+            .trim()
+            .to_owned()
+    };
+    let mut exposed: Vec<u16> = line("EXPOSE ")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    exposed.sort();
+    assert_eq!(exposed, ports);
+    assert_eq!(line("VOLUME "), format!("[{base_dir:?}]"));
+    assert_eq!(line("USER "), "ferry:ferry");
+    assert!(docker.contains("cargo build --release --locked"));
+
+    let unit = std::fs::read_to_string(root.join("ferry.service")).unwrap();
+    assert!(unit.contains("\nStateDirectory=ferry\n"));
+    assert_eq!(base_dir, "/var/lib/ferry");
+    assert!(
+        unit.contains("\nExecStart=/usr/local/bin/ferry server --config /etc/ferry/ferry.toml\n")
+    );
+    // A config error exits 2: systemd must not restart into it forever.
+    assert!(unit.contains("\nRestartPreventExitStatus=2\n"));
 }

@@ -953,12 +953,39 @@ async fn assert_batches_whole(primary: &TestNode, group: i64) {
     }
 }
 
-/// An `upstream_address` that is not an address cannot get better by retrying: the follower
-/// stops and says why in `/stats`, and the replica keeps serving what it has.
+/// An `upstream_address` that is not an address cannot get better by retrying. A config file
+/// naming one is refused at load (tests/config.rs); a config built in code that bypasses that
+/// check still cannot make the follower retry forever: it stops and says why in `/stats`, and
+/// the replica keeps serving what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_upstream_address_stops_the_follower_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let replica = TestNode::replica(dir.path(), &[NS], "not an address:4001", "").await;
+    let text = replica_config(dir.path(), &[NS], "not an address:4001", "");
+    let err = ferry::config::Config::parse(&text, std::path::Path::new("r.toml")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("relayer_config.up.upstream_address \"not an address:4001\""),
+        "{err}"
+    );
+    let mut config = ferry::config::Config::parse(
+        &replica_config(dir.path(), &[NS], "127.0.0.1:4001", ""),
+        std::path::Path::new("r.toml"),
+    )
+    .unwrap();
+    config
+        .relayer_config
+        .get_mut("up")
+        .unwrap()
+        .upstream_address = "not an address:4001".into();
+    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
+    let node = ferry::node::Node::start(config, ferry::node::Mode::Replica, listeners)
+        .await
+        .unwrap();
+    let replica = TestNode {
+        base: format!("http://{}", node.http_addr()),
+        node,
+        dir: dir.path().to_owned(),
+    };
     let c = reqwest::Client::new();
     let st = wait_replication_state(&c, &replica, NS, "stopped").await;
     let reason = st["replication"]["last_error"].as_str().unwrap();

@@ -93,6 +93,8 @@ pub struct Api {
     pub acks: BTreeMap<String, crate::config::AcksConfig>,
     /// Per namespace with a notifier: notifications handed to ZeroMQ, subscribed topics.
     pub notifications: BTreeMap<String, NotifierCounters>,
+    /// Log one line per request (`[log_config] access_log`).
+    pub access_log: bool,
 }
 
 fn with_api(
@@ -314,9 +316,41 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(api))
+    let access_log = api.access_log;
+    let routes = routes(api);
+    let routes = if access_log { logged(routes) } else { routes };
+    warp::serve(routes)
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+}
+
+/// `routes` with one INFO line per request on target `ferry::access`: method, path, status,
+/// duration and response body bytes (absent when the body is streamed without a length).
+fn logged(routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+    use warp::hyper::body::Body as _;
+    warp::any()
+        .map(std::time::Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(routes)
+        .map(
+            |start: std::time::Instant,
+             method: warp::http::Method,
+             path: warp::path::FullPath,
+             resp: Response| {
+                tracing::info!(
+                    target: "ferry::access",
+                    method = %method,
+                    path = %path.as_str(),
+                    status = resp.status().as_u16(),
+                    duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                    bytes = resp.body().size_hint().exact(),
+                    "request"
+                );
+                resp
+            },
+        )
+        .boxed()
 }

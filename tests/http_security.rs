@@ -584,6 +584,18 @@ async fn errors_before_the_handlers_answer_json() {
     .await;
     assert_eq!(s, 404);
     assert!(j["error"].as_str().unwrap().len() < 400, "{j}");
+    // Whatever a handler's message quotes (here serde's, naming an unknown operation), it is
+    // cut short.
+    let batch = format!(r#"{{"operation":"{}","items":[]}}"#, "o".repeat(20_000));
+    let url = node.url(&format!("/api/v1/{NS}/kv/batch"));
+    let (s, j) = common::call(&c, Method::POST, &url, Some(&batch)).await;
+    assert_eq!(s, 400, "{j}");
+    let msg = j["error"].as_str().unwrap();
+    assert!(
+        msg.len() < 1200 && msg.contains("message cut"),
+        "{}",
+        msg.len()
+    );
     node.stop().await;
 }
 

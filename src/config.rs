@@ -32,8 +32,9 @@ pub enum ConfigError {
 pub struct Config {
     /// HTTP API port.
     pub http_port: u16,
-    /// Address every listener (HTTP, gRPC, ZeroMQ) binds to. Default 0.0.0.0 (all interfaces),
-    /// as the walkthrough expects; set 127.0.0.1 to keep a node private to the machine.
+    /// Address every listener (HTTP, gRPC, ZeroMQ) binds to. Default 127.0.0.1: a node is
+    /// private to its machine until `listen_ip` says otherwise (e.g. "0.0.0.0" for every
+    /// interface); a non-loopback address without tokens and TLS is served with a warning.
     #[serde(default = "default_listen_ip")]
     pub listen_ip: IpAddr,
     pub grpc_config: Option<GrpcConfig>,
@@ -73,7 +74,7 @@ pub struct WriteNotifyConfig {
 }
 
 fn default_listen_ip() -> IpAddr {
-    IpAddr::from([0, 0, 0, 0])
+    IpAddr::from([127, 0, 0, 1])
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,24 +300,110 @@ mod opt_duration {
     }
 }
 
+/// `[http_config]`: the HTTP API's limits and optional TLS. Every limit bounds what one
+/// client, authenticated or not, can make the node hold.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Largest request body accepted (413 above it): bytes, or a size such as "1MB".
     #[serde(default = "default_max_body_bytes", with = "size")]
     pub max_body_bytes: u64,
+    /// PEM certificate chain the API presents; with `key_path`, HTTP is served over TLS only.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of `cert_path`.
+    pub key_path: Option<PathBuf>,
+    /// Open connections served at once; a connection over the cap is answered 503 and closed
+    /// at once, and the node keeps accepting (default 512).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client has to send a request's line and headers (and finish the TLS
+    /// handshake), from the moment it connects or starts the request (default 10s).
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: std::time::Duration,
+    /// How long a connection with no request in progress stays open with nothing sent or
+    /// received (keep-alive, or a response the client does not read) (default 60s).
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: std::time::Duration,
+    /// How long a request body may take to arrive in full (408 after it) (default 30s).
+    #[serde(default = "default_body_read_timeout", with = "duration")]
+    pub body_read_timeout: std::time::Duration,
+    /// Largest request line plus headers, in bytes (431 above it; at least 8192) (default 65536).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: default_max_body_bytes(),
+            cert_path: None,
+            key_path: None,
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }
 
+impl HttpConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 {
+            return Err("http_config.max_body_bytes must be greater than 0".into());
+        }
+        if self.cert_path.is_some() != self.key_path.is_some() {
+            return Err(
+                "http_config: set both cert_path and key_path to serve HTTPS, or neither".into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return Err("http_config.max_connections must be at least 1".into());
+        }
+        for (key, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("http_config.{key} must be greater than 0"));
+            }
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(format!(
+                "http_config.max_header_bytes must be at least {MIN_HEADER_BYTES}, got {}",
+                self.max_header_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The smallest `max_header_bytes` (hyper's smallest read buffer).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
 fn default_max_body_bytes() -> u64 {
     1024 * 1024
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_read_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_body_read_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -646,8 +733,7 @@ impl Config {
                 );
             }
         }
-        if self.http_config.max_body_bytes == 0 {
-            return Err("http_config.max_body_bytes must be greater than 0".into());
+        self.http_config.validate()?;
         }
         Ok(())
     }

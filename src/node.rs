@@ -112,6 +112,49 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The HTTP API's tokens and TLS, read before anything is served so a bad file stops startup.
+fn http_security(
+    config: &Config,
+) -> Result<
+    (
+        Option<http::auth::HttpAuth>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ),
+    NodeError,
+> {
+    let auth = http::auth::HttpAuth::load(config.auth.as_ref())
+        .map_err(|e| NodeError::Config(format!("[auth]: {e}")))?;
+    let tls = http::server::tls_acceptor(&config.http_config).map_err(NodeError::Config)?;
+    Ok((auth, tls))
+}
+
+/// One loud warning when the HTTP API listens beyond this machine without tokens or TLS,
+/// saying what anyone who reaches the port can do.
+fn warn_if_exposed(addr: SocketAddr, auth: Option<&http::auth::HttpAuth>, tls: bool) {
+    use http::auth::Scope;
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let mut exposed = Vec::new();
+    if !auth.is_some_and(|a| a.protects(Scope::Write)) {
+        exposed.push("anyone who reaches it can write, delete, promote and fence every namespace (no [auth] write_token_file)");
+    }
+    if !auth.is_some_and(|a| a.protects(Scope::Read)) {
+        exposed.push(
+            "anyone who reaches it can read every key, change and stat (no [auth] read_token_file)",
+        );
+    }
+    if !tls {
+        exposed.push("requests, values and tokens cross the network in clear text (no [http_config] cert_path and key_path)");
+    }
+    if !exposed.is_empty() {
+        tracing::warn!(
+            "SECURITY: the HTTP API listens on {addr}, beyond this machine: {}. Set listen_ip = \"127.0.0.1\" to keep it local, or see the README's Security section",
+            exposed.join("; ")
+        );
+    }
+}
+
 /// A namespace promoted on this node (`meta.promoted_at_ms`) is this node's to write: a
 /// config that still follows it from the upstream it was promoted away from (the config was
 /// not changed since) would throw its new history away. Refuse that. A config that follows it
@@ -207,6 +250,13 @@ impl Node {
                 upstreams: upstreams.clone(),
             },
         };
+        let (http_auth, tls) = match http_security(&config) {
+            Ok(security) => security,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
@@ -223,6 +273,8 @@ impl Node {
             role,
             synchronous: config.storage_config.synchronous,
             max_body_bytes: config.http_config.max_body_bytes,
+            body_read_timeout: config.http_config.body_read_timeout,
+            auth: http_auth.map(Arc::new),
             followers,
             acks: config.acks_config.clone(),
             notifications: notifiers
@@ -245,12 +297,20 @@ impl Node {
             })
         };
         let http_addr = local_addr(&listeners.http, "HTTP")?;
+        warn_if_exposed(http_addr, api.auth.as_deref(), tls.is_some());
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
         tasks.spawn(drained(
             "HTTP",
-            http::serve(api, listeners.http, shutdown.clone().cancelled_owned()),
+            http::serve(
+                api,
+                listeners.http,
+                tls,
+                config.http_config.clone(),
+                shutdown.clone().cancelled_owned(),
+            ),
             shutdown.clone(),
         ));
-        tracing::info!("HTTP listening on {http_addr}");
+        tracing::info!("{scheme} listening on {http_addr}");
 
         let grpc_addr = match listeners.grpc {
             Some(listener) => {

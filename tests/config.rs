@@ -22,7 +22,8 @@ fn the_walkthrough_configs_load_unchanged() {
         Path::new("/tmp/unisondb/examples/dc1")
     );
     assert_eq!(dc1.storage_config.synchronous, Synchronous::Full);
-    assert_eq!(dc1.listen_ip.to_string(), "0.0.0.0");
+    // No listen_ip in the file: private to the machine by default (#10).
+    assert_eq!(dc1.listen_ip.to_string(), "127.0.0.1");
     assert_eq!(dc1.log_config.log_level, LogLevel::Info);
     assert_eq!(dc1.log_config.log_format, LogFormat::Text);
     assert!(!dc1.log_config.access_log);

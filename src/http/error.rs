@@ -43,15 +43,46 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    pub fn unknown_namespace(ns: &str, known: &[String]) -> ApiError {
+    /// 404 for a namespace this node does not serve. The namespaces it does serve are not
+    /// listed: a client without credentials learns nothing about them.
+    pub fn unknown_namespace(ns: &str, _known: &[String]) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "unknown namespace {ns:?}; this node serves: {}",
-                known.join(", ")
+                "unknown namespace {}: this node does not serve it",
+                quote(ns)
             ),
         )
     }
+}
+
+/// Longest quote of client input in an error message, in bytes.
+pub const MAX_QUOTE_BYTES: usize = 128;
+
+/// Longest error message, in bytes: whatever a handler quotes, an error stays small.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `input` in double quotes as `{:?}` prints it, cut to [`MAX_QUOTE_BYTES`] with a note of
+/// its full length: error messages never echo an unbounded input back.
+pub fn quote(input: &str) -> String {
+    if input.len() <= MAX_QUOTE_BYTES {
+        return format!("{input:?}");
+    }
+    let cut = input.floor_char_boundary(MAX_QUOTE_BYTES);
+    format!("{:?}... ({} bytes)", &input[..cut], input.len())
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`].
+fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.into();
+    }
+    let cut = message.floor_char_boundary(MAX_MESSAGE_BYTES);
+    format!(
+        "{}... (message cut at {MAX_MESSAGE_BYTES} bytes)",
+        &message[..cut]
+    )
+    .into()
 }
 
 impl From<StoreError> for ApiError {
@@ -68,7 +99,13 @@ impl From<StoreError> for ApiError {
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         match self.body {
-            Some(body) => {
+            Some(mut body) => {
+                if let Some(e) = body["error"]
+                    .as_str()
+                    .filter(|e| e.len() > MAX_MESSAGE_BYTES)
+                {
+                    body["error"] = bounded(e).into_owned().into();
+                }
                 warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
             }
             None => render(self.status, &self.message),
@@ -77,7 +114,7 @@ impl Reply for ApiError {
 }
 
 fn render(status: StatusCode, message: &str) -> Response {
-    let body = warp::reply::json(&serde_json::json!({ "error": message }));
+    let body = warp::reply::json(&serde_json::json!({ "error": bounded(message) }));
     warp::reply::with_status(body, status).into_response()
 }
 
@@ -89,6 +126,15 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
             "no such route; see the README for the API (routes live under /api/v1/{namespace}/)"
                 .to_string(),
         )
+    } else if let Some(denied) = err.find::<super::auth::Denied>() {
+        let mut response = render(denied.status, &denied.message);
+        if denied.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return Ok(response);
     } else if let Some(e) = err.find::<warp::reject::MethodNotAllowed>() {
         (StatusCode::METHOD_NOT_ALLOWED, e.to_string())
     } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
@@ -100,4 +146,20 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
         (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:?}"))
     };
     Ok(render(status, &message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_messages_are_bounded() {
+        assert_eq!(quote("ns"), "\"ns\"");
+        let long = "é".repeat(10_000);
+        let q = quote(&long);
+        assert!(q.len() < MAX_QUOTE_BYTES + 40, "{q}");
+        assert!(q.ends_with("(20000 bytes)"));
+        let m = bounded(&long);
+        assert!(m.len() < MAX_MESSAGE_BYTES + 60);
+    }
 }

@@ -5,12 +5,16 @@
 //! - [`metrics`]: `GET /metrics`.
 //! - [`models`]: the JSON shapes.
 //! - [`error`]: the one place errors become `{"error": ...}` responses.
+//! - [`auth`]: bearer tokens, checked before any route.
+//! - [`server`]: connections: the cap, timeouts, TLS.
 
+pub mod auth;
 pub mod error;
 pub mod failover;
 pub mod handlers;
 pub mod metrics;
 pub mod models;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -87,6 +91,10 @@ pub struct Api {
     pub role: Role,
     pub synchronous: Synchronous,
     pub max_body_bytes: u64,
+    /// How long a request body may take to arrive (`http_config.body_read_timeout`).
+    pub body_read_timeout: std::time::Duration,
+    /// Tokens required per scope (`[auth]`); `None`: the API is open.
+    pub auth: Option<Arc<auth::HttpAuth>>,
     /// Replica: each followed namespace's follower.
     pub followers: BTreeMap<String, Followed>,
     /// Per namespace: the default `?acks=K&timeout_ms=T` of writes (`[acks_config.NS]`).
@@ -107,13 +115,16 @@ fn with_api(
 /// limit (so `PUT /kv/` answers "key is empty", and a chunked body cannot exceed the limit).
 pub struct Body {
     content_length: Option<u64>,
+    /// `http_config.body_read_timeout`: a body that trickles in is not waited for forever.
+    timeout: std::time::Duration,
     stream: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>,
     >,
 }
 
 impl Body {
-    /// Reads the whole body, refusing (413) anything over `limit` bytes.
+    /// Reads the whole body, refusing (413) anything over `limit` bytes, and (408) a body
+    /// that has not arrived in full within the body read timeout.
     pub async fn read(mut self, limit: u64) -> Result<bytes::Bytes, error::ApiError> {
         use futures_util::StreamExt;
         let too_large = |n: u64| {
@@ -127,35 +138,53 @@ impl Body {
         if let Some(n) = self.content_length.filter(|&n| n > limit) {
             return Err(too_large(n));
         }
-        let mut buf = bytes::BytesMut::new();
-        while let Some(chunk) = self.stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                error::ApiError::bad_request(format!("cannot read request body: {e}"))
-            })?;
-            if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(too_large((buf.len() + chunk.len()) as u64));
+        let timeout = self.timeout;
+        let read = async {
+            let mut buf = bytes::BytesMut::new();
+            while let Some(chunk) = self.stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    error::ApiError::bad_request(format!("cannot read request body: {e}"))
+                })?;
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Err(too_large((buf.len() + chunk.len()) as u64));
+                }
+                buf.extend_from_slice(&chunk);
             }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
+            Ok(buf.freeze())
+        };
+        tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+            Err(error::ApiError::new(
+                warp::http::StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received in full within {timeout:?} (http_config.body_read_timeout)"
+                ),
+            ))
+        })
     }
 }
 
-fn body() -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
-    fn boxed<S, B>(content_length: Option<u64>, stream: S) -> Body
-    where
-        S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
-        B: warp::Buf,
-    {
-        use futures_util::TryStreamExt;
-        Body {
-            content_length,
-            stream: Box::pin(stream.map_ok(|mut b| b.copy_to_bytes(b.remaining()))),
-        }
-    }
+fn body(
+    timeout: std::time::Duration,
+) -> impl Filter<Extract = (Body,), Error = warp::Rejection> + Clone {
+    let boxed = move |content_length: Option<u64>, stream| Body {
+        content_length,
+        timeout,
+        stream: boxed_stream(stream),
+    };
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .map(boxed)
+}
+
+fn boxed_stream<S, B>(
+    stream: S,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: warp::Buf,
+{
+    use futures_util::TryStreamExt;
+    Box::pin(stream.map_ok(|mut b| b.copy_to_bytes(b.remaining())))
 }
 
 /// The query string, empty when there is none.
@@ -163,8 +192,16 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-/// Every route of the API, with errors rendered as JSON.
+/// Every route of the API, behind the token check, with errors rendered as JSON.
 pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    auth::require(api.auth.clone())
+        .and(api_routes(api))
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+fn api_routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
     get_health(api.clone())
         .or(get_metrics(api.clone()))
         .unify()
@@ -183,8 +220,6 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .or(get_changes(api.clone()))
         .unify()
         .or(failover::routes(api))
-        .unify()
-        .recover(error::recover)
         .unify()
         .boxed()
 }
@@ -226,12 +261,13 @@ fn get_metrics(api: Arc<Api>) -> BoxedFilter<(Response,)> {
 
 /// `POST /api/v1/{namespace}/kv/batch`
 fn post_batch(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    let body = body(api.body_read_timeout);
     namespace()
         .and(warp::path!("kv" / "batch"))
         .and(warp::post())
         .and(with_api(api))
         .and(raw_query())
-        .and(body())
+        .and(body)
         .then(|ns, api, query, body| async move {
             handlers::respond(handlers::batch(api, ns, query, body).await)
         })
@@ -252,12 +288,13 @@ fn get_kv(api: Arc<Api>) -> BoxedFilter<(Response,)> {
 
 /// `PUT /api/v1/{namespace}/kv/{key}`
 fn put_kv(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    let body = body(api.body_read_timeout);
     kv_key()
         .and(warp::put())
         .and(with_api(api))
         .and(warp::header::optional::<String>("content-type"))
         .and(raw_query())
-        .and(body())
+        .and(body)
         .then(|ns, key, api, ct, query, body| async move {
             handlers::respond(handlers::put(api, ns, key, ct, query, body).await)
         })
@@ -309,21 +346,19 @@ fn get_stats(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Serves the API on an already-bound listener until `shutdown` resolves, then lets in-flight
-/// requests finish.
+/// Serves the API on an already-bound listener (over TLS with `tls`), with the connection
+/// limits of `config`, until `shutdown` resolves, then lets in-flight requests finish.
 pub async fn serve(
     api: Arc<Api>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    config: crate::config::HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let access_log = api.access_log;
     let routes = routes(api);
     let routes = if access_log { logged(routes) } else { routes };
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    server::serve(routes, listener, tls, config, shutdown).await;
 }
 
 /// `routes` with one INFO line per request on target `ferry::access`: method, path, status,

@@ -264,18 +264,14 @@ pub struct NotifierConfig {
     /// Milliseconds pending messages may delay shutdown.
     #[serde(default)]
     pub linger_time: i32,
-    /// After a start (or a reset of the socket), how long the notifier holds back what it
-    /// has to publish while the subscribers it had before come back and subscribe again.
+    /// After a start, how long the notifier holds back what it has to publish while the
+    /// subscribers it had before come back and subscribe again.
     #[serde(default = "default_startup_grace", with = "duration")]
     pub startup_grace: std::time::Duration,
     /// Largest message a subscriber may send (a subscription is one): a connection sending
     /// more is closed by ZeroMQ. At least 64, so handshakes always fit.
     #[serde(default = "default_max_subscription_bytes")]
     pub max_subscription_bytes: i64,
-    /// Subscriptions to topics this notifier never publishes that it tolerates at once;
-    /// over this, it drops every connection (subscribers reconnect and subscribe again).
-    #[serde(default = "default_max_foreign_subscriptions")]
-    pub max_foreign_subscriptions: u32,
 }
 
 fn default_hwm() -> i32 {
@@ -288,10 +284,6 @@ fn default_startup_grace() -> std::time::Duration {
 
 fn default_max_subscription_bytes() -> i64 {
     256
-}
-
-fn default_max_foreign_subscriptions() -> u32 {
-    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

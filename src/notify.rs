@@ -15,14 +15,11 @@
 //! queue is full, and writes and replication are never held up. `seq_num` is the entry's log
 //! seq, so a subscriber sees the gap and can re-read what it missed over HTTP.
 //!
-//! Subscriptions are bounded whatever a client sends: a subscriber's message (a subscription
-//! is one) may be at most `max_subscription_bytes` (ZeroMQ closes a connection that sends a
-//! bigger one), and subscriptions that cannot match our topic are counted; past
-//! `max_foreign_subscriptions` the notifier closes its socket and binds a fresh one, which drops
-//! every connection and all the memory ZeroMQ held for them. Subscribers reconnect and
-//! subscribe again by themselves. (XPUB_MANUAL would not bound anything with the libzmq we
-//! build, 4.3.4: it keeps every subscription a peer sent, accepted or not, until the peer
-//! leaves, and it can hand a subscription to a peer that already left.)
+//! A subscriber's message (a subscription is one) may be at most `max_subscription_bytes`:
+//! ZeroMQ closes a connection that sends a bigger one. The number of subscriptions a client
+//! may send is NOT bounded: libzmq 4.3.4 (what zmq-sys 0.12 builds) keeps every subscription
+//! a peer sent until the peer leaves, even under XPUB_MANUAL, and offers no way to drop one
+//! peer (see docs/design.md, "Notifier limits").
 //!
 //! Restarts lose nothing for a subscriber that stays connected (its socket reconnects): the
 //! notifier keeps, next to the namespace file (`<ns>.notify`), the last seq it published and
@@ -84,12 +81,11 @@ const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(50);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The smallest `max_subscription_bytes`: a connection's handshake must still fit.
 const MIN_MESSAGE_BYTES: i64 = 64;
-/// How long a reset waits for the old socket to release its port.
-const REBIND_FOR: Duration = Duration::from_secs(10);
 
 impl Notifier {
     /// Binds the PUB socket now (so a taken port fails startup) and starts publishing every
-    /// entry committed after this call. Port 0 picks a free port ([`Notifier::endpoint`]).
+    /// entry committed after the last one notified before a restart (`<ns>.notify`), or after
+    /// this call when there is none. Port 0 picks a free port ([`Notifier::endpoint`]).
     ///
     /// The task relaying head changes to the notifier's thread runs on `runtime`, tracked by
     /// `relays`; it ends when the namespace closes.
@@ -166,9 +162,7 @@ impl Notifier {
             epoch,
             name,
             socket,
-            ctx,
-            endpoint: endpoint.clone(),
-            listen_ip,
+            _ctx: ctx,
             config: config.clone(),
             conn,
             wake: wake_rx,
@@ -177,7 +171,6 @@ impl Notifier {
             sent: sent.clone(),
             subscriptions: subscriptions.clone(),
             subscribed: 0,
-            foreign: 0,
             hold,
             state_path,
             dirty: true,
@@ -275,10 +268,7 @@ struct Publisher {
     topic: String,
     socket: zmq::Socket,
     /// The context must outlive the socket; both end with this thread.
-    ctx: zmq::Context,
-    /// Where the socket is bound (the port resolved), to bind again after a reset.
-    endpoint: String,
-    listen_ip: IpAddr,
+    _ctx: zmq::Context,
     config: NotifierConfig,
     conn: rusqlite::Connection,
     /// Wake-ups relayed from the head signal; disconnected once the namespace closes.
@@ -294,9 +284,7 @@ struct Publisher {
     subscriptions: Arc<AtomicI64>,
     /// Subscriptions that match our topic (a prefix of it, or empty), per subscriber.
     subscribed: i64,
-    /// Subscriptions that cannot match our topic: they cost memory and nothing else.
-    foreign: i64,
-    /// While set, nothing is published: subscribers are coming back after a start or reset.
+    /// While set, nothing is published: subscribers are coming back after a start.
     hold: Option<Hold>,
     /// Where `last` and `subscribed` are saved (`<ns>.notify`).
     state_path: PathBuf,
@@ -327,10 +315,7 @@ impl Publisher {
         }
         loop {
             let woke = self.wake.recv_timeout(SUBSCRIPTION_CHECK);
-            if let Err(e) = self.read_subscriptions() {
-                tracing::error!(namespace = %self.name, endpoint = %self.endpoint, error = %e, "cannot bind the notifier again after a reset; notifications stop");
-                return;
-            }
+            self.read_subscriptions();
             let closing = matches!(woke, Err(RecvTimeoutError::Disconnected));
             // On the way out while still holding back, publish nothing: the saved position
             // makes the next start publish it, when the subscribers may be back.
@@ -364,8 +349,8 @@ impl Publisher {
     }
 
     /// Each (un)subscription arrives as a message: 1 or 0, then the topic prefix. Counts
-    /// ours and foreign ones; too many foreign ones reset the socket.
-    fn read_subscriptions(&mut self) -> Result<(), String> {
+    /// those that can match our topic (a prefix of it, or empty).
+    fn read_subscriptions(&mut self) {
         while let Ok(msg) = self.socket.recv_bytes(zmq::DONTWAIT) {
             let (delta, prefix) = match msg.split_first() {
                 Some((1, prefix)) => (1, prefix),
@@ -376,45 +361,9 @@ impl Publisher {
             if self.topic.as_bytes().starts_with(prefix) {
                 self.subscribed = (self.subscribed + delta).max(0);
                 self.dirty = true;
-            } else {
-                self.foreign = (self.foreign + delta).max(0);
-                if self.foreign > i64::from(self.config.max_foreign_subscriptions) {
-                    self.reset()?;
-                }
             }
         }
         self.subscriptions.store(self.subscribed, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Closes the socket — every connection and everything ZeroMQ holds for them goes — and
-    /// binds a new one on the same endpoint. Subscribers reconnect and subscribe again; until
-    /// as many as before are back (or `startup_grace` is over), notifications are held back.
-    fn reset(&mut self) -> Result<(), String> {
-        tracing::warn!(namespace = %self.name, endpoint = %self.endpoint, foreign = self.foreign, limit = self.config.max_foreign_subscriptions, "too many subscriptions to topics this notifier never publishes; dropping every connection (subscribers reconnect)");
-        let expect = match &self.hold {
-            Some(h) => h.expect.max(self.subscribed),
-            None => self.subscribed,
-        };
-        let fresh = self.ctx.socket(zmq::XPUB).map_err(|e| e.to_string())?;
-        let old = std::mem::replace(&mut self.socket, fresh);
-        let _ = old.set_linger(0);
-        drop(old);
-        // The old socket's listener closes in the background: retry while the port is taken.
-        let deadline = Instant::now() + REBIND_FOR;
-        self.socket = loop {
-            match bind(&self.ctx, &self.endpoint, self.listen_ip, &self.config) {
-                Ok(socket) => break socket,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        self.subscribed = 0;
-        self.foreign = 0;
-        if expect > 0 {
-            self.hold = Some(Hold::new(expect, self.config.startup_grace));
-        }
-        Ok(())
     }
 
     /// Saves `last` and the subscription count; a failure is logged, not fatal (the next

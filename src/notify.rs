@@ -319,11 +319,11 @@ impl Publisher {
             let closing = matches!(woke, Err(RecvTimeoutError::Disconnected));
             // On the way out while still holding back, publish nothing: the saved position
             // makes the next start publish it, when the subscribers may be back.
-            if !self.holding() {
-                if let Err(e) = self.publish_new() {
-                    tracing::error!(namespace = %self.name, error = %e, "cannot read entries to notify; notifications stop");
-                    return;
-                }
+            if !self.holding()
+                && let Err(e) = self.publish_new()
+            {
+                tracing::error!(namespace = %self.name, error = %e, "cannot read entries to notify; notifications stop");
+                return;
             }
             if closing && (self.hold.is_some() || self.last >= self.head.borrow().seq) {
                 self.save();

@@ -477,10 +477,26 @@ pub struct NotifierConfig {
     /// Milliseconds pending messages may delay shutdown.
     #[serde(default)]
     pub linger_time: i32,
+    /// After a start, how long the notifier holds back what it has to publish while the
+    /// subscribers it had before come back and subscribe again.
+    #[serde(default = "default_startup_grace", with = "duration")]
+    pub startup_grace: std::time::Duration,
+    /// Largest message a subscriber may send (a subscription is one): a connection sending
+    /// more is closed by ZeroMQ. At least 64, so handshakes always fit.
+    #[serde(default = "default_max_subscription_bytes")]
+    pub max_subscription_bytes: i64,
 }
 
 fn default_hwm() -> i32 {
     1000
+}
+
+fn default_startup_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
+
+fn default_max_subscription_bytes() -> i64 {
+    256
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -14,14 +14,28 @@
 //! PUB never blocks: a slow or absent subscriber loses messages once its `high_water_mark`
 //! queue is full, and writes and replication are never held up. `seq_num` is the entry's log
 //! seq, so a subscriber sees the gap and can re-read what it missed over HTTP.
+//!
+//! A subscriber's message (a subscription is one) may be at most `max_subscription_bytes`:
+//! ZeroMQ closes a connection that sends a bigger one. The number of subscriptions a client
+//! may send is NOT bounded: libzmq 4.3.4 (what zmq-sys 0.12 builds) keeps every subscription
+//! a peer sent until the peer leaves, even under XPUB_MANUAL, and offers no way to drop one
+//! peer (see docs/design.md, "Notifier limits").
+//!
+//! Restarts lose nothing for a subscriber that stays connected (its socket reconnects): the
+//! notifier keeps, next to the namespace file (`<ns>.notify`), the last seq it published and
+//! how many subscriptions it had. A new start resumes after that seq — entries committed but
+//! not yet published before a stop, and those a replica catches up, are published after it —
+//! and first holds everything back until as many subscriptions are back, at most
+//! `startup_grace`. See docs/design.md, "Notifications across restarts".
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -61,12 +75,17 @@ pub struct Notifier {
 
 /// Entries read per query while catching up with the head.
 const READ_CHUNK: usize = 4096;
-/// How often an idle notifier looks for (un)subscriptions.
+/// How often an idle notifier looks for (un)subscriptions and saves its position.
 const SUBSCRIPTION_CHECK: Duration = Duration::from_millis(50);
+/// A busy notifier saves its position at least this often.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The smallest `max_subscription_bytes`: a connection's handshake must still fit.
+const MIN_MESSAGE_BYTES: i64 = 64;
 
 impl Notifier {
     /// Binds the PUB socket now (so a taken port fails startup) and starts publishing every
-    /// entry committed after this call. Port 0 picks a free port ([`Notifier::endpoint`]).
+    /// entry committed after the last one notified before a restart (`<ns>.notify`), or after
+    /// this call when there is none. Port 0 picks a free port ([`Notifier::endpoint`]).
     ///
     /// The task relaying head changes to the notifier's thread runs on `runtime`, tracked by
     /// `relays`; it ends when the namespace closes.
@@ -92,7 +111,8 @@ impl Notifier {
             endpoint: wanted.clone(),
             reason,
         };
-        let (ctx, socket) = bind(&wanted, listen_ip, config).map_err(fail)?;
+        let ctx = zmq::Context::new();
+        let socket = bind(&ctx, &wanted, listen_ip, config).map_err(fail)?;
         let endpoint = socket
             .get_last_endpoint()
             .ok()
@@ -102,7 +122,20 @@ impl Notifier {
             .map_err(|e| fail(format!("cannot read the namespace file: {e}")))?;
         let sent = Arc::new(AtomicU64::new(0));
         let subscriptions = Arc::new(AtomicI64::new(0));
-        let start = ns.head().seq;
+        let state_path = state_path(ns.path());
+        let saved = Saved::load(&state_path);
+        let now = ns.head();
+        let start = saved
+            .as_ref()
+            .and_then(|s| s.resume_seq(&conn, &log_id(&conn), now.seq))
+            .unwrap_or(now.seq);
+        if start < now.seq {
+            tracing::info!(namespace = %ns.name(), from_seq = start + 1, to_seq = now.seq, "notifying what was committed since the last notification before the restart");
+        }
+        let hold = saved
+            .as_ref()
+            .filter(|s| s.subscriptions > 0)
+            .map(|s| Hold::new(s.subscriptions, config.startup_grace));
         // A task relays head changes to the thread over a std channel (capacity 1: wake-ups
         // coalesce). When the namespace closes — or the runtime goes away — the task ends, the
         // sender drops, and the thread finishes on its own.
@@ -130,12 +163,18 @@ impl Notifier {
             name,
             socket,
             _ctx: ctx,
+            config: config.clone(),
             conn,
             wake: wake_rx,
             head,
             last: start,
             sent: sent.clone(),
             subscriptions: subscriptions.clone(),
+            subscribed: 0,
+            hold,
+            state_path,
+            dirty: true,
+            saved_at: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("notify-{}", ns.name()))
@@ -161,7 +200,7 @@ impl Notifier {
         self.sent.clone()
     }
 
-    /// Number of distinct topic prefixes currently subscribed to.
+    /// Subscriptions that match our topic, counted per subscriber.
     pub fn subscriptions(&self) -> Arc<AtomicI64> {
         self.subscriptions.clone()
     }
@@ -176,33 +215,61 @@ impl Notifier {
 
 /// Creates the XPUB socket `config` describes and binds it to `endpoint`.
 fn bind(
+    ctx: &zmq::Context,
     endpoint: &str,
     listen_ip: IpAddr,
     config: &NotifierConfig,
-) -> Result<(zmq::Context, zmq::Socket), String> {
-    let ctx = zmq::Context::new();
-    let socket = ctx.socket(zmq::XPUB).map_err(|e| e.to_string())?;
+) -> Result<zmq::Socket, String> {
+    let mut socket = ctx.socket(zmq::XPUB).map_err(|e| e.to_string())?;
     socket
         .set_sndhwm(config.high_water_mark)
         .map_err(|e| format!("high_water_mark: {e}"))?;
     socket
         .set_linger(config.linger_time)
         .map_err(|e| format!("linger_time: {e}"))?;
+    socket
+        .set_maxmsgsize(config.max_subscription_bytes.max(MIN_MESSAGE_BYTES))
+        .map_err(|e| format!("max_subscription_bytes: {e}"))?;
+    // Every (un)subscription of every subscriber is reported, duplicates included, so the
+    // notifier can count subscribers, not only distinct topics.
+    socket
+        .set_xpub_verbose(true)
+        .map_err(|e| format!("verbose: {e}"))?;
+    set_int(&mut socket, zmq_sys::ZMQ_XPUB_VERBOSER, 1).map_err(|e| format!("verboser: {e}"))?;
     if listen_ip.is_ipv6() {
         socket.set_ipv6(true).map_err(|e| e.to_string())?;
     }
     socket.bind(endpoint).map_err(|e| e.to_string())?;
-    Ok((ctx, socket))
+    Ok(socket)
+}
+
+/// Sets an integer option the zmq crate does not wrap.
+fn set_int(socket: &mut zmq::Socket, option: u32, value: i32) -> Result<(), zmq::Error> {
+    // SAFETY: a live socket, and an int value, as zmq_setsockopt requires for this option.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            option as i32,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
 }
 
 /// The notifier's thread: owns the socket and a read connection, publishes what each commit
-/// appended, and counts subscriptions.
+/// appended, and keeps count of subscriptions.
 struct Publisher {
     name: String,
     topic: String,
     socket: zmq::Socket,
     /// The context must outlive the socket; both end with this thread.
     _ctx: zmq::Context,
+    config: NotifierConfig,
     conn: rusqlite::Connection,
     /// Wake-ups relayed from the head signal; disconnected once the namespace closes.
     wake: std::sync::mpsc::Receiver<Seq>,
@@ -213,39 +280,120 @@ struct Publisher {
     /// The epoch of the history `last` belongs to.
     epoch: u32,
     sent: Arc<AtomicU64>,
+    /// `subscribed`, for `/stats`.
     subscriptions: Arc<AtomicI64>,
+    /// Subscriptions that match our topic (a prefix of it, or empty), per subscriber.
+    subscribed: i64,
+    /// While set, nothing is published: subscribers are coming back after a start.
+    hold: Option<Hold>,
+    /// Where `last` and `subscribed` are saved (`<ns>.notify`).
+    state_path: PathBuf,
+    dirty: bool,
+    saved_at: Instant,
+}
+
+/// Holding back notifications until `expect` subscriptions are back, or until `until`.
+#[derive(Debug)]
+struct Hold {
+    expect: i64,
+    until: Instant,
+}
+
+impl Hold {
+    fn new(expect: i64, grace: Duration) -> Hold {
+        Hold {
+            expect,
+            until: Instant::now() + grace,
+        }
+    }
 }
 
 impl Publisher {
     fn run(mut self) {
+        if let Some(h) = &self.hold {
+            tracing::info!(namespace = %self.name, subscriptions = h.expect, grace = ?self.config.startup_grace, "holding notifications back until the subscribers from before the restart subscribe again");
+        }
         loop {
             let woke = self.wake.recv_timeout(SUBSCRIPTION_CHECK);
-            self.count_subscriptions();
-            match woke {
-                Ok(_) => {}
-                // Timed out: nothing new, only subscriptions to look at.
-                Err(RecvTimeoutError::Timeout) => continue,
-                // The namespace is closing. Publish what was committed, then stop.
-                Err(RecvTimeoutError::Disconnected) if self.last >= self.head.borrow().seq => {
-                    return;
-                }
-                Err(RecvTimeoutError::Disconnected) => {}
-            }
-            if let Err(e) = self.publish_new() {
+            self.read_subscriptions();
+            let closing = matches!(woke, Err(RecvTimeoutError::Disconnected));
+            // On the way out while still holding back, publish nothing: the saved position
+            // makes the next start publish it, when the subscribers may be back.
+            if !self.holding()
+                && let Err(e) = self.publish_new()
+            {
                 tracing::error!(namespace = %self.name, error = %e, "cannot read entries to notify; notifications stop");
                 return;
+            }
+            if closing && (self.hold.is_some() || self.last >= self.head.borrow().seq) {
+                self.save();
+                return;
+            }
+            if self.dirty && (woke.is_err() || self.saved_at.elapsed() >= SAVE_EVERY) {
+                self.save();
             }
         }
     }
 
-    /// Each (un)subscription arrives as a message: 1 or 0, then the topic.
-    fn count_subscriptions(&self) {
+    /// Whether notifications are still held back; ends the hold once the subscriptions are
+    /// back or the grace window is over.
+    fn holding(&mut self) -> bool {
+        if let Some(h) = &self.hold {
+            let back = self.subscribed >= h.expect;
+            if back || Instant::now() >= h.until {
+                tracing::info!(namespace = %self.name, subscriptions = self.subscribed, expected = h.expect, "notifications resume{}", if back { "" } else { " (grace window over)" });
+                self.hold = None;
+            }
+        }
+        self.hold.is_some()
+    }
+
+    /// Each (un)subscription arrives as a message: 1 or 0, then the topic prefix. Counts
+    /// those that can match our topic (a prefix of it, or empty).
+    fn read_subscriptions(&mut self) {
         while let Ok(msg) = self.socket.recv_bytes(zmq::DONTWAIT) {
-            match msg.first() {
-                Some(1) => self.subscriptions.fetch_add(1, Ordering::Relaxed),
-                Some(0) => self.subscriptions.fetch_sub(1, Ordering::Relaxed),
-                _ => 0,
+            let (delta, prefix) = match msg.split_first() {
+                Some((1, prefix)) => (1, prefix),
+                Some((0, prefix)) => (-1, prefix),
+                _ => continue,
             };
+            // An unsubscription may come for a subscription never made: never below zero.
+            if self.topic.as_bytes().starts_with(prefix) {
+                self.subscribed = (self.subscribed + delta).max(0);
+                self.dirty = true;
+            }
+        }
+        self.subscriptions.store(self.subscribed, Ordering::Relaxed);
+    }
+
+    /// Saves `last` and the subscription count; a failure is logged, not fatal (the next
+    /// start would then publish from an older seq, or from the head).
+    fn save(&mut self) {
+        let crc = match reader::crc_at(&self.conn, self.last) {
+            Ok(Some(crc)) => crc,
+            // Pruned meanwhile: the next start cannot check it, and starts from its head.
+            _ => return,
+        };
+        let saved = Saved {
+            // Read from the file: a replica adopts its upstream's log after starting.
+            log_id: log_id(&self.conn),
+            seq: self.last,
+            crc,
+            subscriptions: match &self.hold {
+                // Still holding: the subscribers expected have not all come back yet.
+                Some(h) => h.expect.max(self.subscribed),
+                None => self.subscribed,
+            },
+        };
+        match saved.store(&self.state_path) {
+            Ok(()) => {
+                self.dirty = false;
+                self.saved_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %self.name, path = %self.state_path.display(), error = %e, "cannot save the notifier's position; a restart may notify from an older seq");
+                self.saved_at = Instant::now();
+            }
         }
     }
 
@@ -269,6 +417,7 @@ impl Publisher {
                 self.publish(e);
                 self.last = e.seq;
             }
+            self.dirty = true;
         }
         Ok(())
     }
@@ -297,6 +446,66 @@ impl Publisher {
             Err(err) => {
                 tracing::warn!(namespace = %self.name, seq = e.seq, error = %err, "notification not sent")
             }
+        }
+    }
+}
+
+/// The namespace's log_id ("" before a replica first meets its upstream).
+fn log_id(conn: &rusqlite::Connection) -> String {
+    schema::meta(conn, "log_id")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// `<ns>.notify` beside `<ns>.db`.
+fn state_path(db: &Path) -> PathBuf {
+    db.with_extension("notify")
+}
+
+/// What a notifier keeps across restarts.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    /// The log `seq` belongs to.
+    log_id: String,
+    /// The last seq notified.
+    seq: Seq,
+    /// The crc of entry `seq`: a history replaced since (a snapshot, a rollback) has another.
+    crc: u32,
+    /// Subscriptions to wait for after a start.
+    subscriptions: i64,
+}
+
+impl Saved {
+    fn load(path: &Path) -> Option<Saved> {
+        let text = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(saved) => Some(saved),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable notifier state file; notifying from the head");
+                None
+            }
+        }
+    }
+
+    /// Written beside and renamed over, so a crash leaves the old file or the new one.
+    fn store(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("notify.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).expect("state serializes"))?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Where to resume: after `seq` if it is still an entry of this history (same log,
+    /// same crc at `seq`, not past the head), else `None` (start from the head).
+    fn resume_seq(&self, conn: &rusqlite::Connection, log_id: &str, head: Seq) -> Option<Seq> {
+        if self.log_id != log_id || self.seq > head {
+            return None;
+        }
+        match reader::crc_at(conn, self.seq) {
+            Ok(Some(crc)) if crc == self.crc => Some(self.seq),
+            // Pruned since: what is left after the base is published; the gap shows.
+            Ok(None) if self.seq < reader::oldest(conn).unwrap_or(0) => Some(self.seq),
+            _ => None,
         }
     }
 }

@@ -119,3 +119,22 @@ async fn commits_the_relay_never_saw_are_notified_at_close() {
         .unwrap();
     node.stop().await;
 }
+
+/// A notifier duration that is not one is a config error naming the key and the value;
+/// the defaults are what the README says. (Catches: `startup_grace` parsed leniently, or
+/// defaults drifting from the documentation.)
+#[test]
+fn notifier_config_checks_startup_grace_and_has_the_documented_defaults() {
+    let err = toml::from_str::<NotifierConfig>("bind_port = 0\nstartup_grace = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("startup_grace") && err.contains("invalid duration \"soon\""),
+        "{err}"
+    );
+    let c: NotifierConfig = toml::from_str("bind_port = 0\n").unwrap();
+    assert_eq!(c.startup_grace, Duration::from_secs(2));
+    assert_eq!(c.max_subscription_bytes, 256);
+    let c: NotifierConfig = toml::from_str("bind_port = 0\nstartup_grace = \"250ms\"\n").unwrap();
+    assert_eq!(c.startup_grace, Duration::from_millis(250));
+}

@@ -8,6 +8,10 @@
 //!    changes feed (`GET /changes?since=`) up to that seq and merges each value. A `seq_num`
 //!    that skips ahead (ZeroMQ dropped messages) is reported as a gap, and the same read fills
 //!    it. A notification already covered is skipped.
+//! 4. Every [`GAP_CHECK`], reads each namespace's head seq; a head that stayed ahead of what
+//!    the client has seen for a whole period means notifications were lost with nothing after
+//!    them to reveal the gap (a notifier restarted, unreachable, or past its high water
+//!    mark): the client reads the missing entries as for a gap.
 //!
 //! Deletes are reported and leave the CRDT state alone: these CRDTs only grow (write a newer
 //! LWW value to change a register). Malformed values are reported and skipped.
@@ -24,6 +28,9 @@ use tokio::sync::mpsc;
 
 use super::state::{COUNTER_PREFIX, LWW_PREFIX, Outcome, State, plain};
 use crate::log::Seq;
+
+/// How often the client compares each namespace's head with what it has seen.
+pub const GAP_CHECK: Duration = Duration::from_secs(2);
 
 /// Where to listen and read.
 #[derive(Debug, Clone)]
@@ -199,15 +206,20 @@ pub async fn run(
         }
     }
     client.ready();
+    let mut check = tokio::time::interval(GAP_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await; // the first tick is immediate; the load just read every head
+    // Per namespace, a head seen ahead of the client at the previous check.
+    let mut behind: BTreeMap<String, Seq> = BTreeMap::new();
     loop {
-        let notice = tokio::select! {
+        tokio::select! {
             n = rx.recv() => match n {
-                Some(n) => n,
+                Some(n) => client.on_notice(n).await,
                 None => break,
             },
+            _ = check.tick() => client.check_heads(&mut behind).await,
             _ = &mut stop => break,
-        };
-        client.on_notice(notice).await;
+        }
     }
     subscribers.stop().await;
     Ok(())
@@ -299,6 +311,30 @@ impl Client {
         }
     }
 
+    /// Reads each namespace's head; where the previous check already saw the client behind
+    /// and it still is, reads the missing entries (their notifications were lost, and no later
+    /// one came to show the gap). A lag seen once is only noted: its notifications may be on
+    /// their way.
+    async fn check_heads(&mut self, behind: &mut BTreeMap<String, Seq>) {
+        let namespaces: Vec<String> = self.seen.keys().cloned().collect();
+        for ns in namespaces {
+            let Ok(head) = self.reader.offset(&ns).await else {
+                continue; // the node is away: the next check, or notification, will do
+            };
+            let last = self.seen[&ns];
+            let was = behind.remove(&ns);
+            if head <= last {
+                continue;
+            }
+            match was {
+                Some(earlier) if earlier > last => self.advance(&ns, head).await,
+                _ => {
+                    behind.insert(ns, head);
+                }
+            }
+        }
+    }
+
     /// Merges what `notice` announces (and any gap before it), unless already seen.
     async fn on_notice(&mut self, notice: Notice) {
         let Some(&last) = self.seen.get(&notice.namespace) else {
@@ -321,26 +357,36 @@ impl Client {
             ));
             out.event(serde_json::json!({"event": "gap", "namespace": notice.namespace, "from": last + 1, "to": notice.seq_num - 1}));
         }
-        match catch_up(
-            &self.reader,
-            out,
-            &notice.namespace,
-            last,
-            notice.seq_num,
-            &mut self.state,
-        )
-        .await
-        {
+        self.read_up_to(&notice.namespace, last, notice.seq_num)
+            .await;
+    }
+
+    /// What the periodic check found missing up to `head`: read it.
+    async fn advance(&mut self, ns: &str, head: Seq) {
+        let last = self.seen[ns];
+        self.out.line(&format!(
+            "  No notification for {ns} seq {} to {head} came; reading them from the changes feed",
+            last + 1
+        ));
+        self.out.event(serde_json::json!({"event": "gap", "namespace": ns, "from": last + 1, "to": head, "found_by": "check"}));
+        self.read_up_to(ns, last, head).await;
+    }
+
+    /// Reads and merges the log of `ns` after `last` up to `target`, and shows the state.
+    async fn read_up_to(&mut self, ns: &str, last: Seq, target: Seq) {
+        let out = &self.out;
+        match catch_up(&self.reader, out, ns, last, target, &mut self.state).await {
             Ok(new_last) => {
-                self.seen.insert(notice.namespace.clone(), new_last);
+                self.seen.insert(ns.to_owned(), new_last);
             }
             Err((new_last, e)) => {
-                self.seen.insert(notice.namespace.clone(), new_last);
+                self.seen.insert(ns.to_owned(), new_last);
                 out.line(&format!(
-                    "  Could not read {} ({e}); will retry on the next notification",
-                    notice.namespace
+                    "  Could not read {ns} ({e}); will retry on the next notification or check"
                 ));
-                out.event(serde_json::json!({"event": "error", "namespace": notice.namespace, "error": e.to_string()}));
+                out.event(
+                    serde_json::json!({"event": "error", "namespace": ns, "error": e.to_string()}),
+                );
             }
         }
         out.line(&format!("\n{}", self.state.render()));

@@ -750,7 +750,6 @@ impl Config {
             }
         }
         self.http_config.validate()?;
-        }
         Ok(())
     }
 

@@ -295,3 +295,38 @@ async fn tail_streams_that_never_read_keep_the_node_memory_bounded() {
     drop(streams);
     node.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = primary(dir.path(), "idle_timeout = \"1s\"\n").await;
+
+    // A follower's connection with a Tail open outlives the idle timeout: it gets heartbeats
+    // (one a second) for longer than that.
+    let mut client = small_window_client(&node.grpc()).await;
+    let mut tail = client
+        .tail(tail_request(&node.ns(NS).log_id()))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        tail.message().await.unwrap().expect("a heartbeat");
+    }
+
+    // A connection that never sends a byte is closed: its read ends instead of waiting.
+    let mut idle = tokio::net::TcpStream::connect(node.grpc()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's HTTP/2 preface
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection was still open after 30 s");
+    assert!(tail.message().await.unwrap().is_some());
+    node.stop().await;
+}

@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::TokenSet;
 use crate::config::Config;
+use crate::config::GrpcConfig;
 use crate::http::{self, Api, Role};
 use crate::notify::{Notifier, NotifyError};
-use crate::auth::TokenSet;
-use crate::config::GrpcConfig;
 use crate::replication::MAX_MESSAGE_BYTES;
 use crate::replication::client::{Security, Upstream};
 use crate::replication::conns::Connections;
@@ -441,8 +441,8 @@ fn relayer_upstreams(config: &Config, mode: Mode) -> Result<BTreeMap<String, Ups
                 token_file: r.token_file.clone(),
             };
             let what = format!("relayer_config.{name}");
-            let upstream = Upstream::new(&r.upstream_address, &what, &security)
-                .map_err(NodeError::Config)?;
+            let upstream =
+                Upstream::new(&r.upstream_address, &what, &security).map_err(NodeError::Config)?;
             Ok((name.clone(), upstream))
         })
         .collect()
@@ -551,8 +551,7 @@ async fn serve_grpc(
         conns,
         ..
     } = grpc;
-    let replication =
-        ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let replication = ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Every accepted socket is counted per connection and closed once idle.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(move |accepted| accepted.map(|io| conns.accept(io)));

@@ -17,7 +17,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a PEM file named by config key `key`.
 fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
     if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(format!(
             "{key} {} is not a PEM file (no \"-----BEGIN\" line)",
@@ -56,7 +57,10 @@ pub fn client_config(
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientTlsConfig, String> {
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read_pem(&format!("{what}.ca_path"), ca)?))
+        .ca_certificate(Certificate::from_pem(read_pem(
+            &format!("{what}.ca_path"),
+            ca,
+        )?))
         .domain_name(host_of(upstream))
         .timeout(HANDSHAKE_TIMEOUT);
     if let Some((cert, key)) = identity {

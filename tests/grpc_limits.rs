@@ -326,7 +326,10 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "an idle connection was still open after 30 s");
+    assert!(
+        closed.is_ok(),
+        "an idle connection was still open after 30 s"
+    );
     assert!(tail.message().await.unwrap().is_some());
     node.stop().await;
 }

@@ -196,8 +196,7 @@ fn allow_insecure_false_without_certificates_refuses_to_start() {
     let (code, out) = refused_start("server", &server, dir.path());
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("grpc_config.allow_insecure = false")
-            && out.contains("grpc_config.cert_path"),
+        out.contains("grpc_config.allow_insecure = false") && out.contains("grpc_config.cert_path"),
         "{out}"
     );
 

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use super::ErrorKind;
+use super::client::Client;
 use super::follower::{
     End, Follower, OnDivergence, SILENCE_LIMIT, SnapshotProgress, State, status_end, store_end,
 };
-use super::client::Client;
 use super::pb::{PositionResponse, SnapshotRequest, TailRequest};
 use crate::log::{Entry, Seq};
 use crate::store::reader::{self, KvRow};

@@ -118,9 +118,7 @@ impl Upstream {
                 super::follower::error_chain(&e)
             )
         })?;
-        Ok(
-            ReplicationClient::with_interceptor(channel, Bearer(token))
-                .max_decoding_message_size(super::MAX_MESSAGE_BYTES),
-        )
+        Ok(ReplicationClient::with_interceptor(channel, Bearer(token))
+            .max_decoding_message_size(super::MAX_MESSAGE_BYTES))
     }
 }

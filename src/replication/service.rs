@@ -482,10 +482,7 @@ async fn stream_entries(
         position.set(next);
         while next <= head.seq {
             let from = next;
-            let batch = match ns
-                .entries_from(from, MAX_BATCH_ENTRIES, batch_bytes)
-                .await
-            {
+            let batch = match ns.entries_from(from, MAX_BATCH_ENTRIES, batch_bytes).await {
                 Ok(b) if b.first().is_some_and(|e| e.seq != from) => {
                     // Retention pruned what this follower still needed (it fell more than
                     // twice the limits behind).

@@ -281,7 +281,9 @@ impl Node {
                     (false, false) => "plaintext, no replication token",
                 };
                 tasks.spawn(serve_grpc(service, listener, grpc, shutdown.clone()));
-                tracing::info!("gRPC listening on {addr} ({security})");
+                // The address ends its line: scripts and tests read it from there.
+                tracing::info!("gRPC security: {security}");
+                tracing::info!("gRPC listening on {addr}");
                 Some(addr)
             }
             _ => None,

@@ -36,10 +36,13 @@ struct Inner {
     /// Tail and Snapshot streams open on this node.
     open: usize,
     conns: HashMap<SocketAddr, Conn>,
+    /// Numbers the connections, so a closing one never removes a newer one from its address.
+    accepted: u64,
 }
 
 #[derive(Debug)]
 struct Conn {
+    id: u64,
     open: usize,
     last_active: Instant,
 }
@@ -111,17 +114,21 @@ impl Connections {
     pub(crate) fn accept(self: &Arc<Self>, io: TcpStream) -> IdleIo {
         let peer = io.peer_addr().ok();
         let now = Instant::now();
+        let mut inner = self.inner.lock().unwrap();
+        inner.accepted += 1;
+        let id = inner.accepted;
         if let Some(p) = peer {
-            self.inner.lock().unwrap().conns.insert(
-                p,
-                Conn {
-                    open: 0,
-                    last_active: now,
-                },
-            );
+            let conn = Conn {
+                id,
+                open: 0,
+                last_active: now,
+            };
+            inner.conns.insert(p, conn);
         }
+        drop(inner);
         IdleIo {
             inner: io,
+            id,
             peer,
             opened: now,
             timer: Box::pin(tokio::time::sleep_until(now + self.idle_timeout)),
@@ -153,6 +160,7 @@ impl Drop for StreamPermit {
 /// `idle_timeout` (see the module doc).
 pub(crate) struct IdleIo {
     inner: TcpStream,
+    id: u64,
     peer: Option<SocketAddr>,
     opened: Instant,
     timer: Pin<Box<Sleep>>,
@@ -162,7 +170,10 @@ pub(crate) struct IdleIo {
 impl Drop for IdleIo {
     fn drop(&mut self) {
         if let Some(p) = self.peer {
-            self.conns.inner.lock().unwrap().conns.remove(&p);
+            let mut inner = self.conns.inner.lock().unwrap();
+            if inner.conns.get(&p).is_some_and(|c| c.id == self.id) {
+                inner.conns.remove(&p);
+            }
         }
     }
 }

@@ -57,35 +57,44 @@ pub struct Security {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub address: String,
-    endpoint: Endpoint,
+    /// Err: the address cannot be an endpoint. The node still starts (and serves reads); the
+    /// follower stops with this reason.
+    endpoint: Result<Endpoint, String>,
     token_file: Option<PathBuf>,
 }
 
 impl Upstream {
-    /// Checks the address, the certificates and the token file now, so a mistake stops the
-    /// node at startup rather than in a retry loop. `what` names the config section in errors.
+    /// Checks the certificates and the token file now, so a mistake stops the node at
+    /// startup rather than in a retry loop. `what` names the config section in errors.
     pub fn new(address: &str, what: &str, security: &Security) -> Result<Upstream, String> {
         let scheme = if security.ca_path.is_some() {
             "https"
         } else {
             "http"
         };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| format!("{what}: invalid upstream address {address:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            // Keepalives notice an upstream that vanished without closing the connection.
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")) {
+            Ok(e) => Ok(e),
+            Err(e) => Err(format!("invalid upstream_address {address:?}: {e}")),
+        };
+        let mut endpoint = endpoint.map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                // Keepalives notice an upstream that vanished without closing the connection.
+                .tcp_keepalive(Some(Duration::from_secs(10)))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        });
         if let Some(ca) = &security.ca_path {
             let identity = match (&security.cert_path, &security.key_path) {
                 (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
                 _ => None,
             };
             let tls = crate::tls::client_config(address, what, ca, identity)?;
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("{what}: {}", super::follower::error_chain(&e)))?;
+            if let Ok(e) = endpoint {
+                let e = e
+                    .tls_config(tls)
+                    .map_err(|e| format!("{what}: {}", super::follower::error_chain(&e)))?;
+                endpoint = Ok(e);
+            }
         }
         if let Some(path) = &security.token_file {
             TokenSet::load(path).map_err(|e| format!("{what}.token_file: {e}"))?;
@@ -95,6 +104,11 @@ impl Upstream {
             endpoint,
             token_file: security.token_file.clone(),
         })
+    }
+
+    /// Why the address cannot be connected to at all, if it cannot.
+    pub fn invalid(&self) -> Option<&str> {
+        self.endpoint.as_ref().err().map(String::as_str)
     }
 
     /// Connects, presenting the token file's first token (read again each time, so a token
@@ -111,7 +125,8 @@ impl Upstream {
             }
             None => None,
         };
-        let channel = self.endpoint.connect().await.map_err(|e| {
+        let endpoint = self.endpoint.as_ref().map_err(Clone::clone)?;
+        let channel = endpoint.connect().await.map_err(|e| {
             format!(
                 "cannot connect to {}: {}",
                 self.address,

@@ -256,6 +256,9 @@ impl Follower {
 
     /// One connection to the upstream: handshake, then apply batches until something breaks.
     async fn session(&self, backoff: &mut Duration) -> End {
+        if let Some(invalid) = self.connect.invalid() {
+            return End::Fatal(invalid.to_owned());
+        }
         let mut client = match self.connect.connect().await {
             Ok(c) => c,
             Err(e) => return End::Retry(e),

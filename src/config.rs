@@ -90,7 +90,61 @@ pub struct GrpcConfig {
     /// Serve plaintext gRPC when no certificate is configured. `false` without `cert_path`
     /// and `key_path` refuses to start.
     pub allow_insecure: Option<bool>,
+    /// Most Tail and Snapshot streams open at once on this node (over it: RESOURCE_EXHAUSTED).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Most Tail and Snapshot streams open at once on one connection.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: usize,
+    /// Bytes of entries or rows one stream reads ahead of its client: what a client that
+    /// stops reading can cost in memory.
+    #[serde(default = "default_stream_buffer_bytes")]
+    pub stream_buffer_bytes: usize,
+    /// A stream whose client has taken nothing for this long is closed (a Snapshot's read
+    /// transaction with it, so the WAL checkpoints again).
+    #[serde(default = "default_stream_stall_timeout", with = "duration")]
+    pub stream_stall_timeout: std::time::Duration,
+    /// How often an HTTP/2 ping checks that a client is still there.
+    #[serde(default = "default_keepalive_interval", with = "duration")]
+    pub keepalive_interval: std::time::Duration,
+    /// A connection whose ping is not answered within this is closed.
+    #[serde(default = "default_keepalive_timeout", with = "duration")]
+    pub keepalive_timeout: std::time::Duration,
+    /// A connection with no request or stream open for this long is closed.
+    #[serde(default = "default_grpc_idle_timeout", with = "duration")]
+    pub idle_timeout: std::time::Duration,
 }
+
+fn default_max_streams() -> usize {
+    256
+}
+
+fn default_max_streams_per_connection() -> usize {
+    16
+}
+
+fn default_stream_buffer_bytes() -> usize {
+    2 * 1024 * 1024
+}
+
+fn default_stream_stall_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_keepalive_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_keepalive_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_grpc_idle_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+/// Smallest `stream_buffer_bytes`: room for a few batches of small entries.
+pub const MIN_STREAM_BUFFER_BYTES: usize = 64 * 1024;
 
 /// `[auth]`: bearer tokens, each read from a file holding one token per line (several lines
 /// let an old and a new token work side by side while clients rotate).
@@ -639,6 +693,42 @@ pub fn validate_namespace(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn validate_grpc(g: &GrpcConfig) -> Result<(), String> {
+    if g.cert_path.is_some() != g.key_path.is_some() {
+        return Err(
+            "grpc_config: cert_path and key_path go together (the certificate and its key)".into(),
+        );
+    }
+    if g.ca_path.is_some() && g.cert_path.is_none() {
+        return Err("grpc_config.ca_path (verify client certificates) needs cert_path and key_path: client certificates are checked over TLS".into());
+    }
+    if g.allow_insecure == Some(false) && g.cert_path.is_none() {
+        return Err("grpc_config.allow_insecure = false but no cert_path/key_path is set: set grpc_config.cert_path and grpc_config.key_path to serve gRPC over TLS, or allow_insecure = true to serve plaintext".into());
+    }
+    if g.max_streams == 0 || g.max_streams_per_connection == 0 {
+        return Err(
+            "grpc_config.max_streams and max_streams_per_connection must be at least 1".into(),
+        );
+    }
+    if g.stream_buffer_bytes < MIN_STREAM_BUFFER_BYTES {
+        return Err(format!(
+            "grpc_config.stream_buffer_bytes must be at least {MIN_STREAM_BUFFER_BYTES}, got {}",
+            g.stream_buffer_bytes
+        ));
+    }
+    for (key, d) in [
+        ("stream_stall_timeout", g.stream_stall_timeout),
+        ("keepalive_interval", g.keepalive_interval),
+        ("keepalive_timeout", g.keepalive_timeout),
+        ("idle_timeout", g.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(format!("grpc_config.{key} must be greater than 0"));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -749,6 +839,26 @@ impl Config {
                 );
             }
         }
+        if let Some(g) = &self.grpc_config {
+            validate_grpc(g)?;
+        }
+        for (relayer, r) in &self.relayer_config {
+            if r.cert_path.is_some() != r.key_path.is_some() {
+                return Err(format!(
+                    "relayer_config.{relayer}: cert_path and key_path go together (the client certificate and its key)"
+                ));
+            }
+            if r.cert_path.is_some() && r.ca_path.is_none() {
+                return Err(format!(
+                    "relayer_config.{relayer}: cert_path needs ca_path (a client certificate is presented over TLS, and TLS needs the CA that signed the upstream's certificate)"
+                ));
+            }
+            if r.allow_insecure == Some(false) && r.ca_path.is_none() {
+                return Err(format!(
+                    "relayer_config.{relayer}.allow_insecure = false but no ca_path is set: set ca_path (the CA that signed the upstream's certificate) to connect over TLS, or allow_insecure = true for plaintext"
+                ));
+            }
+        }
         self.http_config.validate()?;
         Ok(())
     }
@@ -793,23 +903,11 @@ impl Config {
             "log_config.min_level_percents",
             "log sampling is not supported; every line at or above log_level is written",
         );
-        if let Some(g) = &self.grpc_config {
-            note(
-                g.allow_insecure.is_some(),
-                "grpc_config.allow_insecure",
-                "ferry's gRPC is plaintext; put a TLS proxy in front of it",
-            );
-        }
         for r in self.relayer_config.values() {
             note(
                 r.segment_lag_threshold.is_some(),
                 "relayer_config.*.segment_lag_threshold",
                 "ferry has no segments; lag is reported in entries",
-            );
-            note(
-                r.allow_insecure.is_some(),
-                "relayer_config.*.allow_insecure",
-                "ferry's gRPC is plaintext",
             );
         }
         out.sort();

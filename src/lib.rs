@@ -8,6 +8,7 @@
 //! - [`http`]: the warp HTTP/JSON API.
 //! - [`replication`]: the gRPC log stream (service and follower).
 //! - [`notify`]: ZeroMQ change notifications (and `ferry watch`).
+//! - [`tls`]: TLS and mTLS for replication (PEM files into rustls).
 //! - [`node`]: wires a node together and shuts it down in order.
 //! - [`crdt`]: LWW registers, G-counters and the walkthrough's client.
 //! - [`demo`]: `ferry demo`, the walkthrough's cluster in one process.
@@ -22,3 +23,4 @@ pub mod node;
 pub mod notify;
 pub mod replication;
 pub mod store;
+pub mod tls;

@@ -74,6 +74,18 @@ struct BackupCmd {
     /// the file to write (must not exist)
     #[argh(option)]
     out: PathBuf,
+    /// CA certificate (PEM) that signed the node's gRPC certificate: connect over TLS
+    #[argh(option)]
+    ca: Option<PathBuf>,
+    /// client certificate (PEM) for a node that requires mTLS (with --key)
+    #[argh(option)]
+    cert: Option<PathBuf>,
+    /// private key (PEM) of --cert
+    #[argh(option)]
+    key: Option<PathBuf>,
+    /// file whose first line is the node's replication token
+    #[argh(option)]
+    token_file: Option<PathBuf>,
 }
 
 /// Check a namespace file offline (a running node may keep using it): SQLite's
@@ -208,8 +220,15 @@ fn backup(cmd: BackupCmd) -> ExitCode {
             eprintln!("backup: {rows} keys, {bytes} bytes so far");
         }
     };
-    let done = runtime.block_on(ferry::replication::backup::backup(
+    let security = ferry::replication::client::Security {
+        ca_path: cmd.ca.clone(),
+        cert_path: cmd.cert.clone(),
+        key_path: cmd.key.clone(),
+        token_file: cmd.token_file.clone(),
+    };
+    let done = runtime.block_on(ferry::replication::backup::backup_with(
         &cmd.upstream,
+        &security,
         &cmd.namespace,
         &cmd.out,
         &mut progress,

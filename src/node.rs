@@ -14,13 +14,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::TokenSet;
 use crate::config::Config;
+use crate::config::GrpcConfig;
 use crate::http::{self, Api, Role};
 use crate::notify::{Notifier, NotifyError};
 use crate::replication::MAX_MESSAGE_BYTES;
+use crate::replication::client::{Security, Upstream};
+use crate::replication::conns::Connections;
 use crate::replication::follower::Follower;
 use crate::replication::pb::replication_server::ReplicationServer;
-use crate::replication::service::ReplicationService;
+use crate::replication::service::{ReplicationService, StreamLimits, TokenCheck};
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for in-flight HTTP requests and gRPC streams before it stops
@@ -226,6 +230,13 @@ impl Node {
         listeners: Listeners,
     ) -> Result<Node, NodeError> {
         check_mode(&config, mode)?;
+        // Certificates and token files are read before anything opens, so a mistake in one
+        // stops the node with the key and the file named.
+        let relayers = relayer_upstreams(&config, mode)?;
+        let grpc = match &config.grpc_config {
+            Some(g) => Some(GrpcServing::prepare(g, &config)?),
+            None => None,
+        };
         let replicated = replicated(&config, mode);
         let store = Arc::new(Store::open(&config.storage_config, &replicated).await?);
         if let Err(e) = refuse_promoted(&store, &config, &replicated).await {
@@ -265,7 +276,7 @@ impl Node {
         start_retention(&config, &store, &tasks, &shutdown);
         let followers = match mode {
             Mode::Primary => BTreeMap::new(),
-            Mode::Replica => start_followers(&config, &store, &tasks, &shutdown),
+            Mode::Replica => start_followers(&config, relayers, &store, &tasks, &shutdown),
         };
 
         let api = Arc::new(Api {
@@ -312,20 +323,31 @@ impl Node {
         ));
         tracing::info!("{scheme} listening on {http_addr}");
 
-        let grpc_addr = match listeners.grpc {
-            Some(listener) => {
+        let grpc_addr = match (listeners.grpc, grpc) {
+            (Some(listener), Some(grpc)) => {
                 let addr = local_addr(&listener, "gRPC")?;
                 let service = ReplicationService::new(
                     store.clone(),
                     upstreams.clone(),
                     shutdown.clone(),
                     tasks.clone(),
+                    grpc.conns.clone(),
+                    grpc.limits,
+                    grpc.tokens.0.is_some(),
                 );
-                tasks.spawn(serve_grpc(service, listener, shutdown.clone()));
+                let security = match (grpc.tls, grpc.tokens.0.is_some()) {
+                    (true, true) => "TLS, replication token required",
+                    (true, false) => "TLS, no replication token",
+                    (false, true) => "plaintext, replication token required",
+                    (false, false) => "plaintext, no replication token",
+                };
+                tasks.spawn(serve_grpc(service, listener, grpc, shutdown.clone()));
+                // The address ends its line: scripts and tests read it from there.
+                tracing::info!("gRPC security: {security}");
                 tracing::info!("gRPC listening on {addr}");
                 Some(addr)
             }
-            None => None,
+            _ => None,
         };
         let zeromq: Vec<String> = notifiers
             .iter()
@@ -487,23 +509,99 @@ fn start_retention(
     }
 }
 
+/// How to reach each `[relayer_config.NAME]`'s upstream (none on a primary).
+fn relayer_upstreams(config: &Config, mode: Mode) -> Result<BTreeMap<String, Upstream>, NodeError> {
+    if mode == Mode::Primary {
+        return Ok(BTreeMap::new());
+    }
+    config
+        .relayer_config
+        .iter()
+        .map(|(name, r)| {
+            let security = Security {
+                ca_path: r.ca_path.clone(),
+                cert_path: r.cert_path.clone(),
+                key_path: r.key_path.clone(),
+                token_file: r.token_file.clone(),
+            };
+            let what = format!("relayer_config.{name}");
+            let upstream =
+                Upstream::new(&r.upstream_address, &what, &security).map_err(NodeError::Config)?;
+            Ok((name.clone(), upstream))
+        })
+        .collect()
+}
+
+/// Everything the gRPC server needs besides its listener, checked before the node starts.
+struct GrpcServing {
+    server: tonic::transport::Server,
+    tls: bool,
+    tokens: TokenCheck,
+    conns: Arc<Connections>,
+    limits: StreamLimits,
+}
+
+impl GrpcServing {
+    fn prepare(g: &GrpcConfig, config: &Config) -> Result<GrpcServing, NodeError> {
+        let tls = crate::tls::server_config(g).map_err(NodeError::Config)?;
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(g.keepalive_interval))
+            .http2_keepalive_timeout(Some(g.keepalive_timeout))
+            // A protocol-level bound beside ferry's own per-connection stream cap (which
+            // answers RESOURCE_EXHAUSTED): room for the streams and for unary calls.
+            .max_concurrent_streams(Some(
+                u32::try_from(g.max_streams_per_connection.saturating_add(32)).unwrap_or(u32::MAX),
+            ));
+        let has_tls = tls.is_some();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(|e| {
+                NodeError::Config(format!(
+                    "grpc_config.cert_path/key_path/ca_path: {}",
+                    crate::replication::follower::error_chain(&e)
+                ))
+            })?;
+        }
+        let tokens = match config
+            .auth
+            .as_ref()
+            .and_then(|a| a.replication_token_file.as_ref())
+        {
+            Some(path) => Some(Arc::new(TokenSet::load(path).map_err(|e| {
+                NodeError::Config(format!("auth.replication_token_file: {e}"))
+            })?)),
+            None => None,
+        };
+        Ok(GrpcServing {
+            server,
+            tls: has_tls,
+            tokens: TokenCheck(tokens),
+            conns: Connections::new(g.max_streams, g.max_streams_per_connection, g.idle_timeout),
+            limits: StreamLimits {
+                buffer_bytes: g.stream_buffer_bytes,
+                stall_timeout: g.stream_stall_timeout,
+            },
+        })
+    }
+}
+
 /// A replica's followers, one per namespace of each `[relayer_config.NAME]`: their progress,
 /// by namespace.
 fn start_followers(
     config: &Config,
+    relayers: BTreeMap<String, Upstream>,
     store: &Store,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> BTreeMap<String, http::Followed> {
     let mut followers = BTreeMap::new();
-    for relayer in config.relayer_config.values() {
+    for (relayer_name, relayer) in &config.relayer_config {
         for name in &relayer.namespaces {
             let ns = store
                 .get(name)
                 .expect("config validation checked the namespace")
                 .clone();
-            let follower =
-                Follower::new(ns, relayer.upstream_address.clone(), relayer.on_divergence);
+            let upstream = relayers[relayer_name].clone();
+            let follower = Follower::new(ns, upstream, relayer.on_divergence);
             // Its own token, so a promotion can stop this follower alone.
             let stop = shutdown.child_token();
             followers.insert(
@@ -524,13 +622,29 @@ fn start_followers(
 }
 
 /// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it).
-async fn serve_grpc(service: ReplicationService, listener: TcpListener, stop: CancellationToken) {
-    let server = tonic::transport::Server::builder()
-        .add_service(ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            stop.clone().cancelled_owned(),
-        );
+async fn serve_grpc(
+    service: ReplicationService,
+    listener: TcpListener,
+    grpc: GrpcServing,
+    stop: CancellationToken,
+) {
+    use tokio_stream::StreamExt;
+    let GrpcServing {
+        mut server,
+        tokens,
+        conns,
+        ..
+    } = grpc;
+    let replication = ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every accepted socket is counted per connection and closed once idle.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .map(move |accepted| accepted.map(|io| conns.accept(io)));
+    let server = server
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            replication,
+            tokens,
+        ))
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     // Streams end on their own once shutdown begins (they send `shutting-down`); `drained`
     // covers clients that stopped reading.
     let served = drained("gRPC", server, stop).await.unwrap_or(Ok(()));

@@ -7,12 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
-
 use super::bootstrap::{Fetched, fetch};
+use super::client::{Security, Upstream};
 use super::follower::End;
 use super::pb::PositionRequest;
-use super::pb::replication_client::ReplicationClient;
 use crate::config::Synchronous;
 use crate::store::schema;
 use crate::store::snapshot::{self, Staging};
@@ -36,23 +34,27 @@ pub async fn backup(
     out: &Path,
     progress: &mut (dyn FnMut(i64, i64) + Send),
 ) -> Result<Backup, String> {
+    backup_with(upstream, &Security::default(), namespace, out, progress).await
+}
+
+/// [`backup`] from a node reached with `security` (TLS, client certificate, replication
+/// token).
+pub async fn backup_with(
+    upstream: &str,
+    security: &Security,
+    namespace: &str,
+    out: &Path,
+    progress: &mut (dyn FnMut(i64, i64) + Send),
+) -> Result<Backup, String> {
     if out.exists() {
         return Err(format!(
             "{} already exists; choose a new file (a backup never overwrites)",
             out.display()
         ));
     }
-    let endpoint = Endpoint::from_shared(format!("http://{upstream}"))
-        .map_err(|e| format!("invalid upstream address {upstream:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot connect to {upstream}: {}",
-            super::follower::error_chain(&e)
-        )
-    })?;
-    let mut client =
-        ReplicationClient::new(channel).max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+    let mut client = Upstream::new(upstream, "backup", security)?
+        .connect()
+        .await?;
     let pos = client
         .position(PositionRequest {
             namespace: namespace.to_owned(),
@@ -91,7 +93,7 @@ pub async fn backup(
                 eprintln!("backup: {why}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            End::Retry(why) | End::Fatal(why) => {
+            End::Retry(why) | End::Fatal(why) | End::Refused(why) => {
                 staging.remove();
                 return Err(why);
             }

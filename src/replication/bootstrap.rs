@@ -17,20 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tonic::transport::Channel;
 
 use super::ErrorKind;
+use super::client::Client;
 use super::follower::{
     End, Follower, OnDivergence, SILENCE_LIMIT, SnapshotProgress, State, status_end, store_end,
 };
-use super::pb::replication_client::ReplicationClient;
 use super::pb::{PositionResponse, SnapshotRequest, TailRequest};
 use crate::log::{Entry, Seq};
 use crate::store::reader::{self, KvRow};
 use crate::store::snapshot::{Progress, Staging, staging_path};
 use crate::store::{Namespace, StoreError};
-
-type Client = ReplicationClient<Channel>;
 
 /// How often a long download logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
-use super::pb::replication_client::ReplicationClient;
+use super::client::{Client, Upstream};
 use super::pb::{AckRequest, PositionRequest, TailRequest};
 use super::{ErrorKind, is_log_id};
 use crate::log::{Entry, Seq};
@@ -25,6 +24,10 @@ use crate::store::{Namespace, StoreError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a follower the upstream refused (no token, or a wrong one) waits before it tries
+/// again: long enough not to hammer the upstream, short enough to pick up a fixed token file
+/// (read again on each attempt) without a restart.
+pub(super) const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a follower waits without any message before it reconnects.
 pub(super) const SILENCE_LIMIT: Duration =
     Duration::from_secs(3 * super::service::HEARTBEAT.as_secs());
@@ -127,6 +130,8 @@ pub(super) enum End {
     Again,
     /// Try again after a backoff.
     Retry(String),
+    /// The upstream refused our credentials: try again after [`REFUSED_BACKOFF`].
+    Refused(String),
     /// Stop following; the message says why.
     Fatal(String),
     Shutdown,
@@ -135,6 +140,8 @@ pub(super) enum End {
 pub struct Follower {
     pub(super) ns: Arc<Namespace>,
     pub(super) upstream: String,
+    /// How to connect to `upstream` (TLS, token).
+    pub(super) connect: Upstream,
     pub(super) tracker: Tracker,
     pub(super) on_divergence: OnDivergence,
     /// Random, per follower task: names this follower in its Tail streams and Acks.
@@ -145,7 +152,8 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(ns: Arc<Namespace>, upstream: String, on_divergence: OnDivergence) -> Follower {
+    pub fn new(ns: Arc<Namespace>, connect: Upstream, on_divergence: OnDivergence) -> Follower {
+        let upstream = connect.address.clone();
         let tracker = Tracker(
             Arc::new(Mutex::new(Status {
                 upstream: upstream.clone(),
@@ -165,6 +173,7 @@ impl Follower {
         Follower {
             ns,
             upstream,
+            connect,
             tracker,
             on_divergence,
             id: crate::store::schema::mint_log_id()[..16].to_owned(),
@@ -208,6 +217,22 @@ impl Follower {
                     });
                     return;
                 }
+                End::Refused(reason) => {
+                    // Once per distinct refusal; the token itself is never in `reason`.
+                    if last_logged.as_deref() != Some(reason.as_str()) {
+                        tracing::error!(namespace = %name, upstream = %self.upstream, "the upstream refused this replica: {reason}; check relayer_config token_file against the upstream's [auth] replication_token_file; trying again every {REFUSED_BACKOFF:?}");
+                        last_logged = Some(reason.clone());
+                    }
+                    self.tracker.set(|s| {
+                        s.state = State::Retrying;
+                        s.last_error = Some(reason);
+                    });
+                    backoff = BACKOFF_START;
+                    tokio::select! {
+                        _ = tokio::time::sleep(REFUSED_BACKOFF) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
                 End::Retry(reason) => {
                     // Log a failure once, not once per attempt.
                     if last_logged.as_deref() != Some(reason.as_str()) {
@@ -231,29 +256,13 @@ impl Follower {
 
     /// One connection to the upstream: handshake, then apply batches until something breaks.
     async fn session(&self, backoff: &mut Duration) -> End {
-        let endpoint = match Endpoint::from_shared(format!("http://{}", self.upstream)) {
-            // Keepalives notice an upstream that vanished without closing the connection.
-            Ok(e) => e
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_keepalive(Some(Duration::from_secs(10)))
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5)),
-            Err(e) => {
-                return End::Fatal(format!("invalid upstream_address {:?}: {e}", self.upstream));
-            }
-        };
-        let channel = match endpoint.connect().await {
+        if let Some(invalid) = self.connect.invalid() {
+            return End::Fatal(invalid.to_owned());
+        }
+        let mut client = match self.connect.connect().await {
             Ok(c) => c,
-            Err(e) => {
-                return End::Retry(format!(
-                    "cannot connect to {}: {}",
-                    self.upstream,
-                    error_chain(&e)
-                ));
-            }
+            Err(e) => return End::Retry(e),
         };
-        let mut client =
-            ReplicationClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let name = self.ns.name().to_owned();
 
         // Our own lineage goes with the request: a stale primary learns it was superseded.
@@ -493,6 +502,9 @@ pub(super) fn status_end(s: &tonic::Status) -> End {
     let what = format!("{}: {}", s.code(), s.message());
     match ErrorKind::of(s) {
         Some(ErrorKind::ShuttingDown) => End::Retry("the upstream is shutting down".into()),
+        Some(ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) => End::Refused(what),
+        // The upstream is busy, or cut a stream this replica did not read in time.
+        Some(ErrorKind::TooManyStreams | ErrorKind::Stalled) => End::Retry(what),
         // Reconnecting finds out what to do (bootstrap, or divergence recovery).
         Some(ErrorKind::SnapshotNeeded | ErrorKind::HistoryDiffers) => End::Retry(what),
         Some(_) => End::Fatal(what),
@@ -508,7 +520,7 @@ pub(super) fn status_end(s: &tonic::Status) -> End {
     }
 }
 
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {
@@ -524,7 +536,7 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The crc of entry `seq` in the upstream's log, if it still knows it.
 pub(super) async fn upstream_crc(
-    client: &mut ReplicationClient<tonic::transport::Channel>,
+    client: &mut Client,
     namespace: &str,
     seq: Seq,
 ) -> Result<Option<u32>, End> {

@@ -8,6 +8,8 @@
 
 pub mod backup;
 mod bootstrap;
+pub mod client;
+pub(crate) mod conns;
 pub(crate) mod follower;
 pub use follower::OnDivergence;
 pub mod service;
@@ -38,7 +40,29 @@ pub enum ErrorKind {
     HistoryDiffers,
     SnapshotNeeded,
     ShuttingDown,
+    /// The node or the connection is at its stream cap (`grpc_config.max_streams*`).
+    TooManyStreams,
+    /// The client did not read for `grpc_config.stream_stall_timeout`; the stream was closed.
+    Stalled,
+    /// No replication token was presented, and this node requires one.
+    Unauthenticated,
+    /// The replication token presented is not one of this node's.
+    PermissionDenied,
 }
+
+/// Every typed error, for reading one back from a status.
+const KINDS: [ErrorKind; 10] = [
+    ErrorKind::UnknownNamespace,
+    ErrorKind::InvalidArgument,
+    ErrorKind::AheadOfUpstream,
+    ErrorKind::HistoryDiffers,
+    ErrorKind::SnapshotNeeded,
+    ErrorKind::ShuttingDown,
+    ErrorKind::TooManyStreams,
+    ErrorKind::Stalled,
+    ErrorKind::Unauthenticated,
+    ErrorKind::PermissionDenied,
+];
 
 impl ErrorKind {
     pub fn code(self) -> &'static str {
@@ -49,6 +73,10 @@ impl ErrorKind {
             ErrorKind::HistoryDiffers => "history-differs",
             ErrorKind::SnapshotNeeded => "snapshot-needed",
             ErrorKind::ShuttingDown => "shutting-down",
+            ErrorKind::TooManyStreams => "too-many-streams",
+            ErrorKind::Stalled => "stream-stalled",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission-denied",
         }
     }
 
@@ -60,7 +88,10 @@ impl ErrorKind {
             ErrorKind::HistoryDiffers | ErrorKind::SnapshotNeeded => {
                 tonic::Code::FailedPrecondition
             }
-            ErrorKind::ShuttingDown => tonic::Code::Unavailable,
+            ErrorKind::ShuttingDown | ErrorKind::Stalled => tonic::Code::Unavailable,
+            ErrorKind::TooManyStreams => tonic::Code::ResourceExhausted,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -76,16 +107,21 @@ impl ErrorKind {
     /// Reads the typed error back from a status, if it has one.
     pub fn of(status: &Status) -> Option<ErrorKind> {
         let code = status.metadata().get(ERROR_KEY)?.to_str().ok()?;
-        [
-            ErrorKind::UnknownNamespace,
-            ErrorKind::InvalidArgument,
-            ErrorKind::AheadOfUpstream,
-            ErrorKind::HistoryDiffers,
-            ErrorKind::SnapshotNeeded,
-            ErrorKind::ShuttingDown,
-        ]
-        .into_iter()
-        .find(|k| k.code() == code)
+        KINDS.into_iter().find(|k| k.code() == code)
+    }
+}
+
+/// Most characters of a client's input quoted back in an error message: a status message
+/// travels in a header, and a client's header limit must not turn ferry's answer into
+/// RESOURCE_EXHAUSTED.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `text` quoted for an error message, cut to [`MAX_QUOTED_CHARS`] characters with "…" and
+/// its full length when longer.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
     }
 }
 

@@ -1,0 +1,139 @@
+//! How a follower or `ferry backup` reaches an upstream: plaintext or TLS (with a client
+//! certificate for mTLS), and the replication token on every call.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use super::pb::replication_client::ReplicationClient;
+use crate::auth::TokenSet;
+
+/// A replication client with its token attached to every call.
+pub type Client = ReplicationClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to each call (marked sensitive, so it is never
+/// printed).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(..)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// How to reach an upstream securely (the keys of a `[relayer_config.NAME]`, or the flags of
+/// `ferry backup`).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// CA that signed the upstream's certificate; set: connect over TLS.
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate and key for an upstream that requires mTLS.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// File whose first token is presented as the replication token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// An upstream's address with everything needed to connect to it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: String,
+    /// Err: the address cannot be an endpoint. The node still starts (and serves reads); the
+    /// follower stops with this reason.
+    endpoint: Result<Endpoint, String>,
+    token_file: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Checks the certificates and the token file now, so a mistake stops the node at
+    /// startup rather than in a retry loop. `what` names the config section in errors.
+    pub fn new(address: &str, what: &str, security: &Security) -> Result<Upstream, String> {
+        let scheme = if security.ca_path.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")) {
+            Ok(e) => Ok(e),
+            Err(e) => Err(format!("invalid upstream_address {address:?}: {e}")),
+        };
+        let mut endpoint = endpoint.map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                // Keepalives notice an upstream that vanished without closing the connection.
+                .tcp_keepalive(Some(Duration::from_secs(10)))
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        });
+        if let Some(ca) = &security.ca_path {
+            let identity = match (&security.cert_path, &security.key_path) {
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                _ => None,
+            };
+            let tls = crate::tls::client_config(address, what, ca, identity)?;
+            if let Ok(e) = endpoint {
+                let e = e
+                    .tls_config(tls)
+                    .map_err(|e| format!("{what}: {}", super::follower::error_chain(&e)))?;
+                endpoint = Ok(e);
+            }
+        }
+        if let Some(path) = &security.token_file {
+            TokenSet::load(path).map_err(|e| format!("{what}.token_file: {e}"))?;
+        }
+        Ok(Upstream {
+            address: address.to_owned(),
+            endpoint,
+            token_file: security.token_file.clone(),
+        })
+    }
+
+    /// Why the address cannot be connected to at all, if it cannot.
+    pub fn invalid(&self) -> Option<&str> {
+        self.endpoint.as_ref().err().map(String::as_str)
+    }
+
+    /// Connects, presenting the token file's first token (read again each time, so a token
+    /// replaced in the file is used from the next connection on).
+    pub async fn connect(&self) -> Result<Client, String> {
+        let token = match &self.token_file {
+            Some(path) => {
+                let tokens = TokenSet::load(path).map_err(|e| e.to_string())?;
+                let mut value: MetadataValue<Ascii> = format!("Bearer {}", tokens.first())
+                    .parse()
+                    .expect("a token is visible ASCII");
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let endpoint = self.endpoint.as_ref().map_err(Clone::clone)?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            format!(
+                "cannot connect to {}: {}",
+                self.address,
+                super::follower::error_chain(&e)
+            )
+        })?;
+        Ok(ReplicationClient::with_interceptor(channel, Bearer(token))
+            .max_decoding_message_size(super::MAX_MESSAGE_BYTES))
+    }
+}

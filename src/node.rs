@@ -246,7 +246,11 @@ impl Node {
         let http_addr = local_addr(&listeners.http, "HTTP")?;
         tasks.spawn(drained(
             "HTTP",
-            http::serve(api, listeners.http, shutdown.clone().cancelled_owned()),
+            http::serve(
+                api.clone(),
+                listeners.http,
+                shutdown.clone().cancelled_owned(),
+            ),
             shutdown.clone(),
         ));
         tracing::info!("HTTP listening on {http_addr}");
@@ -260,7 +264,8 @@ impl Node {
                     shutdown.clone(),
                     tasks.clone(),
                 );
-                tasks.spawn(serve_grpc(service, listener, shutdown.clone()));
+                let health = crate::grpc_tooling::health(api, &tasks, shutdown.clone()).await;
+                tasks.spawn(serve_grpc(service, health, listener, shutdown.clone()));
                 tracing::info!("gRPC listening on {addr}");
                 Some(addr)
             }
@@ -441,10 +446,22 @@ fn start_followers(
     followers
 }
 
-/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it).
-async fn serve_grpc(service: ReplicationService, listener: TcpListener, stop: CancellationToken) {
+/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it), with
+/// the health service and server reflection beside it (see [`crate::grpc_tooling`]).
+async fn serve_grpc(
+    service: ReplicationService,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    let (reflection, reflection_v1alpha) = crate::grpc_tooling::reflection();
     let server = tonic::transport::Server::builder()
         .add_service(ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.clone().cancelled_owned(),

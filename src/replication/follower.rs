@@ -359,7 +359,7 @@ impl Follower {
             Ok(Err(s)) => return status_end(&s),
             Err(_) => {
                 return End::Retry(format!(
-                    "upstream {} did not answer a position request within {SILENCE_LIMIT:?}",
+                    "no answer from the upstream {} to a position request within {SILENCE_LIMIT:?}",
                     self.upstream
                 ));
             }
@@ -450,7 +450,7 @@ impl Follower {
             },
             Err(_) => {
                 return End::Retry(format!(
-                    "upstream {} did not open the stream within {SILENCE_LIMIT:?}",
+                    "no answer from the upstream {} to a stream request within {SILENCE_LIMIT:?}",
                     self.upstream
                 ));
             }

@@ -235,6 +235,7 @@ impl Node {
                     (k.clone(), counters)
                 })
                 .collect(),
+            http_metrics: Default::default(),
         });
         let local_addr = |l: &TcpListener, what| {
             l.local_addr().map_err(|source| NodeError::Bind {

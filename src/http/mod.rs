@@ -93,6 +93,8 @@ pub struct Api {
     pub acks: BTreeMap<String, crate::config::AcksConfig>,
     /// Per namespace with a notifier: notifications handed to ZeroMQ, subscribed topics.
     pub notifications: BTreeMap<String, NotifierCounters>,
+    /// Request latency by route class, for `/metrics`.
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 fn with_api(
@@ -314,7 +316,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(api))
+    // Every answered request is timed for /metrics.
+    let observed = api.http_metrics.clone();
+    let timed = routes(api).with(warp::log::custom(move |info| observed.observe(info)));
+    warp::serve(timed)
         .incoming(listener)
         .graceful(shutdown)
         .run()

@@ -720,15 +720,26 @@ fn io_words(e: &std::io::Error) -> String {
     }
 }
 
-/// A failure's kind: its reason with the numbers blanked (seqs, counts and ports vary between
-/// attempts that fail the same way).
+/// A failure's kind: its reason without the details that vary between attempts failing the
+/// same way — numbers (seqs, counts, ports) and what is in parentheses (how the connection
+/// went, which may be reset one time and closed the next).
 fn kind_of(reason: &str) -> String {
     let mut kind = String::with_capacity(reason.len());
+    let mut depth = 0usize;
     for c in reason.chars() {
-        if !c.is_ascii_digit() {
-            kind.push(c);
-        } else if !kind.ends_with('#') {
-            kind.push('#');
+        match c {
+            '(' => {
+                depth += 1;
+                kind.truncate(kind.trim_end().len());
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            c if c.is_ascii_digit() => {
+                if !kind.ends_with('#') {
+                    kind.push('#');
+                }
+            }
+            c => kind.push(c),
         }
     }
     kind

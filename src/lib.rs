@@ -7,6 +7,7 @@
 //! - [`store`]: one SQLite file per namespace; the writer thread (group commit) and readers.
 //! - [`http`]: the warp HTTP/JSON API.
 //! - [`replication`]: the gRPC log stream (service and follower).
+//! - [`grpc_tooling`]: gRPC server reflection and the per-namespace health service.
 //! - [`notify`]: ZeroMQ change notifications (and `ferry watch`).
 //! - [`tls`]: TLS and mTLS for replication (PEM files into rustls).
 //! - [`node`]: wires a node together and shuts it down in order.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod crdt;
 pub mod demo;
+pub mod grpc_tooling;
 pub(crate) mod http;
 pub mod log;
 pub mod node;

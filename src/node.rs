@@ -299,6 +299,7 @@ impl Node {
                 })
                 .collect(),
             access_log: config.log_config.access_log,
+            http_metrics: Default::default(),
         });
         let local_addr = |l: &TcpListener, what| {
             l.local_addr().map_err(|source| NodeError::Bind {
@@ -313,7 +314,7 @@ impl Node {
         tasks.spawn(drained(
             "HTTP",
             http::serve(
-                api,
+                api.clone(),
                 listeners.http,
                 tls,
                 config.http_config.clone(),
@@ -341,7 +342,8 @@ impl Node {
                     (false, true) => "plaintext, replication token required",
                     (false, false) => "plaintext, no replication token",
                 };
-                tasks.spawn(serve_grpc(service, listener, grpc, shutdown.clone()));
+                let health = crate::grpc_tooling::health(api, &tasks, shutdown.clone()).await;
+                tasks.spawn(serve_grpc(service, health, listener, grpc, shutdown.clone()));
                 // The address ends its line: scripts and tests read it from there.
                 tracing::info!("gRPC security: {security}");
                 tracing::info!("gRPC listening on {addr}");
@@ -621,9 +623,13 @@ fn start_followers(
     followers
 }
 
-/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it).
+/// Serves the replication service on `listener` until shutdown (and [`DRAIN`] after it), with
+/// the health service and server reflection beside it (see [`crate::grpc_tooling`]).
 async fn serve_grpc(
     service: ReplicationService,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     listener: TcpListener,
     grpc: GrpcServing,
     stop: CancellationToken,
@@ -636,6 +642,7 @@ async fn serve_grpc(
         ..
     } = grpc;
     let replication = ReplicationServer::new(service).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (reflection, reflection_v1alpha) = crate::grpc_tooling::reflection();
     // Every accepted socket is counted per connection and closed once idle.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(move |accepted| accepted.map(|io| conns.accept(io)));
@@ -644,6 +651,9 @@ async fn serve_grpc(
             replication,
             tokens,
         ))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     // Streams end on their own once shutdown begins (they send `shutting-down`); `drained`
     // covers clients that stopped reading.

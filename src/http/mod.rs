@@ -103,6 +103,8 @@ pub struct Api {
     pub notifications: BTreeMap<String, NotifierCounters>,
     /// Log one line per request (`[log_config] access_log`).
     pub access_log: bool,
+    /// Request latency by route class, for `/metrics`.
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 fn with_api(
@@ -356,7 +358,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let access_log = api.access_log;
-    let routes = routes(api);
+    // Every answered request is timed for /metrics.
+    let observed = api.http_metrics.clone();
+    let routes = routes(api)
+        .with(warp::log::custom(move |info| observed.observe(info)))
+        .map(warp::Reply::into_response)
+        .boxed();
     let routes = if access_log { logged(routes) } else { routes };
     server::serve(routes, listener, tls, config, shutdown).await;
 }

@@ -128,9 +128,9 @@ impl Upstream {
         let endpoint = self.endpoint.as_ref().map_err(Clone::clone)?;
         let channel = endpoint.connect().await.map_err(|e| {
             format!(
-                "cannot connect to {}: {}",
+                "cannot connect to upstream {}: {}",
                 self.address,
-                super::follower::error_chain(&e)
+                super::follower::cause(&e)
             )
         })?;
         Ok(ReplicationClient::with_interceptor(channel, Bearer(token))

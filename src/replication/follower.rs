@@ -5,13 +5,21 @@
 //! each received batch in one transaction after the writer verified continuity and the crc
 //! chain. Its position is never stored anywhere but in `wal_log` itself.
 //!
-//! Connection trouble (upstream down, restarting, network) is retried with capped exponential
-//! backoff and jitter while reads keep being served. Divergence (another log, a crc that does
-//! not chain, a gap) stops the follower with the reason in the log and in `/stats`: it never
-//! applies an entry that does not continue its own history.
+//! Trouble that may pass — the upstream down or restarting, the network, this replica's own
+//! disk full or file busy — is retried with capped exponential backoff and jitter while reads
+//! keep being served. The backoff only resets once a session made progress (applied something,
+//! or caught up), so a replica that connects fine but cannot store what it receives does not
+//! reconnect in a tight loop. Divergence (another log, a crc that does not chain, a gap) stops
+//! the follower with the reason in the log and in `/stats`: it never applies an entry that does
+//! not continue its own history.
+//!
+//! The log says what changes, not every attempt: the first failure (what failed, with which
+//! upstream, when it tries next), a new kind of failure, a reminder every
+//! [`STILL_FAILING_EVERY`] while it lasts, and "reconnected" once it is over. A catch-up logs
+//! its progress every [`PROGRESS_EVERY`] and "caught up at seq N" when it ends.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +28,14 @@ use super::client::{Client, Upstream};
 use super::pb::{AckRequest, PositionRequest, TailRequest};
 use super::{ErrorKind, is_log_id};
 use crate::log::{Entry, Seq};
-use crate::store::{Namespace, StoreError};
+use crate::store::{Namespace, SqliteKind, StoreError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While an upstream stays unreachable, how often the log says it still is.
+pub(super) const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+/// How often a catch-up logs its progress.
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How long a follower the upstream refused (no token, or a wrong one) waits before it tries
 /// again: long enough not to hammer the upstream, short enough to pick up a fixed token file
 /// (read again on each attempt) without a restart.
@@ -149,7 +161,30 @@ pub struct Follower {
     /// The divergence a rollback file was last written for (upstream log_id, split seq, local
     /// head), so a bootstrap that fails and is retried does not write the same file twice.
     pub(super) rolled_back: Mutex<Option<(String, Seq, Seq)>>,
+    /// How the last attempts went: the backoff, and what the log already said.
+    trouble: Mutex<Trouble>,
 }
+
+/// What the follower's backoff and log depend on: how its recent attempts went.
+struct Trouble {
+    /// The next failure waits between half and all of this, and doubles it.
+    backoff: Duration,
+    /// Set from a failure until a session makes progress again.
+    failing: Option<Failing>,
+}
+
+/// A run of failed attempts.
+struct Failing {
+    since: Instant,
+    attempts: u32,
+    /// The kinds of failure (the reason with its numbers blanked) already logged in this run.
+    logged: Vec<String>,
+    last_logged: Instant,
+}
+
+/// At most this many kinds of failure are logged as news in one run of failures; the rest
+/// show in the periodic reminder.
+const MAX_KINDS_LOGGED: usize = 8;
 
 impl Follower {
     pub fn new(ns: Arc<Namespace>, connect: Upstream, on_divergence: OnDivergence) -> Follower {
@@ -178,7 +213,64 @@ impl Follower {
             on_divergence,
             id: crate::store::schema::mint_log_id()[..16].to_owned(),
             rolled_back: Mutex::new(None),
+            trouble: Mutex::new(Trouble {
+                backoff: BACKOFF_START,
+                failing: None,
+            }),
         }
+    }
+
+    /// A session ended with `reason`, which may pass: logs it if that is news (the first
+    /// failure of a run, a new kind of failure, or a reminder every [`STILL_FAILING_EVERY`]),
+    /// and returns how long to wait before the next attempt.
+    fn failed(&self, reason: &str) -> Duration {
+        let mut t = self.trouble.lock().unwrap();
+        let delay = jitter(t.backoff);
+        t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+        let now = Instant::now();
+        let f = t.failing.get_or_insert_with(|| Failing {
+            since: now,
+            attempts: 0,
+            logged: Vec::new(),
+            last_logged: now,
+        });
+        f.attempts += 1;
+        let kind = kind_of(reason);
+        let (name, upstream) = (self.ns.name(), &self.upstream);
+        let (next, attempts) = (secs(delay), f.attempts);
+        let failing_for = secs(now - f.since);
+        if attempts == 1 {
+            tracing::warn!(namespace = %name, %upstream, retry_in = %next, "{reason}; reconnecting to {upstream} in {next} (reads are still served)");
+        } else if !f.logged.contains(&kind) && f.logged.len() < MAX_KINDS_LOGGED {
+            tracing::warn!(namespace = %name, %upstream, attempts, retry_in = %next, "{reason}; still failing after {attempts} attempts in {failing_for}; reconnecting to {upstream} in {next}");
+        } else if now - f.last_logged >= STILL_FAILING_EVERY {
+            tracing::warn!(namespace = %name, %upstream, attempts, retry_in = %next, "still failing after {attempts} attempts in {failing_for}: {reason}; reconnecting to {upstream} in {next}");
+        } else {
+            return delay;
+        }
+        if !f.logged.contains(&kind) {
+            f.logged.push(kind);
+        }
+        f.last_logged = now;
+        delay
+    }
+
+    /// A session made progress (applied entries, caught up, installed a snapshot): the
+    /// backoff starts over. Ends a run of failures with one line saying so (`now` is what the
+    /// follower does now) and returns true; false when there was no such run.
+    fn recovered(&self, now: &str) -> bool {
+        let mut t = self.trouble.lock().unwrap();
+        t.backoff = BACKOFF_START;
+        let Some(f) = t.failing.take() else {
+            return false;
+        };
+        let upstream = &self.upstream;
+        tracing::info!(namespace = %self.ns.name(), %upstream, attempts = f.attempts, "reconnected to upstream {upstream} after {} failed attempts in {}; {now}", f.attempts, secs(f.since.elapsed()));
+        true
+    }
+
+    fn is_failing(&self) -> bool {
+        self.trouble.lock().unwrap().failing.is_some()
     }
 
     pub fn tracker(&self) -> Tracker {
@@ -196,18 +288,15 @@ impl Follower {
         }
         let _ended = Ended(self.tracker.1.clone());
         let name = self.ns.name().to_owned();
-        let mut backoff = BACKOFF_START;
-        let mut last_logged: Option<String> = None;
         loop {
             let end = tokio::select! {
-                end = self.session(&mut backoff) => end,
+                end = self.session() => end,
                 _ = shutdown.cancelled() => End::Shutdown,
             };
             match end {
                 End::Shutdown => return,
                 End::Again => {
-                    backoff = BACKOFF_START;
-                    last_logged = None;
+                    self.recovered("installed a snapshot; following from its head");
                 }
                 End::Fatal(reason) => {
                     tracing::error!(namespace = %name, upstream = %self.upstream, "replication stopped: {reason}; this replica keeps serving reads of what it has");
@@ -218,33 +307,25 @@ impl Follower {
                     return;
                 }
                 End::Refused(reason) => {
-                    // Once per distinct refusal; the token itself is never in `reason`.
-                    if last_logged.as_deref() != Some(reason.as_str()) {
-                        tracing::error!(namespace = %name, upstream = %self.upstream, "the upstream refused this replica: {reason}; check relayer_config token_file against the upstream's [auth] replication_token_file; trying again every {REFUSED_BACKOFF:?}");
-                        last_logged = Some(reason.clone());
-                    }
+                    // Every refusal counts as a failure (logged as news once per kind), but the
+                    // wait is the long one: credentials do not fix themselves in milliseconds.
+                    // The token itself is never in `reason`.
+                    self.failed(&format!("{reason}; check relayer_config token_file against the upstream's [auth] replication_token_file (next try in {REFUSED_BACKOFF:?})"));
                     self.tracker.set(|s| {
                         s.state = State::Retrying;
                         s.last_error = Some(reason);
                     });
-                    backoff = BACKOFF_START;
                     tokio::select! {
                         _ = tokio::time::sleep(REFUSED_BACKOFF) => {}
                         _ = shutdown.cancelled() => return,
                     }
                 }
                 End::Retry(reason) => {
-                    // Log a failure once, not once per attempt.
-                    if last_logged.as_deref() != Some(reason.as_str()) {
-                        tracing::warn!(namespace = %name, upstream = %self.upstream, "upstream unavailable: {reason}; retrying with backoff (reads are still served)");
-                        last_logged = Some(reason.clone());
-                    }
+                    let delay = self.failed(&reason);
                     self.tracker.set(|s| {
                         s.state = State::Retrying;
                         s.last_error = Some(reason);
                     });
-                    let delay = jitter(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return,
@@ -255,7 +336,7 @@ impl Follower {
     }
 
     /// One connection to the upstream: handshake, then apply batches until something breaks.
-    async fn session(&self, backoff: &mut Duration) -> End {
+    async fn session(&self) -> End {
         if let Some(invalid) = self.connect.invalid() {
             return End::Fatal(invalid.to_owned());
         }
@@ -285,7 +366,8 @@ impl Follower {
             Ok(Err(s)) => return status_end(&s),
             Err(_) => {
                 return End::Retry(format!(
-                    "no answer from the upstream within {SILENCE_LIMIT:?}"
+                    "no answer from the upstream {} to a position request within {SILENCE_LIMIT:?}",
+                    self.upstream
                 ));
             }
         };
@@ -375,16 +457,22 @@ impl Follower {
             },
             Err(_) => {
                 return End::Retry(format!(
-                    "no answer from the upstream within {SILENCE_LIMIT:?}"
+                    "no answer from the upstream {} to a stream request within {SILENCE_LIMIT:?}",
+                    self.upstream
                 ));
             }
         };
-        *backoff = BACKOFF_START;
         self.tracker.set(|s| {
             s.state = State::Following;
             s.last_error = None;
         });
-        tracing::info!(namespace = %name, upstream = %self.upstream, from_seq = head.seq + 1, upstream_head = pos.head_seq, "following upstream");
+        // During a run of failures, this is not news yet: `recovered` says so once the session
+        // made progress.
+        if !self.is_failing() {
+            let upstream = &self.upstream;
+            let behind = (pos.head_seq - head.seq).max(0);
+            tracing::info!(namespace = %name, %upstream, from_seq = head.seq + 1, upstream_head = pos.head_seq, "following upstream {upstream} from seq {}: {behind} entries behind", head.seq + 1);
+        }
 
         // Receiving and applying run side by side: while one batch is being committed, the
         // next ones arrive, and everything that arrived meanwhile is applied in the next single
@@ -393,30 +481,37 @@ impl Follower {
         // At most 16 batches (each at most ~1 MiB) wait here: enough to keep the writer busy,
         // bounded so a fast upstream cannot fill a slow replica's memory.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<super::pb::Entry>>(16);
+        // The upstream head each message reports (None until one arrives), for `progress`.
+        let (reported_tx, reported) = tokio::sync::watch::channel(None::<Seq>);
         let receive = async {
-            // Owning the sender here means it is dropped when receiving ends, which lets the
-            // applier finish what is queued and stop.
-            let tx = tx;
+            // Owning the senders here means they are dropped when receiving ends, which lets
+            // the applier finish what is queued and stop.
+            let (tx, reported_tx) = (tx, reported_tx);
             loop {
                 // The upstream sends at least a heartbeat every HEARTBEAT; silence for several
                 // means it is gone even if the connection looks open.
                 let msg = match tokio::time::timeout(SILENCE_LIMIT, stream.message()).await {
                     Ok(Ok(Some(m))) => m,
-                    Ok(Ok(None)) => return End::Retry("the upstream ended the stream".into()),
+                    Ok(Ok(None)) => {
+                        return End::Retry(format!("upstream {} ended the stream", self.upstream));
+                    }
                     Ok(Err(s)) => return status_end(&s),
                     Err(_) => {
                         return End::Retry(format!(
-                            "no message or heartbeat from the upstream for {SILENCE_LIMIT:?}"
+                            "no message or heartbeat from upstream {} for {SILENCE_LIMIT:?}",
+                            self.upstream
                         ));
                     }
                 };
                 self.tracker.set(|s| s.upstream_head_seq = msg.head_seq);
+                reported_tx.send_replace(Some(msg.head_seq));
                 if !msg.entries.is_empty() && tx.send(msg.entries).await.is_err() {
                     return End::Shutdown;
                 }
             }
         };
         let apply = async {
+            let mut progressed = false;
             while let Some(mut batch) = rx.recv().await {
                 while batch.len() < MAX_APPLY_ENTRIES {
                     match rx.try_recv() {
@@ -434,12 +529,18 @@ impl Follower {
                         )));
                     }
                 };
+                let first = entries.first().map_or(0, |e| e.seq);
                 if let Err(e) = self.ns.apply(entries).await {
                     return Some(store_end(e));
+                }
+                if !progressed {
+                    progressed = true;
+                    self.recovered(&format!("applying from seq {first}"));
                 }
             }
             None
         };
+        let progress = self.catch_up(head.seq, pos.head_seq, reported);
         // Report what is applied (durably) to the upstream, for writes waiting on `?acks=K`:
         // once now, then after every commit here (coalesced: the latest head each time).
         let ack = async {
@@ -460,9 +561,10 @@ impl Follower {
                 }
             }
         };
-        tokio::pin!(receive, apply, ack);
+        tokio::pin!(receive, apply, ack, progress);
         tokio::select! {
             end = &mut ack => end,
+            end = &mut progress => end,
             end = &mut apply => end.unwrap_or(End::Shutdown),
             end = &mut receive => {
                 // Apply what already arrived before reconnecting: the next session starts from
@@ -470,6 +572,54 @@ impl Follower {
                 match apply.await {
                     Some(failed) => failed,
                     None => end,
+                }
+            }
+        }
+    }
+}
+
+impl Follower {
+    /// Tells how a session's catch-up goes: its progress every [`PROGRESS_EVERY`] while
+    /// behind, and "caught up at seq N" once this replica has everything the upstream had when
+    /// the session began (`target`) and has heard from it on the stream (`reported`): the
+    /// session's proof that it works, which ends a run of failures. Never ends by itself.
+    async fn catch_up(
+        &self,
+        from: Seq,
+        target: Seq,
+        mut reported: tokio::sync::watch::Receiver<Option<Seq>>,
+    ) -> End {
+        let (name, upstream) = (self.ns.name(), &self.upstream);
+        let started = Instant::now();
+        let mut heads = self.ns.subscribe();
+        let mut next_report = tokio::time::Instant::now() + PROGRESS_EVERY;
+        loop {
+            let head = self.ns.head().seq;
+            let latest = *reported.borrow_and_update();
+            if latest.is_some() && head >= target {
+                let applied = head - from;
+                if !self.recovered(&format!("caught up at seq {head}")) {
+                    tracing::info!(namespace = %name, %upstream, head_seq = head, applied, "caught up with upstream {upstream} at seq {head} ({applied} entries applied in {})", secs(started.elapsed()));
+                }
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                changed = heads.changed() => if changed.is_err() {
+                    return std::future::pending().await;
+                },
+                changed = reported.changed() => if changed.is_err() {
+                    return std::future::pending().await;
+                },
+                _ = tokio::time::sleep_until(next_report) => {
+                    next_report += PROGRESS_EVERY;
+                    // A failing run says so itself; progress lines would repeat per attempt.
+                    if self.is_failing() {
+                        continue;
+                    }
+                    let up = latest.unwrap_or(target).max(target);
+                    let (applied, remaining) = (head - from, (up - head).max(0));
+                    let rate = applied as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    tracing::info!(namespace = %name, %upstream, head_seq = head, upstream_head = up, applied, remaining, "catching up with upstream {upstream}: at seq {head} of {up}, {remaining} to go ({applied} applied in {}, {rate:.0}/s)", secs(started.elapsed()));
                 }
             }
         }
@@ -492,35 +642,125 @@ pub(super) fn store_end(e: StoreError) -> End {
         | StoreError::EmptyWrite
         | StoreError::Locked { .. }
         | StoreError::Corrupt { .. } => End::Fatal(e.to_string()),
-        StoreError::Sqlite { .. } | StoreError::Io { .. } => {
-            End::Retry(format!("cannot apply here: {e}"))
-        }
+        StoreError::Sqlite {
+            kind: SqliteKind::Full,
+            ..
+        } => End::Retry(format!(
+            "this replica's disk is full (a local fault, not the upstream's): {e}"
+        )),
+        StoreError::Sqlite { .. } | StoreError::Io { .. } => End::Retry(format!(
+            "this replica cannot store what it receives (a local fault, not the upstream's): {e}"
+        )),
     }
 }
 
+/// What a gRPC error from the upstream means for the follower, in our words: the typed
+/// errors carry ferry's own message; the transport's are reduced to what happened to the
+/// connection, without gRPC's boilerplate for the status code.
 pub(super) fn status_end(s: &tonic::Status) -> End {
-    let what = format!("{}: {}", s.code(), s.message());
+    let refused = || format!("the upstream refused: {}", s.message());
     match ErrorKind::of(s) {
         Some(ErrorKind::ShuttingDown) => End::Retry("the upstream is shutting down".into()),
-        Some(ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) => End::Refused(what),
+        Some(ErrorKind::Unauthenticated | ErrorKind::PermissionDenied) => End::Refused(refused()),
         // The upstream is busy, or cut a stream this replica did not read in time.
-        Some(ErrorKind::TooManyStreams | ErrorKind::Stalled) => End::Retry(what),
+        Some(ErrorKind::TooManyStreams | ErrorKind::Stalled) => End::Retry(refused()),
         // Reconnecting finds out what to do (bootstrap, or divergence recovery).
-        Some(ErrorKind::SnapshotNeeded | ErrorKind::HistoryDiffers) => End::Retry(what),
-        Some(_) => End::Fatal(what),
+        Some(ErrorKind::SnapshotNeeded | ErrorKind::HistoryDiffers) => End::Retry(refused()),
+        Some(_) => End::Fatal(refused()),
         // Untyped statuses come from the transport (connection reset, upstream gone).
         None => match s.code() {
             tonic::Code::Unavailable
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Internal => End::Retry(what),
-            _ => End::Fatal(what),
+            | tonic::Code::Internal => End::Retry(lost(s)),
+            tonic::Code::DeadlineExceeded => {
+                End::Retry("the upstream did not answer in time".into())
+            }
+            tonic::Code::Unimplemented => End::Fatal(format!(
+                "the upstream does not serve ferry's replication service ({}): is upstream_address the [grpc_config] port of a ferry node?",
+                s.message()
+            )),
+            code => End::Fatal(format!("the upstream answered {code:?}: {}", s.message())),
         },
     }
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// A transport failure in our words: which side went away, and the connection's last words.
+fn lost(s: &tonic::Status) -> String {
+    match io_cause(s) {
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "the upstream refuses connections (not running?)".into()
+        }
+        Some(e) => format!("the upstream closed the stream ({})", io_words(e)),
+        None => "the upstream closed the stream".into(),
+    }
+}
+
+/// The root cause of a connection failure in plain words ("connection refused"), without
+/// the layers' repetitions.
+pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    match io_cause(e) {
+        Some(io) => io_words(io),
+        None => error_chain(e),
+    }
+}
+
+/// The I/O error at the bottom of an error's chain, if there is one.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut err = Some(e);
+    while let Some(inner) = err {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        err = inner.source();
+    }
+    None
+}
+
+fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused: nothing listens there".into(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            "the connection was reset".into()
+        }
+        K::UnexpectedEof => "the connection was closed".into(),
+        K::TimedOut => "the connection timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A failure's kind: its reason without the details that vary between attempts failing the
+/// same way — numbers (seqs, counts, ports) and what is in parentheses (how the connection
+/// went, which may be reset one time and closed the next).
+fn kind_of(reason: &str) -> String {
+    let mut kind = String::with_capacity(reason.len());
+    let mut depth = 0usize;
+    for c in reason.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                kind.truncate(kind.trim_end().len());
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            c if c.is_ascii_digit() => {
+                if !kind.ends_with('#') {
+                    kind.push('#');
+                }
+            }
+            c => kind.push(c),
+        }
+    }
+    kind
+}
+
+/// A duration as an operator reads it in a log line: "1.6s".
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {

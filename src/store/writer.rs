@@ -112,7 +112,7 @@ pub struct Pruned {
 /// What the writer has committed since the node started: how well group commit is working
 /// (requests per commit) and how busy the writer is (seconds in commits per second), for
 /// `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CommitCounters {
     /// SQLite transactions committed: groups of client writes, and replicated batches.
     pub commits: std::sync::atomic::AtomicU64,
@@ -120,15 +120,37 @@ pub struct CommitCounters {
     pub requests: std::sync::atomic::AtomicU64,
     /// Time spent in those transactions, from BEGIN to the end of COMMIT (fsync included).
     pub micros: std::sync::atomic::AtomicU64,
+    /// Each transaction's time, for `/metrics`.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Each group commit's client requests (replicated batches are not groups).
+    pub group_size: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for CommitCounters {
+    fn default() -> CommitCounters {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        CommitCounters {
+            commits: Default::default(),
+            requests: Default::default(),
+            micros: Default::default(),
+            // 0.5 ms to ~8 s, and 1 to 4096 requests (MAX_GROUP_REQUESTS), doubling.
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+            group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        }
+    }
 }
 
 impl CommitCounters {
     fn add(&self, requests: usize, started: std::time::Instant) {
         use std::sync::atomic::Ordering::Relaxed;
+        let took = started.elapsed();
         self.commits.fetch_add(1, Relaxed);
         self.requests.fetch_add(requests as u64, Relaxed);
-        self.micros
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.duration.observe(took.as_secs_f64());
+        if requests > 0 {
+            self.group_size.observe(requests as f64);
+        }
     }
 }
 

@@ -396,9 +396,15 @@ impl Drop for Running {
 
 impl Running {
     pub fn spawn(args: &[&str]) -> Running {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(args);
+        Running::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (e.g. a shell that sets limits, then execs ferry) like [`Running::spawn`].
+    pub fn spawn_command(mut cmd: std::process::Command) -> Running {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
+        let mut child = cmd
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -1,7 +1,8 @@
 //! Write throughput of a primary, as a ratio of what SQLite itself does on this machine in the
 //! same run (the machines are shared and noisy; ratios are comparable, absolute numbers less so).
 //!
-//! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run). For a quick A/B of
+//! Run: `cargo bench --bench write` (add `-- --quick` for a shorter run, `-- --rounds N` for N
+//! rounds instead of 5). For a quick A/B of
 //! one load shape, `cargo bench --bench write -- --writers N [--sync full|normal|off]
 //! [--keys ordered|per-writer] [--per-writer WRITES]` runs only ferry with N writers, 3 times.
 //!
@@ -102,19 +103,51 @@ struct Run {
     per_commit: f64,
     /// Share of the run the writer thread spent inside transactions (fsync included).
     writer_busy: f64,
+    /// Request latency, 99th percentile.
+    p99: std::time::Duration,
 }
 
 async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str, keys: Keys) -> Run {
+    ferry_http_waiting(dir, writers, per_writer, sync, keys, 0).await
+}
+
+/// [`ferry_http`] with `waiters` reads parked on `?min_seq=` of a seq the run never reaches,
+/// each on a connection of its own (what once cut the write rate 3x: every commit woke them).
+async fn ferry_http_waiting(
+    dir: &Path,
+    writers: usize,
+    per_writer: usize,
+    sync: &str,
+    keys: Keys,
+    waiters: usize,
+) -> Run {
     let text = format!(
-        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\nsynchronous = {sync:?}\n[log_config]\nlog_level = \"warn\"\n",
+        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\nsynchronous = {sync:?}\n[http_config]\nmax_connections = 8192\n[log_config]\nlog_level = \"warn\"\n",
         dir.join(format!("ferry-{writers}-{}", keys.name()))
             .display()
             .to_string()
+    );
+    let text = format!(
+        "{text}[storage_config.performance_config]\nmax_seq_waiters = {}\n",
+        waiters.max(1)
     );
     let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
     let listeners = Listeners::bind(&config).await.unwrap();
     let node = Node::start(config, Mode::Primary, listeners).await.unwrap();
     let addr = node.http_addr();
+    let mut parked = Vec::new();
+    for _ in 0..waiters {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /api/v1/bench/kv/x?min_seq=1000000000000&timeout_ms=30000 HTTP/1.1\r\nhost: bench\r\n\r\n")
+            .await
+            .unwrap();
+        parked.push(c);
+    }
+    let ns = node.store().get("bench").unwrap().clone();
+    while ns.seq_waiters() < waiters {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let body = Arc::new(format!(
         "{{\"value\":\"{}\"}}",
         base64::engine::general_purpose::STANDARD.encode(vec![b'x'; VALUE_BYTES])
@@ -132,7 +165,9 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str, k
             let body = body.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::with_capacity(1024);
+                let mut latencies = Vec::with_capacity(per_writer);
                 for i in 0..per_writer {
+                    let asked = Instant::now();
                     let req = format!(
                         "PUT /api/v1/bench/kv/{} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                         keys.key(w, i),
@@ -140,14 +175,20 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str, k
                     );
                     let status = http_round_trip(&mut conn, req.as_bytes(), &mut buf).await;
                     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&buf));
+                    latencies.push(asked.elapsed());
                 }
+                latencies
             })
         })
         .collect();
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        latencies.extend(t.await.unwrap());
     }
     let secs = start.elapsed().as_secs_f64();
+    latencies.sort();
+    assert_eq!(ns.seq_waiters(), waiters, "the parked reads all still wait");
+    drop(parked);
     let counters = node.store().get("bench").unwrap().commit_counters();
     let load =
         |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
@@ -156,6 +197,7 @@ async fn ferry_http(dir: &Path, writers: usize, per_writer: usize, sync: &str, k
         cores: (cpu_seconds() - cpu) / secs,
         per_commit: load(&counters.requests) / load(&counters.commits).max(1.0),
         writer_busy: load(&counters.micros) / 1e6 / secs,
+        p99: latencies[latencies.len() * 99 / 100],
     };
     node.shutdown().await;
     run
@@ -333,8 +375,13 @@ struct Round {
     batched: f64,
     ordered: Pattern,
     per_writer: Pattern,
+    /// Ordered keys, 64 writers, with `WAITERS` min_seq reads parked.
+    waiting: Run,
     redis: Option<(f64, f64)>,
 }
+
+/// `?min_seq=` reads parked during one of the 64-writer runs.
+const WAITERS: usize = 3000;
 
 impl Round {
     fn of(&self, keys: Keys) -> &Pattern {
@@ -343,6 +390,11 @@ impl Round {
             Keys::PerWriter => &self.per_writer,
         }
     }
+}
+
+fn median_duration(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -374,9 +426,10 @@ fn only_ferry(
         let d = dir.path().join(format!("run{r}"));
         let run = rt.block_on(ferry_http(&d, writers, per_writer, sync, keys));
         println!(
-            "ferry HTTP, synchronous={sync}, {} keys, {writers} writer(s): {:.0} writes/s, {:.2} cores busy, {:.1} requests per commit, writer in transactions {:.0}% of the time",
+            "ferry HTTP, synchronous={sync}, {} keys, {writers} writer(s): {:.0} writes/s, p99 {:.2?}, {:.2} cores busy, {:.1} requests per commit, writer in transactions {:.0}% of the time",
             keys.name(),
             run.rate,
+            run.p99,
             run.cores,
             run.per_commit,
             run.writer_busy * 100.0
@@ -387,6 +440,7 @@ fn only_ferry(
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (scale, rounds) = if quick { (1, 1) } else { (3, 5) };
+    let rounds = arg("--rounds").map_or(rounds, |n| n.parse().expect("--rounds takes a number"));
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     if let Some(writers) = arg("--writers") {
@@ -424,6 +478,14 @@ fn main() {
                 batched: sqlite_ceiling(&d, 50_000 * scale, 100, Keys::Ordered),
                 ordered: pattern(&rt, &d, Keys::Ordered, scale),
                 per_writer: pattern(&rt, &d, Keys::PerWriter, scale),
+                waiting: rt.block_on(ferry_http_waiting(
+                    &d.join("waiting"),
+                    WRITERS,
+                    100 * scale,
+                    "full",
+                    Keys::Ordered,
+                    WAITERS,
+                )),
                 redis,
             }
         })
@@ -459,8 +521,9 @@ fn main() {
             med(&|r| r.of(keys).one.cores)
         );
         println!(
-            "  ferry HTTP, {WRITERS} writers                {many:>8.0}   {:.1}x of ferry 1 writer ({:.2} cores busy, {group:.1} requests per commit, writer in transactions {:.0}% of the time)",
+            "  ferry HTTP, {WRITERS} writers                {many:>8.0}   {:.1}x of ferry 1 writer (p99 {:.2?}, {:.2} cores busy, {group:.1} requests per commit, writer in transactions {:.0}% of the time)",
             many / one,
+            median_duration(results.iter().map(|r| r.of(keys).many.p99).collect()),
             med(&|r| r.of(keys).many.cores),
             med(&|r| r.of(keys).many.writer_busy) * 100.0
         );
@@ -477,6 +540,15 @@ fn main() {
                 .collect::<Vec<_>>()
         );
     }
+    let waiting = med(&|r| r.waiting.rate);
+    println!(
+        "ferry HTTP, {WRITERS} writers, ordered keys, {WAITERS} ?min_seq reads parked: {waiting:.0} ({:.2}x of without; per round {:?})",
+        waiting / ferry_many,
+        results
+            .iter()
+            .map(|r| format!("{:.2}", r.waiting.rate / r.ordered.many.rate))
+            .collect::<Vec<_>>()
+    );
     let redis_all = results.iter().all(|r| r.redis.is_some());
     if redis_all {
         let one_r = med(&|r| r.redis.unwrap().0);

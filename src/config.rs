@@ -199,6 +199,41 @@ pub struct StorageConfig {
     pub arena_size: Option<u64>,
     /// Log retention; absent or `enabled = false` keeps the whole log.
     pub wal_cleanup_config: Option<WalCleanupConfig>,
+    /// Checkpointing and `?min_seq=` waiters (see [`PerformanceConfig`]).
+    #[serde(default)]
+    pub performance_config: PerformanceConfig,
+}
+
+/// `[storage_config.performance_config]`: how the WAL is checkpointed and how many reads may
+/// wait for a seq. Kept apart from the other storage keys: these tune, they change no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceConfig {
+    /// WAL pages (4 KiB each) after which a background thread checkpoints the WAL into the
+    /// database file (PASSIVE: never blocks a commit). SQLite's own automatic checkpoint, which
+    /// runs inside the commit that crosses its threshold, is off. Default 1000.
+    #[serde(default = "default_checkpoint_pages")]
+    pub checkpoint_pages: u32,
+    /// Reads waiting with `?min_seq=` on one namespace at once; over it, 503. Default 10,000.
+    #[serde(default = "default_max_seq_waiters")]
+    pub max_seq_waiters: usize,
+}
+
+fn default_checkpoint_pages() -> u32 {
+    1000
+}
+
+fn default_max_seq_waiters() -> usize {
+    10_000
+}
+
+impl Default for PerformanceConfig {
+    fn default() -> Self {
+        PerformanceConfig {
+            checkpoint_pages: default_checkpoint_pages(),
+            max_seq_waiters: default_max_seq_waiters(),
+        }
+    }
 }
 
 /// `[storage_config.wal_cleanup_config]`: which old `wal_log` entries are pruned.
@@ -821,6 +856,17 @@ impl Config {
                     "notifier_config.{name}: namespace {name:?} is not in storage_config.namespaces"
                 ));
             }
+        }
+        let perf = &self.storage_config.performance_config;
+        if perf.checkpoint_pages == 0 {
+            return Err(
+                "storage_config.performance_config.checkpoint_pages must be at least 1".into(),
+            );
+        }
+        if perf.max_seq_waiters == 0 {
+            return Err(
+                "storage_config.performance_config.max_seq_waiters must be at least 1".into(),
+            );
         }
         if let Some(w) = &self.storage_config.wal_cleanup_config
             && w.enabled

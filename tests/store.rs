@@ -376,3 +376,104 @@ async fn a_write_that_fails_in_sqlite_fails_alone() {
             .any(|(k, _, _)| k == "poison" || k == "first7" || k == "first27")
     );
 }
+
+/// Size of a namespace file's `-wal`, 0 when there is none.
+fn wal_bytes(db: &std::path::Path) -> u64 {
+    std::fs::metadata(format!("{}-wal", db.display())).map_or(0, |m| m.len())
+}
+
+/// The WAL is checkpointed by ferry's own thread, not left to grow and not left to SQLite's
+/// automatic checkpoint (1000 pages, inside a commit): after writing far more than
+/// `checkpoint_pages`, the `-wal` file comes back under the bound once the node is idle, while
+/// the node still runs, and every write is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_thread_keeps_the_wal_bounded() {
+    const PAGES: u32 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let perf = ferry::config::PerformanceConfig {
+        checkpoint_pages: PAGES,
+        ..Default::default()
+    };
+    let ns = Namespace::open_tuned(dir.path(), NS, Synchronous::Full, perf).unwrap();
+    let db = dir.path().join("ns.db");
+    // ~2.5 MB in 8 KB writes: some 600 pages, 40 times the threshold (and more than SQLite's
+    // own automatic checkpoint would let through: it keeps up to 1000 pages, 4 MB).
+    let value = vec![7u8; 8 * 1024];
+    for i in 0..300 {
+        ns.write(vec![ferry::store::Mutation::Put {
+            key: format!("k{i:04}"),
+            value: value.clone(),
+        }])
+        .await
+        .unwrap();
+    }
+    let bound = 4 * PAGES as u64 * 4096;
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the -wal file to come back under the bound",
+        async || (wal_bytes(&db) <= bound).then_some(()),
+    )
+    .await;
+    // The data is there for a new reader (whatever the WAL holds).
+    assert_eq!(
+        ns.get("k0299".into()).await.unwrap().map(|v| v.value),
+        Some(value)
+    );
+    ns.close().await;
+    assert_eq!(verify_file(&db), 300);
+}
+
+/// `?min_seq=` waiters: woken by the commit that reaches their seq; capped by
+/// `max_seq_waiters`, past which a read gets a JSON 503 naming the limit; a freed place is
+/// usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_seq_waiters_are_capped_and_woken_by_their_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = primary_config(dir.path(), &[NS]);
+    text.push_str("[storage_config.performance_config]\nmax_seq_waiters = 2\n");
+    let node = TestNode::start(&text, dir.path()).await;
+    let c = reqwest::Client::new();
+    let url = |seq: i64| node.url(&format!("/api/v1/{NS}/kv/k?min_seq={seq}&timeout_ms=30000"));
+    let waiting: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|seq| {
+            let (c, url) = (c.clone(), url(seq));
+            tokio::spawn(async move { call(&c, Method::GET, &url, None).await })
+        })
+        .collect();
+    let ns = node.ns(NS);
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "two reads waiting",
+        async || (ns.seq_waiters() == 2).then_some(()),
+    )
+    .await;
+    let (status, body) = call(&c, Method::GET, &url(1), None).await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("max_seq_waiters"), "{error}");
+    assert!(error.contains("2 reads are already waiting"), "{error}");
+
+    // Seq 1 wakes the first waiter only; seq 2 the second.
+    assert_eq!(put(&c, &node, NS, "k", b"one").await, 1);
+    let mut waiting = waiting.into_iter();
+    let (status, body) = waiting.next().unwrap().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(unb64(body["value"].as_str().unwrap()), b"one");
+    assert_eq!(
+        ns.seq_waiters(),
+        1,
+        "the read waiting for seq 2 still waits"
+    );
+    assert_eq!(put(&c, &node, NS, "k", b"two").await, 2);
+    let (status, body) = waiting.next().unwrap().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(unb64(body["value"].as_str().unwrap()), b"two");
+
+    // Places freed: a timed-out wait leaves none taken either.
+    let short = node.url(&format!("/api/v1/{NS}/kv/k?min_seq=99&timeout_ms=1"));
+    let (status, body) = call(&c, Method::GET, &short, None).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(ns.seq_waiters(), 0);
+    node.stop().await;
+}

@@ -10,7 +10,7 @@ use warp::reply::{Response, json, with_status};
 use super::error::ApiError;
 use super::models::*;
 use super::{Api, Body};
-use crate::store::{Mutation, Namespace};
+use crate::store::{Mutation, Namespace, WaitError};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -120,23 +120,21 @@ async fn wait_for_seq(ns: &Namespace, min_seq: i64, timeout_ms: u64) -> Result<(
             "timeout_ms must be at most {MAX_WAIT_MS}"
         )));
     }
-    let mut head = ns.subscribe();
-    let reached = tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), async {
-        while head.borrow_and_update().seq < min_seq {
-            if head.changed().await.is_err() {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    match reached {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::new(
+    let wait = std::time::Duration::from_millis(timeout_ms);
+    match ns.wait_for_seq(min_seq, wait).await {
+        Ok(()) => Ok(()),
+        Err(WaitError::Full { max }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{max} reads are already waiting with ?min_seq on namespace {:?} (the limit, [storage_config.performance_config] max_seq_waiters); retry later",
+                ns.name()
+            ),
+        )),
+        Err(WaitError::ShuttingDown) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the node is shutting down",
         )),
-        Err(_) => Err(ApiError::new(
+        Err(WaitError::TimedOut) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "namespace {:?} has applied up to seq {}; seq {min_seq} did not arrive within {timeout_ms} ms (replication lag, or no such seq yet)",

@@ -6,6 +6,7 @@
 //! - [`reader`]: read-only queries (`kv` lookups, stats, log ranges).
 
 pub mod acks;
+pub(crate) mod checkpoint;
 pub mod lock;
 pub(crate) mod reader;
 pub(crate) mod recent;
@@ -13,6 +14,7 @@ pub mod retention;
 pub(crate) mod schema;
 pub(crate) mod snapshot;
 pub mod verify;
+pub(crate) mod waiters;
 pub(crate) mod writer;
 
 use std::collections::BTreeMap;
@@ -22,9 +24,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{StorageConfig, Synchronous};
+use crate::config::{PerformanceConfig, StorageConfig, Synchronous};
 use crate::log::{Entry, Seq};
 pub use reader::{Stats, Value};
+pub use waiters::WaitError;
 use writer::{Command, Writer};
 pub use writer::{CommitCounters, Committed, Lineage, Mutation, Prune, Pruned};
 
@@ -147,6 +150,10 @@ pub struct Namespace {
     readers: reader::Pool,
     recent: Arc<recent::Recent>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Background checkpoints (see [`checkpoint`]); ends after the writer thread.
+    checkpoint_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Reads waiting with `?min_seq=`.
+    waiters: Arc<waiters::SeqWaiters>,
     counters: Arc<CommitCounters>,
     /// `meta.base_seq`, kept current by the writer.
     base_seq: Arc<AtomicI64>,
@@ -189,7 +196,23 @@ impl Namespace {
     /// Opens (creating if needed) `<base_dir>/<name>.db` and starts its writer thread. A new
     /// file gets a freshly minted log_id.
     pub fn open(base_dir: &Path, name: &str, sync: Synchronous) -> Result<Namespace, StoreError> {
-        Namespace::open_with(base_dir, name, sync, schema::mint_log_id)
+        Namespace::open_with(
+            base_dir,
+            name,
+            sync,
+            PerformanceConfig::default(),
+            schema::mint_log_id,
+        )
+    }
+
+    /// [`Namespace::open`] with `[storage_config.performance_config]` settings.
+    pub fn open_tuned(
+        base_dir: &Path,
+        name: &str,
+        sync: Synchronous,
+        perf: PerformanceConfig,
+    ) -> Result<Namespace, StoreError> {
+        Namespace::open_with(base_dir, name, sync, perf, schema::mint_log_id)
     }
 
     /// Like [`Namespace::open`], for a replica: a new file gets no log_id until the follower
@@ -198,14 +221,16 @@ impl Namespace {
         base_dir: &Path,
         name: &str,
         sync: Synchronous,
+        perf: PerformanceConfig,
     ) -> Result<Namespace, StoreError> {
-        Namespace::open_with(base_dir, name, sync, String::new)
+        Namespace::open_with(base_dir, name, sync, perf, String::new)
     }
 
     fn open_with(
         base_dir: &Path,
         name: &str,
         sync: Synchronous,
+        perf: PerformanceConfig,
         new_log_id: fn() -> String,
     ) -> Result<Namespace, StoreError> {
         crate::config::validate_namespace(name).map_err(|reason| StoreError::BadFile {
@@ -213,7 +238,14 @@ impl Namespace {
             reason,
         })?;
         let path = base_dir.join(format!("{name}.db"));
-        let (conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
+        let (mut conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
+        let wake_checkpoint =
+            checkpoint::install(&mut conn, perf.checkpoint_pages).map_err(|e| {
+                StoreError::BadFile {
+                    path: path.clone(),
+                    reason: format!("cannot configure checkpoints: {e}"),
+                }
+            })?;
         // Cheap enough for every start (SQLite's quick_check plus the last entries' chain),
         // and it turns a silently damaged file into a loud, named one.
         let check = verify::quick(&conn);
@@ -227,6 +259,7 @@ impl Namespace {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let recent = Arc::new(recent::Recent::default());
         let counters = Arc::new(CommitCounters::default());
+        let waiters = Arc::new(waiters::SeqWaiters::new(perf.max_seq_waiters, head.seq));
         let writer = Writer {
             namespace: name.to_owned(),
             conn,
@@ -236,7 +269,18 @@ impl Namespace {
             rx,
             counters: counters.clone(),
             base_seq: base_seq.clone(),
+            waiters: waiters.clone(),
         };
+        let (ns_name, ns_path) = (name.to_owned(), path.clone());
+        let checkpoint_thread = std::thread::Builder::new()
+            .name(format!("checkpoint-{name}"))
+            .spawn(move || {
+                checkpoint::run(ns_name, ns_path, perf.checkpoint_pages, wake_checkpoint)
+            })
+            .map_err(|e| StoreError::Io {
+                path: path.clone(),
+                reason: format!("cannot start checkpoint thread: {e}"),
+            })?;
         let thread = std::thread::Builder::new()
             .name(format!("writer-{name}"))
             .spawn(move || writer.run())
@@ -261,6 +305,8 @@ impl Namespace {
             commands: tx,
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
+            checkpoint_thread: Mutex::new(Some(checkpoint_thread)),
+            waiters,
             counters,
             base_seq,
             acks: acks::Acks::default(),
@@ -466,6 +512,22 @@ impl Namespace {
         tails.values().map(|p| p.load(Ordering::Relaxed)).min()
     }
 
+    /// Read-your-writes: waits until this node has committed `seq`, for at most `timeout`.
+    /// Only the commit that reaches `seq` wakes this wait. At most
+    /// `performance_config.max_seq_waiters` reads wait at once; past that, [`WaitError::Full`].
+    pub async fn wait_for_seq(
+        &self,
+        seq: Seq,
+        timeout: std::time::Duration,
+    ) -> Result<(), WaitError> {
+        self.waiters.wait(seq, timeout).await
+    }
+
+    /// Reads waiting in [`Namespace::wait_for_seq`] now.
+    pub fn seq_waiters(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// Deletes old entries as `prune` allows (one bounded transaction).
     pub async fn prune(&self, prune: Prune) -> Result<Pruned, StoreError> {
         self.request(|reply| Command::Prune { prune, reply }).await
@@ -536,8 +598,14 @@ impl Namespace {
         self.readers.run(f).await.map_err(|e| self.noticed(e))
     }
 
+    /// One key's value: a point lookup, run on the calling runtime thread (see
+    /// [`reader::Pool::run_here`]).
     pub async fn get(&self, key: String) -> Result<Option<Value>, StoreError> {
-        self.read(move |c| reader::get(c, &key)).await
+        self.usable()?;
+        self.readers
+            .run_here(move |c| reader::get(c, &key))
+            .await
+            .map_err(|e| self.noticed(e))
     }
 
     /// Keys with `prefix` after `after`, in key order.
@@ -570,6 +638,11 @@ impl Namespace {
             let _ = done.await;
         }
         let thread = self.writer_thread.lock().unwrap().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        // It ends once the writer's connection (and its WAL hook) is gone.
+        let thread = self.checkpoint_thread.lock().unwrap().take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -632,9 +705,14 @@ impl Store {
             let open = if replicated.contains(name) {
                 Namespace::open_replica
             } else {
-                Namespace::open
+                Namespace::open_tuned
             };
-            match open(&config.base_dir, name, config.synchronous) {
+            match open(
+                &config.base_dir,
+                name,
+                config.synchronous,
+                config.performance_config,
+            ) {
                 Ok(ns) => {
                     store.namespaces.insert(name.clone(), Arc::new(ns));
                 }

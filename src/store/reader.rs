@@ -24,6 +24,24 @@ pub(crate) struct Pool {
     idle: Arc<Mutex<Vec<Connection>>>,
     /// One permit per running query: bounds the connections open at once.
     running: Arc<Semaphore>,
+    /// Names this pool's connections in the runtime threads' own (see [`Pool::run_here`]); it
+    /// dies with the pool, and with it those connections, the next time their thread opens one.
+    alive: Arc<u64>,
+}
+
+/// Ids of pools, so that a thread's connections are never mixed up between namespaces.
+static NEXT_POOL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A connection a runtime thread keeps for one namespace.
+struct Local {
+    pool: std::sync::Weak<u64>,
+    id: u64,
+    conn: Connection,
+}
+
+thread_local! {
+    /// The read connections of this thread, one per namespace it has read from.
+    static LOCAL: std::cell::RefCell<Vec<Local>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Pool {
@@ -32,7 +50,50 @@ impl Pool {
             path: Arc::new(path),
             idle: Arc::new(Mutex::new(Vec::new())),
             running: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            alive: Arc::new(NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         }
+    }
+
+    /// Runs a short query (a point lookup: microseconds on cached pages) right here, on the
+    /// calling thread, on a connection this thread keeps for this namespace: no hop to a
+    /// blocking thread and back. The connection never waits for a lock; if SQLite reports
+    /// the file busy, the query goes to [`Pool::run`].
+    pub async fn run_here<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<R> + Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        match self.with_local(&f) {
+            Err(e) if is_busy(&e) => self.run(f).await,
+            other => other,
+        }
+    }
+
+    /// Runs `f` on this thread's connection for this pool, opening it the first time.
+    fn with_local<R>(
+        &self,
+        f: &dyn Fn(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            let id = *self.alive;
+            let i = match local.iter().position(|l| l.id == id) {
+                Some(i) => i,
+                None => {
+                    // Connections of namespaces since closed go now.
+                    local.retain(|l| l.pool.strong_count() > 0);
+                    let conn = super::schema::open_reader(&self.path)?;
+                    conn.busy_timeout(std::time::Duration::ZERO)?;
+                    local.push(Local {
+                        pool: Arc::downgrade(&self.alive),
+                        id,
+                        conn,
+                    });
+                    local.len() - 1
+                }
+            };
+            Ok(f(&local[i].conn)?)
+        })
     }
 
     /// Waits until fewer than [`MAX_CONNECTIONS`] queries run, then runs `f` on a pooled
@@ -71,6 +132,16 @@ impl Pool {
         }
         Ok(out?)
     }
+}
+
+fn is_busy(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite {
+            kind: super::SqliteKind::Busy,
+            ..
+        }
+    )
 }
 
 /// A stored value and where it was written.

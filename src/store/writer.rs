@@ -168,11 +168,26 @@ pub(crate) struct Writer {
     pub counters: std::sync::Arc<CommitCounters>,
     /// `meta.base_seq`, shared with readers that must not look up the meta table per request.
     pub base_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Reads waiting for a seq (`?min_seq=`), woken when the head reaches theirs.
+    pub waiters: std::sync::Arc<super::waiters::SeqWaiters>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Reads still waiting for a seq learn that none will come.
+        self.waiters.close();
+    }
 }
 
 type Reply = oneshot::Sender<Result<Committed, StoreError>>;
 
 impl Writer {
+    /// Publishes a new head: to `subscribe()`rs, then to the reads waiting for a seq it reaches.
+    fn publish(&self, head: Head) {
+        self.head_tx.send_replace(head);
+        self.waiters.reached(head.seq);
+    }
+
     /// Runs until a `Close` command arrives or every sender is gone.
     pub fn run(mut self) {
         let mut group: Vec<Command> = Vec::new();
@@ -268,7 +283,7 @@ impl Writer {
                 if head.seq != self.head.seq {
                     self.head = head;
                     self.recent.push(fresh);
-                    self.head_tx.send_replace(head);
+                    self.publish(head);
                 }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
@@ -391,7 +406,7 @@ impl Writer {
         };
         self.head = expect;
         self.recent.push(entries);
-        self.head_tx.send_replace(expect);
+        self.publish(expect);
         Ok(expect)
     }
 
@@ -515,7 +530,7 @@ impl Writer {
         self.recent.push(installed.replayed);
         self.counters.add(0, std::time::Instant::now());
         tracing::info!(namespace = %self.namespace, log_id = %installed.log_id, base_seq = installed.base.0, head_seq = head.seq, keys = installed.keys, "snapshot installed");
-        self.head_tx.send_replace(head);
+        self.publish(head);
         Ok(head)
     }
 }

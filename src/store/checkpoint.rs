@@ -1,0 +1,114 @@
+//! Background checkpoints: the WAL is copied into the database file by a thread of ours, not
+//! inside a commit.
+//!
+//! SQLite's automatic checkpoint runs in the commit that crosses its threshold, so one writer
+//! in a thousand pages waits for the copy and an fsync of the database file (a latency spike
+//! on every client in that group). Here, as LiteFS and Litestream do, the writer's connection
+//! has it off; a WAL hook tells this thread when the WAL holds `checkpoint_pages`, and the
+//! thread runs a PASSIVE checkpoint on its own connection, beside the writer, never blocking
+//! it. Once a checkpoint has copied everything, the writer's next transaction starts the WAL
+//! over from its beginning, so its size stays about `checkpoint_pages` pages. After a second
+//! without new work the WAL is truncated to zero (TRUNCATE, which gives up at once if a
+//! transaction is running), so an idle node leaves no large `-wal` file behind.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
+
+use rusqlite::wal::CheckpointMode;
+use rusqlite::{Connection, OpenFlags};
+
+/// How long without new work before the WAL is truncated.
+const IDLE: Duration = Duration::from_secs(1);
+/// A WAL this many times `checkpoint_pages` long, even though checkpoints keep up, means the
+/// writer never found it fully copied (it never idles): a RESTART checkpoint starts it over.
+const RESTART_AFTER: i64 = 4;
+/// How long a RESTART checkpoint waits for the writer to finish its transaction.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
+
+/// Installs the hook on the writer's connection and returns what the checkpoint thread needs.
+pub(crate) fn install(conn: &mut Connection, pages: u32) -> rusqlite::Result<Receiver<()>> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let pages = i32::try_from(pages.max(1)).unwrap_or(i32::MAX);
+    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, in_wal: i32| {
+        if in_wal >= pages {
+            signal(&tx);
+        }
+        Ok(())
+    }))?;
+    Ok(rx)
+}
+
+/// Wakes the checkpoint thread; a wake already pending is enough.
+fn signal(tx: &SyncSender<()>) {
+    match tx.try_send(()) {
+        Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+    }
+}
+
+/// The checkpoint thread: runs until the writer's connection (and its hook) is gone.
+pub(crate) fn run(namespace: String, path: PathBuf, pages: u32, wake: Receiver<()>) {
+    let conn = match Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(namespace = %namespace, error = %e, "cannot open the checkpoint connection; the WAL will grow until restart");
+            return;
+        }
+    };
+    // Never wait for a lock: PASSIVE takes none a writer needs, and TRUNCATE is only worth
+    // doing when nothing else runs.
+    let _ = conn.busy_timeout(Duration::ZERO);
+    // A connection that has not read the file yet does not know it is in WAL mode, and its
+    // checkpoints would do nothing.
+    if let Err(e) = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        tracing::error!(namespace = %namespace, error = %e, "cannot read the file for checkpoints; the WAL will grow until restart");
+        return;
+    }
+    let mut dirty = false;
+    loop {
+        match wake.recv_timeout(IDLE) {
+            Ok(()) => {
+                let (log, _) = checkpoint(&conn, &namespace, CheckpointMode::PASSIVE);
+                dirty = true;
+                if i64::from(log) > i64::from(pages) * RESTART_AFTER {
+                    // The writer never starts a transaction while the WAL is fully copied
+                    // (continuous load), so it never starts the WAL over: take the write lock
+                    // between two groups, copy what is left (little: PASSIVE just copied the
+                    // rest) and make the next transaction start the WAL over.
+                    let _ = conn.busy_timeout(RESTART_WAIT);
+                    checkpoint(&conn, &namespace, CheckpointMode::RESTART);
+                    let _ = conn.busy_timeout(Duration::ZERO);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if dirty => {
+                // Busy (a transaction started meanwhile): try again after the next idle second.
+                let (log, done) = checkpoint(&conn, &namespace, CheckpointMode::TRUNCATE);
+                dirty = !(log == 0 && done == 0);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// One checkpoint: the WAL's frames, and how many of them are in the database file ((-1, -1)
+/// when it could not run).
+fn checkpoint(conn: &Connection, namespace: &str, mode: CheckpointMode) -> (i32, i32) {
+    match conn.wal_checkpoint_v2(None::<&str>, mode) {
+        Ok((log, done)) => {
+            tracing::trace!(namespace, log, done, "checkpoint");
+            (log, done)
+        }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => (-1, -1),
+        Err(e) => {
+            tracing::warn!(namespace, error = %e, "checkpoint failed; retried at the next one");
+            (-1, -1)
+        }
+    }
+}

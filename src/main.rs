@@ -314,7 +314,13 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("ferry: {message}");
             }
-            ExitCode::FAILURE
+            // A config the node refuses at start (a certificate or token file that is not
+            // usable, a namespace followed from where it was promoted away) is fixed by
+            // editing the config, never by retrying: exit as for an invalid config file.
+            match e.downcast_ref::<ferry::node::NodeError>() {
+                Some(ferry::node::NodeError::Config(_)) => ExitCode::from(USAGE),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

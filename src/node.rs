@@ -343,7 +343,13 @@ impl Node {
                     (false, false) => "plaintext, no replication token",
                 };
                 let health = crate::grpc_tooling::health(api, &tasks, shutdown.clone()).await;
-                tasks.spawn(serve_grpc(service, health, listener, grpc, shutdown.clone()));
+                tasks.spawn(serve_grpc(
+                    service,
+                    health,
+                    listener,
+                    grpc,
+                    shutdown.clone(),
+                ));
                 // The address ends its line: scripts and tests read it from there.
                 tracing::info!("gRPC security: {security}");
                 tracing::info!("gRPC listening on {addr}");

@@ -32,7 +32,6 @@ async fn the_walkthroughs_first_write_works_against_the_binary() {
     // The walkthrough's keys that mean nothing to ferry: said once, on one line.
     let ignored = node.wait_line("config keys ignored");
     for key in [
-        "grpc_config.allow_insecure",
         "log_config.min_level_percents",
         "storage_config.arena_size",
         "storage_config.bytes_per_sync",
@@ -263,6 +262,10 @@ fn help_explains_every_option() {
                 ("--upstream", &["host:port", "gRPC listener"]),
                 ("--namespace", &["namespace to back up"]),
                 ("--out", &["file to write", "must not exist"]),
+                ("--ca", &["CA certificate", "TLS"]),
+                ("--cert", &["client certificate", "mTLS"]),
+                ("--key", &["private key"]),
+                ("--token-file", &["replication token"]),
             ],
         ),
         ("verify", &[]),
@@ -717,7 +720,7 @@ async fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     let text = format!(
-        "{}[grpc_config]\nport = 0\nallow_insecure = true\n[log_config]\nlog_format = \"json\"\naccess_log = true\n",
+        "{}[grpc_config]\nport = 0\n[log_config]\nlog_format = \"json\"\naccess_log = true\nmin_level_percents = {{ info = 100.0 }}\n",
         primary_config(dir.path(), &["ns"])
     );
     std::fs::write(&config, text).unwrap();
@@ -763,7 +766,7 @@ async fn json_logs_are_one_object_per_line() {
         .iter()
         .find(|o| o["fields"]["keys"].is_string())
         .expect("the ignored keys line");
-    assert_eq!(ignored["fields"]["keys"], "grpc_config.allow_insecure");
+    assert_eq!(ignored["fields"]["keys"], "log_config.min_level_percents");
     let access: Vec<&serde_json::Value> = objects
         .iter()
         .filter(|o| o["target"] == "ferry::access")

@@ -194,7 +194,8 @@ fn allow_insecure_false_without_certificates_refuses_to_start() {
         primary_config(dir.path(), &[NS])
     );
     let (code, out) = refused_start("server", &server, dir.path());
-    assert_eq!(code, Some(1), "{out}");
+    // A config error: exit 2, as for every usage or config error.
+    assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("grpc_config.allow_insecure = false") && out.contains("grpc_config.cert_path"),
         "{out}"
@@ -202,7 +203,7 @@ fn allow_insecure_false_without_certificates_refuses_to_start() {
 
     let replica = replica_text(dir.path(), "127.0.0.1:1", "allow_insecure = false\n");
     let (code, out) = refused_start("replica", &replica, dir.path());
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("relayer_config.up.allow_insecure = false") && out.contains("ca_path"),
         "{out}"
@@ -218,7 +219,7 @@ fn allow_insecure_false_without_certificates_refuses_to_start() {
         p(&junk)
     );
     let (code, out) = refused_start("server", &bad, dir.path());
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("grpc_config.cert_path") && out.contains("junk.crt"),
         "{out}"

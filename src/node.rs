@@ -159,6 +159,40 @@ fn warn_if_exposed(addr: SocketAddr, auth: Option<&http::auth::HttpAuth>, tls: b
     }
 }
 
+/// The same warning for the replication stream: without TLS and a token, anyone who reaches
+/// the gRPC port streams every namespace's log and a snapshot of all of `kv`.
+fn warn_if_grpc_exposed(addr: SocketAddr, tls: bool, token: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    let mut exposed = Vec::new();
+    if !token {
+        exposed.push("anyone who reaches it can stream every namespace's log and a snapshot of all its keys (no [auth] replication_token_file)");
+    }
+    if !tls {
+        exposed.push(
+            "the log crosses the network in clear text (no [grpc_config] cert_path and key_path)",
+        );
+    }
+    if !exposed.is_empty() {
+        tracing::warn!(
+            "SECURITY: gRPC replication listens on {addr}, beyond this machine: {}. Set listen_ip = \"127.0.0.1\" to keep it local, or see the README's Security section",
+            exposed.join("; ")
+        );
+    }
+}
+
+/// And for the notifiers: ZeroMQ has no authentication or encryption in this build.
+fn warn_if_notifiers_exposed(ip: std::net::IpAddr, endpoints: &[String]) {
+    if ip.is_loopback() || endpoints.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "SECURITY: ZeroMQ notifiers listen beyond this machine ({}): anyone who reaches them sees every key written (not values) in clear text, with no authentication. Set listen_ip = \"127.0.0.1\" to keep them local, or filter the ports at the network",
+        endpoints.join(", ")
+    );
+}
+
 /// A namespace promoted on this node (`meta.promoted_at_ms`) is this node's to write: a
 /// config that still follows it from the upstream it was promoted away from (the config was
 /// not changed since) would throw its new history away. Refuse that. A config that follows it
@@ -336,7 +370,8 @@ impl Node {
                     grpc.limits,
                     grpc.tokens.0.is_some(),
                 );
-                let security = match (grpc.tls, grpc.tokens.0.is_some()) {
+                let (grpc_tls, grpc_token) = (grpc.tls, grpc.tokens.0.is_some());
+                let security = match (grpc_tls, grpc_token) {
                     (true, true) => "TLS, replication token required",
                     (true, false) => "TLS, no replication token",
                     (false, true) => "plaintext, replication token required",
@@ -350,6 +385,7 @@ impl Node {
                     grpc,
                     shutdown.clone(),
                 ));
+                warn_if_grpc_exposed(addr, grpc_tls, grpc_token);
                 // The address ends its line: scripts and tests read it from there.
                 tracing::info!("gRPC security: {security}");
                 tracing::info!("gRPC listening on {addr}");
@@ -361,6 +397,7 @@ impl Node {
             .iter()
             .map(|(ns, n)| format!("{ns}={}", n.endpoint()))
             .collect();
+        warn_if_notifiers_exposed(config.listen_ip, &zeromq);
         tracing::info!(
             version = %env!("CARGO_PKG_VERSION"),
             role = %match mode {

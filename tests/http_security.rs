@@ -603,19 +603,39 @@ async fn errors_before_the_handlers_answer_json() {
 async fn a_public_address_without_tokens_or_tls_is_warned_about_once() {
     capture_logs();
     let dir = tempfile::tempdir().unwrap();
-    let text = primary_config(dir.path(), &[NS]).replace("127.0.0.1", "0.0.0.0");
+    let text = format!(
+        "{}[grpc_config]\nport = 0\n[notifier_config.{NS}]\nbind_port = 0\n",
+        primary_config(dir.path(), &[NS]).replace("127.0.0.1", "0.0.0.0")
+    );
     let node = TestNode::start(&text, dir.path()).await;
+    let lines_with = |needle: &str| -> Vec<String> {
+        logs()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    };
     let port = node.node.http_addr().port();
-    let warnings: Vec<String> = logs()
-        .lines()
-        .filter(|l| l.contains(&format!("listens on 0.0.0.0:{port}")))
-        .map(str::to_owned)
-        .collect();
+    let warnings = lines_with(&format!("HTTP API listens on 0.0.0.0:{port}"));
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     let w = &warnings[0];
     assert!(w.contains("WARN") && w.contains("SECURITY"), "{w}");
     for exposed in ["write_token_file", "read_token_file", "clear text"] {
         assert!(w.contains(exposed), "the warning says what is exposed: {w}");
     }
+    // The replication stream and the notifiers are said once each too.
+    let grpc = node.node.grpc_addr().unwrap().port();
+    let warnings = lines_with(&format!("gRPC replication listens on 0.0.0.0:{grpc}"));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(w.contains("WARN") && w.contains("SECURITY"), "{w}");
+    for exposed in ["replication_token_file", "clear text"] {
+        assert!(w.contains(exposed), "the warning says what is exposed: {w}");
+    }
+    let zmq = node.node.notifier_endpoint(NS).unwrap().to_owned();
+    let warnings = lines_with(&format!("{NS}={zmq}"));
+    let warnings: Vec<_> = warnings.iter().filter(|l| l.contains("SECURITY")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("ZeroMQ"), "{}", warnings[0]);
     node.stop().await;
 }

@@ -563,9 +563,10 @@ pub struct NotifierConfig {
     /// ZeroMQ send high-water mark: messages queued per subscriber before drops.
     #[serde(default = "default_hwm")]
     pub high_water_mark: i32,
-    /// Milliseconds pending messages may delay shutdown.
-    #[serde(default)]
-    pub linger_time: i32,
+    /// How long pending messages may delay shutdown: milliseconds, or a duration such as
+    /// "1s" (at most 24 hours).
+    #[serde(default, with = "millis")]
+    pub linger_time: u64,
     /// After a start, how long the notifier holds back what it has to publish while the
     /// subscribers it had before come back and subscribe again.
     #[serde(default = "default_startup_grace", with = "duration")]
@@ -579,6 +580,9 @@ pub struct NotifierConfig {
 fn default_hwm() -> i32 {
     1000
 }
+
+/// Longest `linger_time`: ZeroMQ takes it as an `int` of milliseconds.
+pub const MAX_LINGER_MS: u64 = 86_400_000;
 
 fn default_startup_grace() -> std::time::Duration {
     std::time::Duration::from_secs(2)
@@ -850,7 +854,13 @@ impl Config {
                 ));
             }
         }
-        for name in self.notifier_config.keys() {
+        for (name, n) in &self.notifier_config {
+            if n.linger_time > MAX_LINGER_MS {
+                return Err(format!(
+                    "notifier_config.{name}.linger_time must be at most {MAX_LINGER_MS} ms (24h), got {}",
+                    n.linger_time
+                ));
+            }
             if !ns.contains(name) {
                 return Err(format!(
                     "notifier_config.{name}: namespace {name:?} is not in storage_config.namespaces"

@@ -225,7 +225,7 @@ fn bind(
         .set_sndhwm(config.high_water_mark)
         .map_err(|e| format!("high_water_mark: {e}"))?;
     socket
-        .set_linger(config.linger_time)
+        .set_linger(i32::try_from(config.linger_time).unwrap_or(i32::MAX))
         .map_err(|e| format!("linger_time: {e}"))?;
     socket
         .set_maxmsgsize(config.max_subscription_bytes.max(MIN_MESSAGE_BYTES))

@@ -456,6 +456,18 @@ fn durations_take_the_walkthroughs_forms() {
             "{value}: {err}"
         );
     }
+    // The notifier's linger_time (the walkthrough writes milliseconds) takes both forms too.
+    let linger = |value: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[notifier_config.a]\nbind_port = 0\nlinger_time = {value}\n"),
+            Path::new("d.toml"),
+        )
+        .map(|c| c.notifier_config["a"].linger_time)
+    };
+    assert_eq!(linger("250").unwrap(), 250);
+    assert_eq!(linger("\"1s\"").unwrap(), 1000);
+    let err = linger("\"2d\"").unwrap_err().to_string();
+    assert!(err.contains("linger_time must be at most"), "{err}");
 }
 
 #[test]

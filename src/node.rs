@@ -308,6 +308,15 @@ impl Node {
 
         let notifiers = start_notifiers(&config, &store, &relays).await?;
         start_retention(&config, &store, &tasks, &shutdown);
+        // Token files are re-read when they change: rotation needs no restart.
+        let grpc_tokens = grpc.as_ref().and_then(|g| g.tokens.0.clone());
+        for set in http_auth
+            .iter()
+            .flat_map(|a| a.token_sets())
+            .chain(grpc_tokens.as_deref())
+        {
+            set.watch(&tasks, shutdown.clone());
+        }
         let followers = match mode {
             Mode::Primary => BTreeMap::new(),
             Mode::Replica => start_followers(&config, relayers, &store, &tasks, &shutdown),

@@ -225,6 +225,74 @@ async fn tokens_never_reach_the_logs() {
     }
 }
 
+/// Rotation without a restart: the node re-reads a token file that changed; a file that
+/// becomes invalid keeps the tokens read before. (Catches: token files read only at startup;
+/// an empty or half-written file accepted, locking every client out.)
+#[tokio::test]
+async fn a_changed_token_file_is_read_again_without_a_restart() {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let node = guarded_node(dir.path(), "").await;
+    let c = reqwest::Client::new();
+    let url = node.url("/api/v1/ns/kv/k");
+    let put = async |token: &str| {
+        send(
+            &c,
+            Method::PUT,
+            &url,
+            Some(token),
+            Some(r#"{"value":"YQ=="}"#),
+        )
+        .await
+        .0
+    };
+    assert_eq!(put(WRITE).await, 200);
+    const NEXT: &str = "next-write-token-0123456789";
+    // The new token next to the old one: both work once the file is read again.
+    std::fs::write(
+        dir.path().join("write.tokens"),
+        format!("{WRITE}\n{NEXT}\n"),
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the new token accepted",
+        async || (put(NEXT).await == 200).then_some(()),
+    )
+    .await;
+    assert_eq!(put(WRITE).await, 200, "the old token still works meanwhile");
+    // The old line removed: only the new token works.
+    std::fs::write(dir.path().join("write.tokens"), format!("{NEXT}\n")).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the old token refused",
+        async || (put(WRITE).await == 401).then_some(()),
+    )
+    .await;
+    // A file emptied (half-written, or by mistake): the tokens read before stay in force, and
+    // the log says so (naming the file, never a token).
+    std::fs::write(dir.path().join("write.tokens"), "# nothing yet\n").unwrap();
+    let path = dir.path().join("write.tokens").display().to_string();
+    let said = wait_for(
+        Duration::from_secs(20),
+        "the emptied file noticed",
+        async || {
+            logs()
+                .lines()
+                .find(|l| l.contains(&path) && l.contains("stay in force"))
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(said.contains("WARN") && !said.contains(NEXT), "{said}");
+    assert_eq!(
+        put(NEXT).await,
+        200,
+        "an emptied file keeps the tokens it had"
+    );
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_missing_token_file_or_half_a_certificate_stops_startup() {
     let dir = tempfile::tempdir().unwrap();

@@ -68,6 +68,11 @@ impl HttpAuth {
         Ok((auth.read.is_some() || auth.write.is_some()).then_some(auth))
     }
 
+    /// The token files in use, to re-read when they change ([`TokenSet::watch`]).
+    pub fn token_sets(&self) -> impl Iterator<Item = &TokenSet> {
+        self.read.iter().chain(self.write.iter())
+    }
+
     /// Whether any token is required (a scope is protected).
     pub fn protects(&self, scope: Scope) -> bool {
         match scope {

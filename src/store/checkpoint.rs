@@ -23,8 +23,14 @@ const IDLE: Duration = Duration::from_secs(1);
 /// A WAL this many times `checkpoint_pages` long, even though checkpoints keep up, means the
 /// writer never found it fully copied (it never idles): a RESTART checkpoint starts it over.
 const RESTART_AFTER: i64 = 4;
-/// How long a RESTART checkpoint waits for the writer to finish its transaction.
-const RESTART_WAIT: Duration = Duration::from_secs(1);
+/// How long a RESTART checkpoint waits for the writer to finish its transaction and for readers
+/// of old frames. It holds the write lock while it waits, so every write waits with it: keep
+/// it short.
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+/// After a RESTART that could not finish (a long reader, such as a Snapshot stream, still
+/// reads old frames), how long before the next try: writes stall at most `RESTART_WAIT` per
+/// this much time, instead of at every commit for as long as the reader lasts.
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Installs the hook on the writer's connection and returns what the checkpoint thread needs.
 pub(crate) fn install(conn: &mut Connection, pages: u32) -> rusqlite::Result<Receiver<()>> {
@@ -71,19 +77,25 @@ pub(crate) fn run(namespace: String, path: PathBuf, pages: u32, wake: Receiver<(
         return;
     }
     let mut dirty = false;
+    let mut restart_after = std::time::Instant::now();
     loop {
         match wake.recv_timeout(IDLE) {
             Ok(()) => {
                 let (log, _) = checkpoint(&conn, &namespace, CheckpointMode::PASSIVE);
                 dirty = true;
-                if i64::from(log) > i64::from(pages) * RESTART_AFTER {
+                if i64::from(log) > i64::from(pages) * RESTART_AFTER
+                    && std::time::Instant::now() >= restart_after
+                {
                     // The writer never starts a transaction while the WAL is fully copied
                     // (continuous load), so it never starts the WAL over: take the write lock
                     // between two groups, copy what is left (little: PASSIVE just copied the
                     // rest) and make the next transaction start the WAL over.
                     let _ = conn.busy_timeout(RESTART_WAIT);
-                    checkpoint(&conn, &namespace, CheckpointMode::RESTART);
+                    let (log, done) = checkpoint(&conn, &namespace, CheckpointMode::RESTART);
                     let _ = conn.busy_timeout(Duration::ZERO);
+                    if log < 0 || done < log {
+                        restart_after = std::time::Instant::now() + RESTART_BACKOFF;
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) if dirty => {

@@ -324,6 +324,21 @@ async fn the_replication_token_is_required_and_a_refused_follower_does_not_hamme
     assert_eq!(tokenless.head(NS), 0);
     assert_eq!(wrong.head(NS), 0);
 
+    // The server re-reads its token file when it changes: a token added to it is accepted
+    // with no restart. (Catches: the replication token file left out of the files watched.)
+    std::fs::write(&tokens, "new-secret\nguess\n").unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "a token added to the file accepted",
+        async || {
+            let mut req = tonic::Request::new(position());
+            req.metadata_mut()
+                .insert("authorization", "Bearer guess".parse().unwrap());
+            raw.position(req).await.ok().map(|_| ())
+        },
+    )
+    .await;
+
     for node in [good, tokenless, wrong, primary] {
         node.stop().await;
     }

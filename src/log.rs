@@ -26,6 +26,53 @@ use std::fmt;
 /// A position in a namespace's log. Dense, starting at 1; 0 means "before the first entry".
 pub type Seq = i64;
 
+/// A log's identity: 32 lowercase hex digits (128 random bits), minted when a primary's
+/// namespace is created or promoted. `(log_id, seq, crc)` names a point of one history. A
+/// replica's file has none until it adopts its upstream's: that is `Option<LogId>`, never an
+/// empty string (the wire format, protobuf and JSON, still says "" for none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct LogId(String);
+
+impl LogId {
+    /// A fresh random id.
+    pub fn mint() -> LogId {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        LogId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// `text` if it is a log id as minted (32 lowercase hex digits).
+    pub fn parse(text: &str) -> Option<LogId> {
+        let ok = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| LogId(text.to_owned()))
+    }
+
+    /// The id stored in a file's `meta.log_id`: "" means none yet. Taken as stored (a file
+    /// written by ferry holds only minted ids; `ferry verify` checks the rest).
+    pub fn from_meta(text: String) -> Option<LogId> {
+        (!text.is_empty()).then_some(LogId(text))
+    }
+
+    /// The wire form of a maybe-id: "" for none.
+    pub fn wire(id: Option<&LogId>) -> String {
+        id.map(|l| l.0.clone()).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for LogId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What an entry does to `kv`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -119,6 +166,26 @@ pub fn chain_crc(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_id_is_32_lowercase_hex_digits_and_none_is_never_empty() {
+        let a = LogId::mint();
+        assert_eq!(LogId::parse(&a), Some(a.clone()));
+        assert_ne!(LogId::mint(), a, "minted ids are random");
+        for bad in [
+            "",
+            "abc",
+            &a.to_uppercase(),
+            &format!("{a}0"),
+            &a.replace(&a[..1], "g"),
+        ] {
+            assert_eq!(LogId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(LogId::from_meta(String::new()), None);
+        assert_eq!(LogId::from_meta(a.to_string()), Some(a.clone()));
+        assert_eq!(LogId::wire(None), "");
+        assert_eq!(LogId::wire(Some(&a)), a.to_string());
+    }
 
     #[test]
     fn crc_covers_every_column_and_the_previous_crc() {

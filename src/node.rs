@@ -231,7 +231,7 @@ async fn refuse_promoted(
         if from.as_deref() == Some(upstream) {
             return Err(NodeError::Config(format!(
                 "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {} forked from {} at seq {}) away from {upstream}, and relayer_config.{relayer} still follows it from there: remove it from relayer_config.{relayer} to serve it as a primary, or point upstream_address at the new primary to make this node its replica again",
-                ns.log_id(),
+                crate::log::LogId::wire(ns.log_id().as_ref()),
                 lineage.prev_log_id,
                 lineage.fork_seq,
             )));

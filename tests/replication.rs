@@ -704,7 +704,17 @@ async fn a_snapshot_is_the_kv_of_one_seq_while_writes_go_on() {
         assert_eq!((&chunk.log_id, chunk.seq, chunk.crc), (log_id, seq, crc));
         assert_eq!(chunk.done, i == chunks.len() - 1, "done on chunk {i}");
     }
-    assert_eq!(*log_id, primary.node.store().get(NS).unwrap().log_id());
+    assert_eq!(
+        *log_id,
+        primary
+            .node
+            .store()
+            .get(NS)
+            .unwrap()
+            .log_id()
+            .unwrap()
+            .to_string()
+    );
     let head = primary.node.store().get(NS).unwrap().head().seq;
     assert!(before <= seq && seq <= head, "{before} <= {seq} <= {head}");
 
@@ -743,7 +753,14 @@ async fn a_snapshot_of_an_empty_log_and_of_an_unknown_namespace() {
     assert_eq!(
         chunks,
         vec![SnapshotChunk {
-            log_id: primary.node.store().get(NS).unwrap().log_id(),
+            log_id: primary
+                .node
+                .store()
+                .get(NS)
+                .unwrap()
+                .log_id()
+                .unwrap()
+                .to_string(),
             seq: 0,
             crc: 0,
             rows: vec![],
@@ -821,7 +838,14 @@ async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
     let tail_from = |from_seq| TailRequest {
         follower_id: String::new(),
         namespace: NS.into(),
-        log_id: primary.node.store().get(NS).unwrap().log_id(),
+        log_id: primary
+            .node
+            .store()
+            .get(NS)
+            .unwrap()
+            .log_id()
+            .unwrap()
+            .to_string(),
         from_seq,
         prev_crc: 0,
     };
@@ -865,7 +889,7 @@ async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
         .tail(TailRequest {
             follower_id: String::new(),
             namespace: NS.into(),
-            log_id: primary.ns(NS).log_id(),
+            log_id: primary.ns(NS).log_id().unwrap().to_string(),
             from_seq: 1,
             prev_crc: 0,
         })
@@ -930,7 +954,7 @@ async fn assert_batches_whole(primary: &TestNode, group: i64) {
         .tail(TailRequest {
             follower_id: String::new(),
             namespace: NS.into(),
-            log_id: ns.log_id(),
+            log_id: ns.log_id().unwrap().to_string(),
             from_seq: 1,
             prev_crc: 0,
         })

@@ -139,7 +139,7 @@ async fn promote(api: Arc<Api>, ns: String) -> Result<Response> {
     if let super::Role::Replica { upstreams } = &api.role {
         upstreams.write().unwrap().remove(&ns);
     }
-    let log_id = namespace.log_id();
+    let log_id = crate::log::LogId::wire(namespace.log_id().as_ref());
     tracing::warn!(namespace = %ns, %log_id, prev_log_id = %lineage.prev_log_id, fork_seq = lineage.fork_seq, "PROMOTED to primary: this node no longer follows an upstream for this namespace and takes writes; point other replicas here");
     Ok(warp::reply::json(&Promoted {
         success: true,

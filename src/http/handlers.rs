@@ -372,7 +372,7 @@ pub async fn offset(api: Arc<Api>, ns: String) -> Result<Response> {
     let head = namespace.head();
     ok_json(&OffsetResponse {
         namespace: ns,
-        log_id: namespace.log_id(),
+        log_id: crate::log::LogId::wire(namespace.log_id().as_ref()),
         head_seq: head.seq,
         head_crc: head.crc,
     })
@@ -392,7 +392,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
     ok_json(&StatsResponse {
         namespace: ns,
         role: api.role.of(namespace.name()),
-        log_id: namespace.log_id(),
+        log_id: crate::log::LogId::wire(namespace.log_id().as_ref()),
         head_seq: s.head_seq,
         oldest_seq: s.oldest_seq,
         base_seq: s.base_seq,

@@ -271,11 +271,12 @@ impl Follower {
             ));
         }
         let local_id = self.ns.log_id();
+        let ours = |id: &str| local_id.as_deref() == Some(id);
         let head = self.ns.head();
         let base = self.ns.base_seq();
         // The same log, or one the upstream's was forked from (then only up to the fork).
-        let forked_from_ours = !pos.prev_log_id.is_empty() && local_id == pos.prev_log_id;
-        let split = if local_id == pos.log_id || forked_from_ours {
+        let forked_from_ours = !pos.prev_log_id.is_empty() && ours(&pos.prev_log_id);
+        let split = if ours(&pos.log_id) || forked_from_ours {
             let hi = if forked_from_ours {
                 head.seq.min(pos.fork_seq)
             } else {
@@ -290,7 +291,7 @@ impl Follower {
         } else {
             base
         };
-        if local_id == pos.log_id && split == head.seq && pos.following {
+        if ours(&pos.log_id) && split == head.seq && pos.following {
             // Nothing differs: the upstream is a replica that has not caught up with this one
             // yet (e.g. this replica was re-pointed to a sibling). Its log will grow.
             return End::Retry(format!(
@@ -322,7 +323,7 @@ impl Follower {
         tracing::error!(
             namespace = %name,
             upstream = %self.upstream,
-            local_log_id = %local_id,
+            local_log_id = %crate::log::LogId::wire(local_id.as_ref()),
             upstream_log_id = %pos.log_id,
             local_head = head.seq,
             upstream_head = pos.head_seq,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Client, Upstream};
 use super::pb::{AckRequest, PositionRequest, TailRequest};
 use super::{ErrorKind, is_log_id};
-use crate::log::{Entry, Seq};
+use crate::log::{Entry, LogId, Seq};
 use crate::store::{Namespace, SqliteKind, StoreError};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -354,7 +354,7 @@ impl Follower {
         let position = client.position(PositionRequest {
             namespace: name.clone(),
             probe_seq: 0,
-            follower_log_id: self.ns.log_id(),
+            follower_log_id: LogId::wire(self.ns.log_id().as_ref()),
             follower_prev_log_id: lineage
                 .as_ref()
                 .map(|l| l.prev_log_id.clone())
@@ -376,7 +376,9 @@ impl Follower {
             // A chained upstream that has not met its own upstream yet.
             return End::Retry(format!("upstream has no log_id for {name:?} yet"));
         }
-        let local = self.ns.log_id();
+        let local_id = self.ns.log_id();
+        let ours_is = |id: &str| local_id.as_deref() == Some(id);
+        let local = LogId::wire(local_id.as_ref());
         if let Some(ours) = lineage.filter(|l| l.prev_log_id == pos.log_id) {
             // The upstream serves the log ours was forked from: it is the primary a promotion
             // replaced. Following it would throw the newer history away.
@@ -385,9 +387,9 @@ impl Follower {
                 self.upstream, pos.log_id, ours.fork_seq
             ));
         }
-        if local != pos.log_id {
+        if !ours_is(&pos.log_id) {
             let head = self.ns.head();
-            let lineage = (!pos.prev_log_id.is_empty() && local == pos.prev_log_id).then(|| {
+            let lineage = (!pos.prev_log_id.is_empty() && ours_is(&pos.prev_log_id)).then(|| {
                 crate::store::Lineage {
                     prev_log_id: pos.prev_log_id.clone(),
                     fork_seq: pos.fork_seq,

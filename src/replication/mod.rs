@@ -174,7 +174,7 @@ impl From<crate::store::reader::KvRow> for pb::KvRow {
     }
 }
 
-/// A log id as minted by [`crate::store::schema::mint_log_id`]: 32 lowercase hex digits.
+/// Whether `s` is a log id as minted ([`crate::log::LogId`]): 32 lowercase hex digits.
 pub fn is_log_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    crate::log::LogId::parse(s).is_some()
 }

@@ -32,6 +32,7 @@ use super::pb::{
 };
 use super::{ErrorKind, is_log_id, quote};
 use crate::auth::{TokenSet, bearer};
+use crate::log::LogId;
 use crate::store::{Namespace, Store, StoreError, reader};
 
 /// Most entries in one batch (a batch may run past this to finish an atomic group).
@@ -246,7 +247,7 @@ impl Replication for ReplicationService {
         let following = self.followed.read().unwrap().contains_key(&req.namespace);
         if !following
             && !req.follower_prev_log_id.is_empty()
-            && req.follower_prev_log_id == ns.log_id()
+            && ns.log_id().as_deref() == Some(req.follower_prev_log_id.as_str())
         {
             // A follower whose log was forked from ours: we are a stale primary.
             ns.mark_superseded(&req.follower_log_id, req.follower_fork_seq);
@@ -269,7 +270,7 @@ impl Replication for ReplicationService {
             .map_err(internal)?;
         Ok(Response::new(PositionResponse {
             namespace: req.namespace,
-            log_id: ns.log_id(),
+            log_id: LogId::wire(ns.log_id().as_ref()),
             head_seq: head.seq,
             head_crc: head.crc,
             oldest_seq: if head.seq == 0 { 0 } else { oldest },
@@ -308,7 +309,7 @@ impl Replication for ReplicationService {
                 quote(&req.log_id)
             )));
         }
-        let log_id = ns.log_id();
+        let log_id = LogId::wire(ns.log_id().as_ref());
         if req.log_id != log_id {
             return Err(ErrorKind::HistoryDiffers.status(format!(
                 "namespace {:?} here has log_id {log_id}, the follower has {}: they are different logs",
@@ -412,7 +413,7 @@ async fn stream_snapshot(
     batch_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    let log_id = ns.log_id();
+    let log_id = LogId::wire(ns.log_id().as_ref());
     let runtime = tokio::runtime::Handle::current();
     let sink = Arc::new(sink);
     let chunks = sink.clone();

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{PerformanceConfig, StorageConfig, Synchronous};
-use crate::log::{Entry, Seq};
+use crate::log::{Entry, LogId, Seq};
 pub use reader::{Stats, Value};
 pub use waiters::WaitError;
 use writer::{Command, Writer};
@@ -144,7 +144,7 @@ pub struct Namespace {
     name: String,
     path: PathBuf,
     /// Empty on a replica that has not met its upstream yet.
-    log_id: std::sync::RwLock<String>,
+    log_id: std::sync::RwLock<Option<LogId>>,
     commands: mpsc::Sender<Command>,
     head: watch::Receiver<Head>,
     readers: reader::Pool,
@@ -301,7 +301,7 @@ impl Namespace {
             readers: reader::Pool::new(path.clone()),
             recent,
             path,
-            log_id: std::sync::RwLock::new(info.log_id),
+            log_id: std::sync::RwLock::new(LogId::from_meta(info.log_id.clone())),
             commands: tx,
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
@@ -377,7 +377,9 @@ impl Namespace {
 
     /// The random id minted when this log was created; equal ids and equal (seq, crc) mean
     /// equal history.
-    pub fn log_id(&self) -> String {
+    /// This namespace's log id; `None` for a replica's file that has not adopted its
+    /// upstream's yet.
+    pub fn log_id(&self) -> Option<LogId> {
         self.log_id.read().unwrap().clone()
     }
 
@@ -431,7 +433,7 @@ impl Namespace {
             reply,
         })
         .await?;
-        *self.log_id.write().unwrap() = log_id.to_owned();
+        *self.log_id.write().unwrap() = LogId::from_meta(log_id.to_owned());
         Ok(())
     }
 
@@ -450,7 +452,7 @@ impl Namespace {
                 })
             })
             .await?;
-        *self.log_id.write().unwrap() = log_id;
+        *self.log_id.write().unwrap() = LogId::from_meta(log_id);
         Ok(lineage)
     }
 
@@ -463,7 +465,7 @@ impl Namespace {
         };
         let mut superseded = self.superseded.lock().unwrap();
         if superseded.as_ref() != Some(&newer) {
-            tracing::error!(namespace = %self.name, own_log_id = %self.log_id(), newer_log_id = %log_id, fork_seq, "SUPERSEDED: a follower reports log {log_id}, forked from this node's log at seq {fork_seq} (a replica was promoted). Writes here will not reach that history: stop this primary, or fence it (POST /api/v1/{}/fence) and rejoin it as a replica", self.name);
+            tracing::error!(namespace = %self.name, own_log_id = %LogId::wire(self.log_id().as_ref()), newer_log_id = %log_id, fork_seq, "SUPERSEDED: a follower reports log {log_id}, forked from this node's log at seq {fork_seq} (a replica was promoted). Writes here will not reach that history: stop this primary, or fence it (POST /api/v1/{}/fence) and rejoin it as a replica", self.name);
             *superseded = Some(newer);
         }
     }
@@ -545,7 +547,7 @@ impl Namespace {
                 r.get::<_, String>(0)
             })
         });
-        *self.log_id.write().unwrap() = log_id.await?;
+        *self.log_id.write().unwrap() = LogId::from_meta(log_id.await?);
         Ok(head)
     }
 

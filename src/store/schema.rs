@@ -244,11 +244,9 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// A fresh random log id: 128 bits, hex.
+/// A fresh random log id: 128 bits, hex (the text of [`crate::log::LogId::mint`]).
 pub fn mint_log_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::log::LogId::mint().to_string()
 }
 
 #[cfg(test)]

@@ -561,6 +561,8 @@ mod tests {
             ),
             (0, 0, 0, 0, 0)
         );
+        // A follower of a log that never had an entry starts at seq 1.
+        assert_eq!(ns.read(oldest).await.unwrap(), 1);
         for (i, key) in ["a", "b", "c", "a", "d"].iter().enumerate() {
             ns.write(vec![put(key, format!("v{i}").as_bytes())])
                 .await

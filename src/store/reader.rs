@@ -391,3 +391,282 @@ pub fn list(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::{Mutation, Namespace, Prune};
+
+    fn put(key: &str, value: &[u8]) -> Mutation {
+        Mutation::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// A namespace in a temp dir with `keys` written one per request, values `v0`, `v1`, ...
+    async fn namespace(dir: &std::path::Path, keys: &[&str]) -> Namespace {
+        let ns = Namespace::open(dir, "ns", Synchronous::Full).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            ns.write(vec![put(key, format!("v{i}").as_bytes())])
+                .await
+                .unwrap();
+        }
+        ns
+    }
+
+    /// A bootstrap copy comes in chunks of at most `max_rows` rows or `max_bytes` of keys and
+    /// values (a chunk stops at the row that reaches the bound), every chunk carries the head it
+    /// was read at, the last one says so, and together they hold every row once, in key order.
+    #[tokio::test]
+    async fn a_snapshot_comes_in_bounded_chunks_that_hold_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ["a", "b", "c", "d", "e", "f", "g"];
+        let ns = namespace(dir.path(), &keys).await;
+        let head = ns.head();
+        let chunks = |after: Option<&'static str>, rows: usize, bytes: usize| {
+            ns.read(move |c| {
+                let mut out = Vec::new();
+                snapshot(c, after, rows, bytes, |seq, crc, rows, done| {
+                    out.push((seq, crc, rows, done));
+                    true
+                })?;
+                Ok(out)
+            })
+        };
+        let shape = |chunks: &[(Seq, u32, Vec<KvRow>, bool)]| -> Vec<(Vec<String>, bool)> {
+            for (seq, crc, _, _) in chunks {
+                assert_eq!((*seq, *crc), (head.seq, head.crc));
+            }
+            chunks
+                .iter()
+                .map(|(_, _, rows, done)| (rows.iter().map(|r| r.key.clone()).collect(), *done))
+                .collect()
+        };
+        let keys_of = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+
+        // By rows: 3 + 3 + 1.
+        let by_rows = chunks(None, 3, usize::MAX).await.unwrap();
+        assert_eq!(
+            shape(&by_rows),
+            vec![
+                (keys_of(&["a", "b", "c"]), false),
+                (keys_of(&["d", "e", "f"]), false),
+                (keys_of(&["g"]), true),
+            ]
+        );
+        let row = &by_rows[0].2[1];
+        assert_eq!((row.value.as_slice(), row.seq), (&b"v1"[..], 2));
+
+        // By bytes: each row is 3 bytes ("a" + "v0"); 5 bytes are reached at the second row.
+        let by_bytes = chunks(None, usize::MAX, 5).await.unwrap();
+        assert_eq!(
+            shape(&by_bytes),
+            vec![
+                (keys_of(&["a", "b"]), false),
+                (keys_of(&["c", "d"]), false),
+                (keys_of(&["e", "f"]), false),
+                (keys_of(&["g"]), true),
+            ]
+        );
+
+        // Resumed after a key; a copy that fills its last chunk exactly ends with an empty one.
+        let resumed = chunks(Some("d"), 3, usize::MAX).await.unwrap();
+        assert_eq!(
+            shape(&resumed),
+            vec![(keys_of(&["e", "f", "g"]), false), (vec![], true)]
+        );
+
+        // A receiver that leaves stops the copy.
+        let calls = ns
+            .read(|c| {
+                let mut calls = 0;
+                snapshot(c, None, 2, usize::MAX, |_, _, _, _| {
+                    calls += 1;
+                    false
+                })?;
+                Ok(calls)
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls, 1);
+        ns.close().await;
+    }
+
+    /// A follower's batches: bounded by count and by bytes of keys and values, but an atomic
+    /// group (`txn`) is never split, so a replica never applies half a request; past the head
+    /// there is nothing.
+    #[tokio::test]
+    async fn entries_are_bounded_but_never_split_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = namespace(dir.path(), &["a"]).await;
+        // seq 2..=4 are one request.
+        ns.write(vec![put("b", b"v1"), put("c", b"v2"), put("d", b"v3")])
+            .await
+            .unwrap();
+        ns.write(vec![put("e", b"v4")]).await.unwrap();
+        ns.write(vec![Mutation::Delete { key: "a".into() }])
+            .await
+            .unwrap();
+        let seqs = |from: Seq, count: usize, bytes: usize| {
+            ns.read(move |c| {
+                Ok(entries(c, from, count, bytes)?
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect::<Vec<_>>())
+            })
+        };
+        assert_eq!(
+            seqs(1, 100, usize::MAX).await.unwrap(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(seqs(1, 2, usize::MAX).await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(seqs(5, 1, usize::MAX).await.unwrap(), vec![5]);
+        // Each entry is 3 bytes ("a" + "v0"): 3 are reached after the first.
+        assert_eq!(seqs(1, 100, 3).await.unwrap(), vec![1]);
+        assert_eq!(seqs(2, 100, 4).await.unwrap(), vec![2, 3, 4]);
+        assert_eq!(seqs(7, 100, usize::MAX).await.unwrap(), Vec::<Seq>::new());
+
+        let all = ns.read(|c| entries(c, 1, 100, usize::MAX)).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.txn).collect::<Vec<_>>(),
+            vec![1, 2, 2, 2, 5, 6]
+        );
+        assert_eq!(
+            (all[2].op, all[2].key.as_str(), all[2].value.as_slice()),
+            (Op::Put, "c", &b"v2"[..])
+        );
+        assert_eq!(
+            (all[5].op, all[5].key.as_str(), all[5].value.as_slice()),
+            (Op::Delete, "a", &b""[..])
+        );
+        ns.close().await;
+    }
+
+    /// `/stats` positions before any write, after writes, and after the oldest entries were
+    /// pruned: the retained log is `oldest_seq..=head_seq`, `base_seq` just below it.
+    #[tokio::test]
+    async fn stats_report_the_retained_log_before_and_after_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = namespace(dir.path(), &[]).await;
+        let empty = ns.read(stats).await.unwrap();
+        assert_eq!(
+            (
+                empty.keys,
+                empty.wal_entries,
+                empty.oldest_seq,
+                empty.head_seq,
+                empty.base_seq
+            ),
+            (0, 0, 0, 0, 0)
+        );
+        // A follower of a log that never had an entry starts at seq 1.
+        assert_eq!(ns.read(oldest).await.unwrap(), 1);
+        for (i, key) in ["a", "b", "c", "a", "d"].iter().enumerate() {
+            ns.write(vec![put(key, format!("v{i}").as_bytes())])
+                .await
+                .unwrap();
+        }
+        let full = ns.read(stats).await.unwrap();
+        assert_eq!(
+            (
+                full.keys,
+                full.wal_entries,
+                full.oldest_seq,
+                full.head_seq,
+                full.base_seq
+            ),
+            (4, 5, 1, 5, 0)
+        );
+        let pruned = ns
+            .prune(Prune {
+                upto: 2,
+                older_than_ms: None,
+                max_rows: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!((pruned.deleted, pruned.base_seq), (2, 2));
+        let st = ns.read(stats).await.unwrap();
+        assert_eq!(
+            (
+                st.keys,
+                st.wal_entries,
+                st.oldest_seq,
+                st.head_seq,
+                st.base_seq
+            ),
+            (4, 3, 3, 5, 2)
+        );
+        assert_eq!(ns.read(oldest).await.unwrap(), 3);
+        ns.close().await;
+    }
+
+    /// The crc a follower's position is checked against: seq 0 has crc 0, a retained entry
+    /// its own, the base (the entry just below the oldest retained) the crc kept for it, and
+    /// a pruned entry below the base or a seq past the head none.
+    #[tokio::test]
+    async fn crc_at_knows_retained_entries_the_base_and_seq_0_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = namespace(dir.path(), &["a", "b", "c", "d"]).await;
+        let log = ns.read(|c| entries(c, 1, 100, usize::MAX)).await.unwrap();
+        let crc = |seq: Seq| ns.read(move |c| crc_at(c, seq));
+        assert_eq!(crc(0).await.unwrap(), Some(0));
+        assert_eq!(crc(2).await.unwrap(), Some(log[1].crc));
+        assert_ne!(log[1].crc, 0);
+        assert_eq!(crc(5).await.unwrap(), None);
+        ns.prune(Prune {
+            upto: 2,
+            older_than_ms: None,
+            max_rows: 1000,
+        })
+        .await
+        .unwrap();
+        assert_eq!(crc(2).await.unwrap(), Some(log[1].crc), "the base");
+        assert_eq!(crc(1).await.unwrap(), None, "pruned below the base");
+        assert_eq!(crc(3).await.unwrap(), Some(log[2].crc));
+        assert_eq!(crc(0).await.unwrap(), Some(0));
+        ns.close().await;
+    }
+
+    /// A listing holds only keys with the prefix, after `after`, in key order, at most
+    /// `limit` of them.
+    #[tokio::test]
+    async fn list_holds_the_prefixed_keys_after_the_cursor_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = namespace(
+            dir.path(),
+            &["user/3", "a", "user/1", "user/2", "usez", "z"],
+        )
+        .await;
+        let list = |prefix: &'static str, after: &'static str, limit: usize| {
+            ns.read(move |c| {
+                Ok(list(c, prefix, after, limit)?
+                    .into_iter()
+                    .map(|(k, v)| (k, v.value))
+                    .collect::<Vec<_>>())
+            })
+        };
+        let kv = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            list("user/", "", 10).await.unwrap(),
+            kv(&[("user/1", "v2"), ("user/2", "v3"), ("user/3", "v0")])
+        );
+        assert_eq!(
+            list("user/", "", 2).await.unwrap(),
+            kv(&[("user/1", "v2"), ("user/2", "v3")])
+        );
+        assert_eq!(
+            list("user/", "user/2", 10).await.unwrap(),
+            kv(&[("user/3", "v0")])
+        );
+        assert_eq!(list("nope", "", 10).await.unwrap(), vec![]);
+        ns.close().await;
+    }
+}

@@ -170,6 +170,28 @@ mod tests {
         assert_eq!(w.wait(3, LONG).await, Ok(()));
     }
 
+    /// Reads waiting for the same seq are all woken by it (each holds its own place), not
+    /// one woken and the others told the node is shutting down.
+    #[tokio::test]
+    async fn reads_waiting_for_the_same_seq_are_all_woken() {
+        let w = std::sync::Arc::new(SeqWaiters::new(10, 0));
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let w = w.clone();
+                tokio::spawn(async move { w.wait(4, LONG).await })
+            })
+            .collect();
+        // (A wait that ended early would leave fewer than three waiting: stop then too.)
+        while w.len() < 3 && !waiting.iter().any(|t| t.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        w.reached(4);
+        for read in waiting {
+            assert_eq!(read.await.unwrap(), Ok(()));
+        }
+        assert_eq!(w.len(), 0);
+    }
+
     /// Over the cap a wait is refused at once; a timed-out or closed wait frees its place.
     #[tokio::test]
     async fn the_cap_refuses_and_ended_waits_free_their_place() {

@@ -497,3 +497,30 @@ async fn a_wrong_method_gets_405_json() {
     }
     node.stop().await;
 }
+
+/// Reads of two namespaces served by the same runtime thread each read their own file: GET
+/// runs on the calling thread with a connection per namespace kept per thread. (Catches: the
+/// thread's connection picked by the wrong namespace, e.g. `l.id != id` in `with_local`,
+/// which answers one namespace's GET from another's file.)
+#[tokio::test]
+async fn reads_of_two_namespaces_on_one_thread_each_see_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS, "other"]).await;
+    let c = reqwest::Client::new();
+    put(&c, &node, NS, "k", b"from-dc1").await;
+    put(&c, &node, "other", "k", b"from-other").await;
+    put(&c, &node, "other", "only-other", b"x").await;
+    // Alternate, so each namespace is read after the other on the same (only) thread.
+    for _ in 0..3 {
+        assert_eq!(
+            get_value(&c, &node, NS, "k").await,
+            (200, b"from-dc1".to_vec())
+        );
+        assert_eq!(
+            get_value(&c, &node, "other", "k").await,
+            (200, b"from-other".to_vec())
+        );
+        assert_eq!(get_value(&c, &node, NS, "only-other").await.0, 404);
+    }
+    node.stop().await;
+}

@@ -14,12 +14,15 @@
 //! on a runtime thread of its own, like wrk would be; the server gets a runtime of its own
 //! with a worker per core, as `ferry server` does.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::{connect_when_up, http_round_trip, resp_set, round_trip, spawn_redis};
 use ferry::config::Config;
 use ferry::node::{Listeners, Mode, Node};
 
@@ -185,44 +188,6 @@ async fn run_load(addr: SocketAddr, load: Load, secs: f64) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Sends one HTTP/1.1 request on a keep-alive connection, reads one response; its status.
-async fn http_round_trip(conn: &mut tokio::net::TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
-    round_trip(conn, req, buf, |b| {
-        http_response_len(b).is_some_and(|n| b.len() >= n)
-    })
-    .await;
-    std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap()
-}
-
-/// Length of the HTTP response at the start of `buf`, once its head has arrived.
-fn http_response_len(buf: &[u8]) -> Option<usize> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
-    let body: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    Some(end + 4 + body)
-}
-
-/// Sends one request and reads until `done` says the response is complete.
-async fn round_trip(
-    conn: &mut tokio::net::TcpStream,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-    done: impl Fn(&[u8]) -> bool,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(req).await.unwrap();
-    buf.clear();
-    while !done(buf) {
-        let mut chunk = [0u8; 512];
-        let n = conn.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// A warp server whose GET handler does nothing but answer a body shaped like ferry's: the
 /// most any HTTP handler can do on this machine and runtime.
 async fn noop_server() -> SocketAddr {
@@ -244,43 +209,14 @@ async fn noop_server() -> SocketAddr {
 
 /// A Redis server (no persistence: reads only) holding `keys` keys; None without redis-server.
 async fn redis(keys: usize) -> Option<(std::process::Child, SocketAddr)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut conn = loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("redis-server did not start: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    };
+    let (child, port) = spawn_redis(&["--save", "", "--appendonly", "no"])?;
+    let mut conn = connect_when_up(port).await;
     // Pipelined SETs, 1,000 at a time.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let value = "x".repeat(VALUE_BYTES);
     for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let mut req = Vec::new();
-        for &i in chunk {
-            let k = key(i);
-            req.extend_from_slice(
-                format!(
-                    "*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{value}\r\n",
-                    k.len(),
-                    value.len()
-                )
-                .as_bytes(),
-            );
-        }
-        conn.write_all(&req).await.unwrap();
+        let req: String = chunk.iter().map(|&i| resp_set(&key(i), &value)).collect();
+        conn.write_all(req.as_bytes()).await.unwrap();
         let want = chunk.len() * 5;
         let mut got = Vec::new();
         while got.len() < want {
@@ -290,7 +226,7 @@ async fn redis(keys: usize) -> Option<(std::process::Child, SocketAddr)> {
             got.extend_from_slice(&b[..n]);
         }
     }
-    Some((child, addr))
+    Some((child, ([127, 0, 0, 1], port).into()))
 }
 
 /// Resident memory of this process, in MB (from /proc; 0 where there is none).

@@ -20,11 +20,14 @@
 //!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
 //!   `redis-server` is on the PATH (`apt-get install redis-server`).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
+use common::{connect_when_up, http_round_trip, resp_set, round_trip, spawn_redis};
 use ferry::config::Config;
 use ferry::node::{Listeners, Mode, Node};
 
@@ -225,90 +228,23 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Sends one HTTP/1.1 request on a keep-alive connection, reads one response; returns its
-/// status.
-async fn http_round_trip(conn: &mut tokio::net::TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
-    round_trip(conn, req, buf, |b| {
-        http_response_len(b).is_some_and(|n| b.len() >= n)
-    })
-    .await;
-    std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap()
-}
-
-/// Length of the HTTP response at the start of `buf`, once its head has arrived.
-fn http_response_len(buf: &[u8]) -> Option<usize> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
-    let body: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    Some(end + 4 + body)
-}
-
-/// Sends one request and reads until `done` says the response is complete.
-async fn round_trip(
-    conn: &mut tokio::net::TcpStream,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-    done: impl Fn(&[u8]) -> bool,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(req).await.unwrap();
-    buf.clear();
-    while !done(buf) {
-        let mut chunk = [0u8; 256];
-        let n = conn.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// Redis with an fsync per write, same load shape as ferry's. None without redis-server.
 async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
     let data = dir.join(format!("redis-{writers}"));
     std::fs::create_dir_all(&data).unwrap();
-    let mut child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-        ])
-        .args([
-            "--appendfsync",
-            "always",
-            "--dir",
-            data.to_str().unwrap(),
-            "--daemonize",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    let (mut child, port) = spawn_redis(&[
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        data.to_str().unwrap(),
+    ])?;
     let mut conns = Vec::new();
     for _ in 0..writers {
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(c) => {
-                    c.set_nodelay(true).unwrap();
-                    conns.push(c);
-                    break;
-                }
-                Err(e) if Instant::now() > deadline => panic!("redis-server did not start: {e}"),
-                Err(_) => tokio::task::yield_now().await,
-            }
-        }
+        conns.push(connect_when_up(port).await);
     }
     let value = "x".repeat(VALUE_BYTES);
     let start = Instant::now();
@@ -321,11 +257,7 @@ async fn redis(dir: &Path, writers: usize, per_writer: usize) -> Option<f64> {
                 let mut buf = Vec::new();
                 for i in 0..per_writer {
                     let key = format!("w{w}-{i}");
-                    let req = format!(
-                        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
-                        key.len(),
-                        value.len()
-                    );
+                    let req = resp_set(&key, &value);
                     round_trip(&mut conn, req.as_bytes(), &mut buf, |b| {
                         b.ends_with(b"\r\n")
                     })

@@ -55,7 +55,7 @@ async fn streams_over_the_caps_get_resource_exhausted_and_a_closed_one_frees_its
         "max_streams = 3\nmax_streams_per_connection = 2\n",
     )
     .await;
-    let log_id = node.ns(NS).log_id().unwrap().to_string();
+    let log_id = node.log_id(NS);
     let mut one = small_window_client(&node.grpc()).await;
     let mut two = small_window_client(&node.grpc()).await;
 
@@ -127,7 +127,7 @@ async fn errors_quote_a_huge_input_only_up_to_a_bound() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
     assert!(err.message().len() < 200, "{}", err.message());
 
-    request.log_id = node.ns(NS).log_id().unwrap().to_string();
+    request.log_id = node.log_id(NS);
     request.follower_id = huge;
     let err = client.tail(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
@@ -306,7 +306,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     // (one a second) for longer than that.
     let mut client = small_window_client(&node.grpc()).await;
     let mut tail = client
-        .tail(tail_request(&node.ns(NS).log_id().unwrap()))
+        .tail(tail_request(&node.log_id(NS)))
         .await
         .unwrap()
         .into_inner();

@@ -704,17 +704,7 @@ async fn a_snapshot_is_the_kv_of_one_seq_while_writes_go_on() {
         assert_eq!((&chunk.log_id, chunk.seq, chunk.crc), (log_id, seq, crc));
         assert_eq!(chunk.done, i == chunks.len() - 1, "done on chunk {i}");
     }
-    assert_eq!(
-        *log_id,
-        primary
-            .node
-            .store()
-            .get(NS)
-            .unwrap()
-            .log_id()
-            .unwrap()
-            .to_string()
-    );
+    assert_eq!(*log_id, primary.log_id(NS));
     let head = primary.node.store().get(NS).unwrap().head().seq;
     assert!(before <= seq && seq <= head, "{before} <= {seq} <= {head}");
 
@@ -753,14 +743,7 @@ async fn a_snapshot_of_an_empty_log_and_of_an_unknown_namespace() {
     assert_eq!(
         chunks,
         vec![SnapshotChunk {
-            log_id: primary
-                .node
-                .store()
-                .get(NS)
-                .unwrap()
-                .log_id()
-                .unwrap()
-                .to_string(),
+            log_id: primary.log_id(NS),
             seq: 0,
             crc: 0,
             rows: vec![],
@@ -838,14 +821,7 @@ async fn a_new_replica_on_a_pruned_log_bootstraps_from_a_snapshot() {
     let tail_from = |from_seq| TailRequest {
         follower_id: String::new(),
         namespace: NS.into(),
-        log_id: primary
-            .node
-            .store()
-            .get(NS)
-            .unwrap()
-            .log_id()
-            .unwrap()
-            .to_string(),
+        log_id: primary.log_id(NS),
         from_seq,
         prev_crc: 0,
     };
@@ -889,7 +865,7 @@ async fn an_idle_tail_stream_gets_heartbeats_with_the_head() {
         .tail(TailRequest {
             follower_id: String::new(),
             namespace: NS.into(),
-            log_id: primary.ns(NS).log_id().unwrap().to_string(),
+            log_id: primary.log_id(NS),
             from_seq: 1,
             prev_crc: 0,
         })

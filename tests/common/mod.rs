@@ -100,6 +100,11 @@ impl TestNode {
         self.node.store().get(name).unwrap().clone()
     }
 
+    /// The log id of namespace `name` in its wire form (what Tail and Snapshot carry).
+    pub fn log_id(&self, name: &str) -> String {
+        ferry::log::LogId::wire(self.ns(name).log_id().as_ref())
+    }
+
     pub fn head(&self, name: &str) -> i64 {
         self.ns(name).head().seq
     }

@@ -560,7 +560,8 @@ pub const MAX_ACKS_TIMEOUT_MS: u64 = 60_000;
 #[serde(deny_unknown_fields)]
 pub struct NotifierConfig {
     pub bind_port: u16,
-    /// ZeroMQ send high-water mark: messages queued per subscriber before drops.
+    /// Messages queued per subscriber; a subscriber whose queue is full misses the next ones
+    /// (it sees a gap in `seq_num`). 1 to 1,000,000.
     #[serde(default = "default_hwm")]
     pub high_water_mark: i32,
     /// How long pending messages may delay shutdown: milliseconds, or a duration such as
@@ -572,9 +573,15 @@ pub struct NotifierConfig {
     #[serde(default = "default_startup_grace", with = "duration")]
     pub startup_grace: std::time::Duration,
     /// Largest message a subscriber may send (a subscription is one): a connection sending
-    /// more is closed by ZeroMQ. At least 64, so handshakes always fit.
+    /// more is closed. At least 64.
     #[serde(default = "default_max_subscription_bytes")]
     pub max_subscription_bytes: i64,
+    /// Subscribers connected at once at most; more are disconnected as soon as they connect.
+    #[serde(default = "default_max_subscribers")]
+    pub max_subscribers: usize,
+    /// Time a new connection has to complete the ZeroMQ handshake.
+    #[serde(default = "default_handshake_timeout", with = "duration")]
+    pub handshake_timeout: std::time::Duration,
 }
 
 fn default_hwm() -> i32 {
@@ -591,6 +598,17 @@ fn default_startup_grace() -> std::time::Duration {
 fn default_max_subscription_bytes() -> i64 {
     256
 }
+
+fn default_max_subscribers() -> usize {
+    1024
+}
+
+fn default_handshake_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+/// Largest `high_water_mark`: what one slow subscriber may hold queued.
+pub const MAX_HIGH_WATER_MARK: i32 = 1_000_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -855,6 +873,22 @@ impl Config {
             }
         }
         for (name, n) in &self.notifier_config {
+            if !(1..=MAX_HIGH_WATER_MARK).contains(&n.high_water_mark) {
+                return Err(format!(
+                    "notifier_config.{name}.high_water_mark must be 1 to {MAX_HIGH_WATER_MARK} (messages queued per subscriber; ferry keeps every queue bounded, so 0 does not mean unlimited), got {}",
+                    n.high_water_mark
+                ));
+            }
+            if n.max_subscribers == 0 {
+                return Err(format!(
+                    "notifier_config.{name}.max_subscribers must be at least 1"
+                ));
+            }
+            if n.handshake_timeout.is_zero() {
+                return Err(format!(
+                    "notifier_config.{name}.handshake_timeout must be more than 0"
+                ));
+            }
             if n.linger_time > MAX_LINGER_MS {
                 return Err(format!(
                     "notifier_config.{name}.linger_time must be at most {MAX_LINGER_MS} ms (24h), got {}",

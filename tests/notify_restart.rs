@@ -274,3 +274,124 @@ async fn an_oversized_subscription_closes_its_connection_and_no_other() {
     assert_eq!(seqs, [seq]);
     drop(node);
 }
+
+/// The node's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The number of subscriptions the node's notifier reports.
+async fn subscribed(c: &reqwest::Client, base: &str) -> i64 {
+    let (_, st) = call(
+        c,
+        reqwest::Method::GET,
+        &format!("{base}/api/v1/{NS}/stats"),
+        None,
+    )
+    .await;
+    st["notifier"]["subscribed_topics"].as_i64().unwrap()
+}
+
+/// Whether a new connection to `port` is closed by the node without a greeting (refused),
+/// rather than greeted.
+fn refused(port: u16) -> bool {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(0) | Err(_))
+}
+
+/// #10: what subscribers can make a node hold is bounded. One connection sends 100,000
+/// distinct subscriptions of 200 bytes (20 MB) that cannot match the namespace's topic: the
+/// node's RSS stays within 10 MiB of where it was, and the one subscription after them that
+/// matches is counted. A connection that never completes its handshake is closed after
+/// `handshake_timeout`; past `max_subscribers`, a new connection is closed at once, and one
+/// is accepted again as soon as another leaves; the well-behaved subscriber is served
+/// throughout. (Catches: storing subscriptions that cannot match — libzmq's XPUB kept all of
+/// them, ~80 MB per 100,000 — no handshake timeout, no cap on subscribers, or a cap that
+/// stops accepting.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_and_connection_floods_leave_the_node_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let port = free_port();
+    let text = format!(
+        "{}[notifier_config.{NS}]\nbind_port = {port}\nmax_subscribers = 3\nhandshake_timeout = \"1s\"\n",
+        primary_config(dir.path(), &[NS])
+    );
+    let config = write_config(dir.path(), &text);
+    let (node, base) = spawn(&["server", "--config", &config]);
+    let pid = node.child.id();
+    let (_ctx, sub) = subscriber(port, 100);
+    wait_subscribed_at(&c, &base, NS).await;
+    let before = rss_kib(pid);
+
+    let mut flood = RawSub::connect(port);
+    let mut frames = Vec::with_capacity(21 * 1024 * 1024);
+    for i in 0..100_000 {
+        let mut body = format!("\x01{NS}.kv.{i:08}.").into_bytes();
+        body.resize(200, b'x');
+        frames.push(0x00);
+        frames.push(body.len() as u8);
+        frames.extend(&body);
+    }
+    // Then one that matches (a prefix of the topic): counted once all before it are read.
+    frames.extend([0x00, 4, 1]);
+    frames.extend(format!("{NS}.").as_bytes());
+    flood.stream.write_all(&frames).unwrap();
+    drop(frames);
+    wait_for(
+        Duration::from_secs(60),
+        "the node to read the whole flood",
+        async || (subscribed(&c, &base).await == 2).then_some(()),
+    )
+    .await;
+    let after = rss_kib(pid);
+    assert!(
+        after.saturating_sub(before) <= 10 * 1024,
+        "100,000 subscriptions grew the node from {before} KiB to {after} KiB"
+    );
+
+    // A connection that sends nothing is closed after the handshake timeout.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut greeting = [0u8; 64];
+    {
+        use std::io::Read;
+        silent.read_exact(&mut greeting).unwrap();
+        assert_eq!(
+            silent.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "the silent connection is closed, not timed out on our side"
+        );
+    }
+
+    // The third subscriber fills the cap; a fourth connection is closed unanswered.
+    let third = RawSub::connect(port);
+    assert!(
+        refused(port),
+        "a connection past max_subscribers is refused"
+    );
+    // One leaves: connections are accepted again.
+    drop(third);
+    wait_for(
+        Duration::from_secs(30),
+        "a connection to be accepted once a subscriber left",
+        async || (!refused(port)).then_some(()),
+    )
+    .await;
+
+    let seq = put_at(&c, &base, "after").await;
+    let (_sub, seqs) = receive_until(sub, seq).await;
+    assert_eq!(seqs, [seq]);
+    drop(flood);
+    drop(node);
+}

@@ -7,19 +7,15 @@
 //! `{"key","namespace","operation","entry_type":"kv","seq_num","txn","ts_ms"}`. The same path
 //! serves local writes on a primary and applied batches on a replica.
 //!
-//! The socket is an XPUB — on the wire exactly a PUB to subscribers — so the notifier also
-//! sees subscriptions arrive and can report how many topics are subscribed (`/stats`), which
-//! also lets a client know its subscription is in place before it relies on it.
+//! The socket is a PUB of our own (`socket.rs`, speaking ZMTP 3.0 on tokio): on the wire a
+//! PUB to every ZeroMQ SUB, but one that keeps only the subscriptions that can match our
+//! topic, so what a subscriber can make the node hold is bounded. It also counts the
+//! subscriptions (`/stats`), which lets a client know its subscription is in place before it
+//! relies on it.
 //!
 //! PUB never blocks: a slow or absent subscriber loses messages once its `high_water_mark`
 //! queue is full, and writes and replication are never held up. `seq_num` is the entry's log
 //! seq, so a subscriber sees the gap and can re-read what it missed over HTTP.
-//!
-//! A subscriber's message (a subscription is one) may be at most `max_subscription_bytes`:
-//! ZeroMQ closes a connection that sends a bigger one. The number of subscriptions a client
-//! may send is NOT bounded: libzmq 4.3.4 (what zmq-sys 0.12 builds) keeps every subscription
-//! a peer sent until the peer leaves, even under XPUB_MANUAL, and offers no way to drop one
-//! peer (see docs/design.md, "Notifier limits").
 //!
 //! Restarts lose nothing for a subscriber that stays connected (its socket reconnects): the
 //! notifier keeps, next to the namespace file (`<ns>.notify`), the last seq it published and
@@ -28,21 +24,24 @@
 //! and first holds everything back until as many subscriptions are back, at most
 //! `startup_grace`. See docs/design.md, "Notifications across restarts".
 
-use std::net::IpAddr;
+mod socket;
+mod zmtp;
+
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::NotifierConfig;
 use crate::log::Seq;
 use crate::store::reader::EntryHead;
 use crate::store::{Head, Namespace, reader, schema};
+use socket::{Limits, Message, PubSocket};
 
 /// Why a notifier could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +86,8 @@ impl Notifier {
     /// entry committed after the last one notified before a restart (`<ns>.notify`), or after
     /// this call when there is none. Port 0 picks a free port ([`Notifier::endpoint`]).
     ///
-    /// The task relaying head changes to the notifier's thread runs on `runtime`, tracked by
+    /// The notifier runs on a thread of its own (the socket's connections on a runtime of
+    /// that thread). The task relaying head changes to it runs on `runtime`, tracked by
     /// `relays`; it ends when the namespace closes.
     pub fn start(
         ns: Arc<Namespace>,
@@ -96,28 +96,26 @@ impl Notifier {
         runtime: tokio::runtime::Handle,
         relays: &TaskTracker,
     ) -> Result<Notifier, NotifyError> {
-        let host = match listen_ip {
-            IpAddr::V6(ip) => format!("[{ip}]"),
-            IpAddr::V4(ip) => ip.to_string(),
-        };
-        let port = if config.bind_port == 0 {
-            "*".to_string()
-        } else {
-            config.bind_port.to_string()
-        };
-        let wanted = format!("tcp://{host}:{port}");
+        let wanted = SocketAddr::new(listen_ip, config.bind_port);
         let fail = |reason: String| NotifyError {
             namespace: ns.name().to_owned(),
-            endpoint: wanted.clone(),
+            endpoint: format!("tcp://{wanted}"),
             reason,
         };
-        let ctx = zmq::Context::new();
-        let socket = bind(&ctx, &wanted, listen_ip, config).map_err(fail)?;
-        let endpoint = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(|e| e.ok())
-            .unwrap_or_else(|| wanted.clone());
+        let listener = std::net::TcpListener::bind(wanted).map_err(|e| fail(e.to_string()))?;
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start its runtime: {e}")))?;
+        let topic = format!("{}.kv", ns.name());
+        let socket = {
+            let _in = own.enter();
+            PubSocket::start(listener, &topic, limits(config)).map_err(|e| fail(e.to_string()))?
+        };
+        let endpoint = match socket.local_addr() {
+            SocketAddr::V4(a) => format!("tcp://{a}"),
+            SocketAddr::V6(a) => format!("tcp://[{}]:{}", a.ip(), a.port()),
+        };
         let conn = schema::open_reader(ns.path())
             .map_err(|e| fail(format!("cannot read the namespace file: {e}")))?;
         let sent = Arc::new(AtomicU64::new(0));
@@ -136,18 +134,16 @@ impl Notifier {
             .as_ref()
             .filter(|s| s.subscriptions > 0)
             .map(|s| Hold::new(s.subscriptions, config.startup_grace));
-        // A task relays head changes to the thread over a std channel (capacity 1: wake-ups
-        // coalesce). When the namespace closes — or the runtime goes away — the task ends, the
-        // sender drops, and the thread finishes on its own.
-        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<Seq>(1);
+        // A task relays head changes to the thread (capacity 1: wake-ups coalesce). When the
+        // namespace closes — or the runtime goes away — the task ends, the sender drops, and
+        // the thread finishes on its own.
+        let (wake_tx, wake_rx) = mpsc::channel::<Seq>(1);
         let mut head_rx = ns.subscribe();
         relays.spawn_on(
             async move {
                 while head_rx.changed().await.is_ok() {
                     let head = head_rx.borrow_and_update().seq;
-                    if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) =
-                        wake_tx.try_send(head)
-                    {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = wake_tx.try_send(head) {
                         return;
                     }
                 }
@@ -158,11 +154,10 @@ impl Notifier {
         let epoch = head.borrow().epoch;
         let name = ns.name().to_owned();
         let publisher = Publisher {
-            topic: format!("{name}.kv"),
+            topic,
             epoch,
             name,
             socket,
-            _ctx: ctx,
             config: config.clone(),
             conn,
             wake: wake_rx,
@@ -178,7 +173,7 @@ impl Notifier {
         };
         let thread = std::thread::Builder::new()
             .name(format!("notify-{}", ns.name()))
-            .spawn(move || publisher.run())
+            .spawn(move || own.block_on(publisher.run()))
             .map_err(|e| fail(format!("cannot start thread: {e}")))?;
         tracing::info!(namespace = %ns.name(), %endpoint, "ZeroMQ notifications on topic {}.kv", ns.name());
         Ok(Notifier {
@@ -189,13 +184,13 @@ impl Notifier {
         })
     }
 
-    /// The bound endpoint, e.g. `tcp://0.0.0.0:5555`.
+    /// The bound endpoint, e.g. `tcp://127.0.0.1:5555`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    /// Counter of messages handed to ZeroMQ so far (PUB may still drop them at a subscriber's
-    /// HWM; subscribers see that as a gap in `seq_num`).
+    /// Counter of messages published so far (a subscriber whose queue is full misses them;
+    /// subscribers see that as a gap in `seq_num`).
     pub fn sent(&self) -> Arc<AtomicU64> {
         self.sent.clone()
     }
@@ -213,51 +208,14 @@ impl Notifier {
     }
 }
 
-/// Creates the XPUB socket `config` describes and binds it to `endpoint`.
-fn bind(
-    ctx: &zmq::Context,
-    endpoint: &str,
-    listen_ip: IpAddr,
-    config: &NotifierConfig,
-) -> Result<zmq::Socket, String> {
-    let mut socket = ctx.socket(zmq::XPUB).map_err(|e| e.to_string())?;
-    socket
-        .set_sndhwm(config.high_water_mark)
-        .map_err(|e| format!("high_water_mark: {e}"))?;
-    socket
-        .set_linger(i32::try_from(config.linger_time).unwrap_or(i32::MAX))
-        .map_err(|e| format!("linger_time: {e}"))?;
-    socket
-        .set_maxmsgsize(config.max_subscription_bytes.max(MIN_MESSAGE_BYTES))
-        .map_err(|e| format!("max_subscription_bytes: {e}"))?;
-    // Every (un)subscription of every subscriber is reported, duplicates included, so the
-    // notifier can count subscribers, not only distinct topics.
-    socket
-        .set_xpub_verbose(true)
-        .map_err(|e| format!("verbose: {e}"))?;
-    set_int(&mut socket, zmq_sys::ZMQ_XPUB_VERBOSER, 1).map_err(|e| format!("verboser: {e}"))?;
-    if listen_ip.is_ipv6() {
-        socket.set_ipv6(true).map_err(|e| e.to_string())?;
-    }
-    socket.bind(endpoint).map_err(|e| e.to_string())?;
-    Ok(socket)
-}
-
-/// Sets an integer option the zmq crate does not wrap.
-fn set_int(socket: &mut zmq::Socket, option: u32, value: i32) -> Result<(), zmq::Error> {
-    // SAFETY: a live socket, and an int value, as zmq_setsockopt requires for this option.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            socket.as_mut_ptr(),
-            option as i32,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+/// The socket's limits from the notifier's config.
+fn limits(config: &NotifierConfig) -> Limits {
+    Limits {
+        high_water_mark: config.high_water_mark.max(1) as usize,
+        max_message: config.max_subscription_bytes.max(MIN_MESSAGE_BYTES) as usize,
+        max_peers: config.max_subscribers,
+        handshake_timeout: config.handshake_timeout,
+        linger: Duration::from_millis(config.linger_time),
     }
 }
 
@@ -266,13 +224,11 @@ fn set_int(socket: &mut zmq::Socket, option: u32, value: i32) -> Result<(), zmq:
 struct Publisher {
     name: String,
     topic: String,
-    socket: zmq::Socket,
-    /// The context must outlive the socket; both end with this thread.
-    _ctx: zmq::Context,
+    socket: PubSocket,
     config: NotifierConfig,
     conn: rusqlite::Connection,
-    /// Wake-ups relayed from the head signal; disconnected once the namespace closes.
-    wake: std::sync::mpsc::Receiver<Seq>,
+    /// Wake-ups relayed from the head signal; closed once the namespace closes.
+    wake: mpsc::Receiver<Seq>,
     /// The latest head, read directly (wake-ups coalesce, so the relayed value may be older).
     head: watch::Receiver<Head>,
     /// The last seq published (or dropped at the high water mark).
@@ -309,30 +265,35 @@ impl Hold {
 }
 
 impl Publisher {
-    fn run(mut self) {
+    /// Publishes until the namespace closes, then lets subscribers have what is queued for
+    /// them (up to `linger_time`) and closes the socket.
+    async fn run(mut self) {
         if let Some(h) = &self.hold {
             tracing::info!(namespace = %self.name, subscriptions = h.expect, grace = ?self.config.startup_grace, "holding notifications back until the subscribers from before the restart subscribe again");
         }
         loop {
-            let woke = self.wake.recv_timeout(SUBSCRIPTION_CHECK);
+            // Ok(Some): woken by a commit; Ok(None): the namespace closed; Err: idle.
+            let woke = tokio::time::timeout(SUBSCRIPTION_CHECK, self.wake.recv()).await;
             self.read_subscriptions();
-            let closing = matches!(woke, Err(RecvTimeoutError::Disconnected));
+            let closing = matches!(woke, Ok(None));
             // On the way out while still holding back, publish nothing: the saved position
             // makes the next start publish it, when the subscribers may be back.
             if !self.holding()
                 && let Err(e) = self.publish_new()
             {
                 tracing::error!(namespace = %self.name, error = %e, "cannot read entries to notify; notifications stop");
-                return;
+                break;
             }
             if closing && (self.hold.is_some() || self.last >= self.head.borrow().seq) {
                 self.save();
-                return;
+                break;
             }
-            if self.dirty && (woke.is_err() || self.saved_at.elapsed() >= SAVE_EVERY) {
+            let idle = !matches!(woke, Ok(Some(_)));
+            if self.dirty && (idle || self.saved_at.elapsed() >= SAVE_EVERY) {
                 self.save();
             }
         }
+        self.socket.close().await;
     }
 
     /// Whether notifications are still held back; ends the hold once the subscriptions are
@@ -348,20 +309,12 @@ impl Publisher {
         self.hold.is_some()
     }
 
-    /// Each (un)subscription arrives as a message: 1 or 0, then the topic prefix. Counts
-    /// those that can match our topic (a prefix of it, or empty).
+    /// Takes the socket's count of subscriptions that can match our topic.
     fn read_subscriptions(&mut self) {
-        while let Ok(msg) = self.socket.recv_bytes(zmq::DONTWAIT) {
-            let (delta, prefix) = match msg.split_first() {
-                Some((1, prefix)) => (1, prefix),
-                Some((0, prefix)) => (-1, prefix),
-                _ => continue,
-            };
-            // An unsubscription may come for a subscription never made: never below zero.
-            if self.topic.as_bytes().starts_with(prefix) {
-                self.subscribed = (self.subscribed + delta).max(0);
-                self.dirty = true;
-            }
+        let now = self.socket.subscribed();
+        if now != self.subscribed {
+            self.subscribed = now;
+            self.dirty = true;
         }
         self.subscriptions.store(self.subscribed, Ordering::Relaxed);
     }
@@ -422,7 +375,8 @@ impl Publisher {
         Ok(())
     }
 
-    /// Sends one notification without waiting: at a subscriber's high water mark it is dropped.
+    /// Queues one notification for every subscriber, without waiting: one whose queue is
+    /// full misses it.
     fn publish(&self, e: &EntryHead) {
         let body = serde_json::to_vec(&Notification {
             key: &e.key,
@@ -434,19 +388,9 @@ impl Publisher {
             ts_ms: e.ts_ms,
         })
         .expect("notification serializes");
-        let sent = self
-            .socket
-            .send(self.topic.as_bytes(), zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| self.socket.send(body, zmq::DONTWAIT));
-        match sent {
-            Ok(()) => {
-                self.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(zmq::Error::EAGAIN) => {}
-            Err(err) => {
-                tracing::warn!(namespace = %self.name, seq = e.seq, error = %err, "notification not sent")
-            }
-        }
+        self.socket
+            .send(&Message::new(&[self.topic.as_bytes(), &body]));
+        self.sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -367,10 +367,10 @@ async fn subscription_and_connection_floods_leave_the_node_bounded() {
     {
         use std::io::Read;
         silent.read_exact(&mut greeting).unwrap();
-        assert_eq!(
-            silent.read(&mut [0u8; 1]).unwrap(),
-            0,
-            "the silent connection is closed, not timed out on our side"
+        let read = silent.read(&mut [0u8; 1]);
+        assert!(
+            matches!(read, Ok(0)),
+            "a connection that never sent its greeting is still open after 30 s: {read:?}"
         );
     }
 

@@ -582,6 +582,14 @@ pub struct NotifierConfig {
     /// Time a new connection has to complete the ZeroMQ handshake.
     #[serde(default = "default_handshake_timeout", with = "duration")]
     pub handshake_timeout: std::time::Duration,
+    /// A file holding the notifier's CURVE secret key (Z85): subscribers must then use CURVE
+    /// with its public key. Unset: no encryption (the walkthrough's clients).
+    #[serde(default)]
+    pub curve_secret_key_file: Option<PathBuf>,
+    /// A file of the CURVE public keys (Z85, one per line) of the subscribers allowed in.
+    /// Unset: any subscriber that knows the server's public key.
+    #[serde(default)]
+    pub curve_client_keys_file: Option<PathBuf>,
 }
 
 fn default_hwm() -> i32 {
@@ -882,6 +890,11 @@ impl Config {
             if n.max_subscribers == 0 {
                 return Err(format!(
                     "notifier_config.{name}.max_subscribers must be at least 1"
+                ));
+            }
+            if n.curve_client_keys_file.is_some() && n.curve_secret_key_file.is_none() {
+                return Err(format!(
+                    "notifier_config.{name}.curve_client_keys_file needs curve_secret_key_file"
                 ));
             }
             if n.handshake_timeout.is_zero() {

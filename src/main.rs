@@ -32,7 +32,19 @@ enum Command {
     Verify(VerifyCmd),
     Promote(PromoteCmd),
     Status(StatusCmd),
+    CurveKeypair(CurveKeypairCmd),
 }
+
+/// Print a new CURVE key pair for a ZeroMQ notifier: a comment line with the public key (what
+/// subscribers set as their server key), then the secret key. Redirected to a file, it is a
+/// `curve_secret_key_file` as it stands: `ferry curve-keypair > notify.key`.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "curve-keypair",
+    help_triggers("-h", "--help", "help")
+)]
+struct CurveKeypairCmd {}
 
 /// Print a one-screen summary of a running node from its HTTP API: its role and readiness,
 /// and per namespace the head seq, the upstream and lag (followed namespaces) or the
@@ -292,6 +304,11 @@ fn main() -> ExitCode {
         Command::Demo(d) => return demo(d),
         Command::Verify(v) => return verify(v),
         Command::Status(s) => return status(s),
+        Command::CurveKeypair(CurveKeypairCmd {}) => {
+            let (public, secret) = ferry::notify::curve_keypair();
+            println!("# public key: {public}\n{secret}");
+            return ExitCode::SUCCESS;
+        }
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,

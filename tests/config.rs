@@ -470,6 +470,49 @@ fn durations_take_the_walkthroughs_forms() {
     assert!(err.contains("linger_time must be at most"), "{err}");
 }
 
+/// The notifier's limits: defaults as documented, and values that would leave a subscriber
+/// unbounded (a queue of 0, which libzmq read as unlimited) or a node unreachable are errors
+/// naming the key. (Catches: high_water_mark = 0 accepted, an unchecked max_subscribers or
+/// handshake_timeout, client keys without a server key.)
+#[test]
+fn notifier_limits_have_defaults_and_refuse_unbounded_values() {
+    let notifier = |keys: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[notifier_config.a]\nbind_port = 0\n{keys}\n"),
+            Path::new("n.toml"),
+        )
+        .map(|c| c.notifier_config["a"].clone())
+    };
+    let n = notifier("").unwrap();
+    assert_eq!(n.high_water_mark, 1000);
+    assert_eq!(n.max_subscribers, 1024);
+    assert_eq!(n.handshake_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(n.max_subscription_bytes, 256);
+    assert!(n.curve_secret_key_file.is_none());
+    for (keys, needle) in [
+        (
+            "high_water_mark = 0",
+            "high_water_mark must be 1 to 1000000",
+        ),
+        (
+            "high_water_mark = 1000001",
+            "high_water_mark must be 1 to 1000000",
+        ),
+        ("max_subscribers = 0", "max_subscribers must be at least 1"),
+        (
+            "handshake_timeout = \"0s\"",
+            "handshake_timeout must be more than 0",
+        ),
+        (
+            "curve_client_keys_file = \"c.keys\"",
+            "curve_client_keys_file needs curve_secret_key_file",
+        ),
+    ] {
+        let err = notifier(keys).unwrap_err().to_string();
+        assert!(err.contains(needle), "{keys}: {err}");
+    }
+}
+
 #[test]
 fn log_keys_are_typed() {
     let log = |table: &str| {

@@ -24,8 +24,11 @@
 //! and first holds everything back until as many subscriptions are back, at most
 //! `startup_grace`. See docs/design.md, "Notifications across restarts".
 
+mod curve;
 mod socket;
 mod zmtp;
+
+pub use curve::keypair as curve_keypair;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,7 @@ use crate::config::NotifierConfig;
 use crate::log::Seq;
 use crate::store::reader::EntryHead;
 use crate::store::{Head, Namespace, reader, schema};
+use curve::ServerKeys;
 use socket::{Limits, Message, PubSocket};
 
 /// Why a notifier could not start.
@@ -110,7 +114,8 @@ impl Notifier {
         let topic = format!("{}.kv", ns.name());
         let socket = {
             let _in = own.enter();
-            PubSocket::start(listener, &topic, limits(config)).map_err(|e| fail(e.to_string()))?
+            PubSocket::start(listener, &topic, limits(config).map_err(fail)?)
+                .map_err(|e| fail(e.to_string()))?
         };
         let endpoint = match socket.local_addr() {
             SocketAddr::V4(a) => format!("tcp://{a}"),
@@ -208,15 +213,24 @@ impl Notifier {
     }
 }
 
-/// The socket's limits from the notifier's config.
-fn limits(config: &NotifierConfig) -> Limits {
-    Limits {
+/// The socket's limits and security from the notifier's config (reading the key files).
+fn limits(config: &NotifierConfig) -> Result<Limits, String> {
+    let curve = match &config.curve_secret_key_file {
+        None => None,
+        Some(secret) => {
+            let keys = ServerKeys::load(secret, config.curve_client_keys_file.as_deref())?;
+            tracing::info!(public_key = %keys.public_z85(), clients = ?keys, "ZeroMQ notifications over CURVE");
+            Some(Arc::new(keys))
+        }
+    };
+    Ok(Limits {
         high_water_mark: config.high_water_mark.max(1) as usize,
         max_message: config.max_subscription_bytes.max(MIN_MESSAGE_BYTES) as usize,
         max_peers: config.max_subscribers,
         handshake_timeout: config.handshake_timeout,
         linger: Duration::from_millis(config.linger_time),
-    }
+        curve,
+    })
 }
 
 /// The notifier's thread: owns the socket and a read connection, publishes what each commit

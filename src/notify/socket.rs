@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::curve::{self, Opener, Sealer, ServerKeys};
 use super::zmtp::{self, Frame, PeerError, Request};
 
 /// The limits a [`PubSocket`] keeps.
@@ -41,6 +42,8 @@ pub(crate) struct Limits {
     pub handshake_timeout: Duration,
     /// How long queued messages may still be written after [`PubSocket::close`].
     pub linger: Duration,
+    /// With keys, subscribers must use CURVE; without, NULL (no security).
+    pub curve: Option<Arc<ServerKeys>>,
 }
 
 /// One message as published: its frames, and their encoding for NULL peers (shared by all).
@@ -174,8 +177,8 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, hub: Arc<Hub>) {
         () = hub.closing.cancelled() => return,
         h = handshake => h,
     };
-    match ended {
-        Ok(Ok(())) => {}
+    let (sealer, opener) = match ended {
+        Ok(Ok(keys)) => keys.unzip(),
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "ZeroMQ subscriber refused");
             return;
@@ -184,7 +187,7 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, hub: Arc<Hub>) {
             tracing::debug!(%addr, timeout = ?hub.limits.handshake_timeout, "ZeroMQ subscriber refused: no handshake in time");
             return;
         }
-    }
+    };
     let (queue, messages) = mpsc::channel(hub.limits.high_water_mark);
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
     {
@@ -204,8 +207,8 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, hub: Arc<Hub>) {
     let (pongs, pong_rx) = mpsc::channel(4);
     let served = async {
         tokio::select! {
-            r = read_requests(r, &hub, id, pongs) => r,
-            w = write_messages(w, messages, pong_rx) => w,
+            r = read_requests(r, opener, &hub, id, pongs) => r,
+            w = write_messages(w, sealer, messages, pong_rx) => w,
         }
     };
     let lingered = async {
@@ -222,18 +225,36 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, hub: Arc<Hub>) {
     hub.remove(id);
 }
 
-/// The NULL handshake: greetings, then a READY each way; the peer must be a SUB or XSUB.
-async fn handshake(stream: &mut TcpStream, hub: &Hub) -> Result<(), PeerError> {
-    stream.write_all(&zmtp::greeting("NULL", false)).await?;
+/// The handshake: greetings, then NULL's READY each way or CURVE's four commands; the peer
+/// must be a SUB or XSUB. With CURVE, returns what seals and opens the frames that follow.
+async fn handshake(
+    stream: &mut TcpStream,
+    hub: &Hub,
+) -> Result<Option<(Sealer, Opener)>, PeerError> {
+    let mechanism = if hub.limits.curve.is_some() {
+        "CURVE"
+    } else {
+        "NULL"
+    };
+    stream
+        .write_all(&zmtp::greeting(mechanism, hub.limits.curve.is_some()))
+        .await?;
     let mut g = [0u8; zmtp::GREETING_LEN];
     stream.read_exact(&mut g[..10]).await?;
     zmtp::check_signature(&g[..10])?;
     stream.read_exact(&mut g[10..]).await?;
-    zmtp::check_greeting(&g, "NULL")?;
+    zmtp::check_greeting(&g, mechanism)?;
+    if let Some(keys) = &hub.limits.curve {
+        return curve::handshake(stream, keys, hub.max_handshake())
+            .await
+            .map(Some);
+    }
     let ready = zmtp::properties(&[("Socket-Type", b"PUB")]);
     stream.write_all(&zmtp::command("READY", &ready)).await?;
     match zmtp::read_frame(stream, hub.max_handshake()).await? {
-        Frame::Command { name, data } if name == b"READY" => zmtp::check_socket_type(&data),
+        Frame::Command { name, data } if name == b"READY" => {
+            zmtp::check_socket_type(&data).map(|()| None)
+        }
         Frame::Command { name, data } if name == b"ERROR" => Err(PeerError::Protocol(format!(
             "it sent ERROR {}",
             String::from_utf8_lossy(data.get(1..).unwrap_or_default())
@@ -244,24 +265,32 @@ async fn handshake(stream: &mut TcpStream, hub: &Hub) -> Result<(), PeerError> {
 
 /// Reads a subscriber's frames until it leaves: (un)subscriptions and heartbeats.
 async fn read_requests(
-    mut r: tokio::net::tcp::OwnedReadHalf,
+    r: tokio::net::tcp::OwnedReadHalf,
+    mut opener: Option<Opener>,
     hub: &Hub,
     id: u64,
     pongs: mpsc::Sender<Vec<u8>>,
 ) -> Result<(), PeerError> {
+    let mut r = tokio::io::BufReader::new(r);
+    // A sealed frame is bigger than what it holds: 8-byte nonce, 16-byte tag, flags.
+    let max = hub.limits.max_message + if opener.is_some() { 8 + 8 + 16 + 1 } else { 0 };
     let mut first = true;
     loop {
-        let frame = match zmtp::read_frame(&mut r, hub.limits.max_message).await {
+        let frame = match zmtp::read_frame(&mut r, max).await {
             Err(PeerError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(());
             }
             f => f?,
         };
+        let frame = match &mut opener {
+            Some(o) => o.open(frame)?,
+            None => frame,
+        };
         match zmtp::request(&frame, first) {
             Request::Subscribe(prefix) => hub.subscribe(id, prefix, true),
             Request::Cancel(prefix) => hub.subscribe(id, prefix, false),
-            Request::Ping(pong) => {
-                let _ = pongs.try_send(pong);
+            Request::Ping(context) => {
+                let _ = pongs.try_send(zmtp::command_body("PONG", context));
             }
             Request::Other => {}
         }
@@ -272,20 +301,31 @@ async fn read_requests(
 /// Writes a subscriber's queue (and heartbeat answers) until the queue ends.
 async fn write_messages(
     mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut sealer: Option<Sealer>,
     mut messages: mpsc::Receiver<Arc<Message>>,
     mut pongs: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), PeerError> {
     /// Bytes gathered from the queue into one write.
     const BATCH: usize = 64 * 1024;
     let mut buf = Vec::new();
+    fn put(sealer: &mut Option<Sealer>, buf: &mut Vec<u8>, m: &Message) {
+        match sealer {
+            None => buf.extend_from_slice(&m.wire),
+            Some(s) => {
+                for (more, body) in zmtp::frames(&m.wire) {
+                    s.seal(buf, more, false, body);
+                }
+            }
+        }
+    }
     loop {
         tokio::select! {
             m = messages.recv() => match m {
                 Some(m) => {
-                    buf.extend_from_slice(&m.wire);
+                    put(&mut sealer, &mut buf, &m);
                     while buf.len() < BATCH {
                         match messages.try_recv() {
-                            Ok(m) => buf.extend_from_slice(&m.wire),
+                            Ok(m) => put(&mut sealer, &mut buf, &m),
                             Err(_) => break,
                         }
                     }
@@ -295,7 +335,10 @@ async fn write_messages(
                     return Ok(());
                 }
             },
-            Some(pong) = pongs.recv() => buf.extend_from_slice(&pong),
+            Some(pong) = pongs.recv() => match &mut sealer {
+                None => zmtp::put_frame(&mut buf, false, true, &pong),
+                Some(s) => s.seal(&mut buf, false, true, &pong),
+            },
         }
         w.write_all(&buf).await?;
         buf.clear();

@@ -134,15 +134,38 @@ pub(crate) fn put_frame(out: &mut Vec<u8>, more: bool, command: bool, body: &[u8
     out.extend_from_slice(body);
 }
 
-/// A command frame: `name`, then `data`.
-pub(crate) fn command(name: &str, data: &[u8]) -> Vec<u8> {
+/// A command's body: `name`, then `data`.
+pub(crate) fn command_body(name: &str, data: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(1 + name.len() + data.len());
     body.push(name.len() as u8);
     body.extend_from_slice(name.as_bytes());
     body.extend_from_slice(data);
+    body
+}
+
+/// A command frame: `name`, then `data`.
+pub(crate) fn command(name: &str, data: &[u8]) -> Vec<u8> {
+    let body = command_body(name, data);
     let mut out = Vec::with_capacity(body.len() + 9);
     put_frame(&mut out, false, true, &body);
     out
+}
+
+/// The frames `put_frame` wrote to `wire`: (more, body).
+pub(crate) fn frames(mut wire: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&flags, rest) = wire.split_first()?;
+        let (size, rest) = if flags & FLAG_LONG != 0 {
+            let (size, rest) = rest.split_at(8);
+            (u64::from_be_bytes(size.try_into().ok()?) as usize, rest)
+        } else {
+            let (&size, rest) = rest.split_first()?;
+            (usize::from(size), rest)
+        };
+        let (body, rest) = rest.split_at(size);
+        wire = rest;
+        Some((flags & FLAG_MORE != 0, body))
+    })
 }
 
 /// Metadata properties as commands carry them: name (1 length byte), value (4 length bytes).
@@ -195,8 +218,8 @@ pub(crate) fn check_socket_type(metadata: &[u8]) -> Result<(), PeerError> {
 pub(crate) enum Request<'a> {
     Subscribe(&'a [u8]),
     Cancel(&'a [u8]),
-    /// A heartbeat: answer with this PONG frame.
-    Ping(Vec<u8>),
+    /// A heartbeat: answer with a PONG carrying this context.
+    Ping(&'a [u8]),
     Other,
 }
 
@@ -214,7 +237,7 @@ pub(crate) fn request(frame: &Frame, first: bool) -> Request<'_> {
             b"SUBSCRIBE" => Request::Subscribe(data),
             b"CANCEL" => Request::Cancel(data),
             // PING: a 2-byte TTL, then a context the PONG echoes.
-            b"PING" => Request::Ping(command("PONG", data.get(2..).unwrap_or_default())),
+            b"PING" => Request::Ping(data.get(2..).unwrap_or_default()),
             _ => Request::Other,
         },
         _ => Request::Other,
@@ -247,7 +270,12 @@ mod tests {
             }
         );
         let ping = read_frame(&mut r, 1000).await.unwrap();
-        assert_eq!(request(&ping, true), Request::Ping(command("PONG", b"ctx")));
+        let mut again = Vec::new();
+        put_frame(&mut again, true, false, b"ns.kv");
+        put_frame(&mut again, false, false, &[7u8; 300]);
+        let parts: Vec<_> = frames(&again).collect();
+        assert_eq!(parts, [(true, &b"ns.kv"[..]), (false, &[7u8; 300][..])]);
+        assert_eq!(request(&ping, true), Request::Ping(b"ctx"));
         assert!(r.is_empty());
         // The long size is read, found too big, and the body is never allocated.
         let mut big = Vec::new();

@@ -3,7 +3,7 @@
 //! full comparison of the two files.
 //!
 //! Run: `cargo bench --bench soak` (120 s; `-- --secs N` to change). Bounded: it stops by
-//! itself, everything on loopback and in temp dirs. Prints the figures the README reports.
+//! itself, everything on loopback and in temp dirs. Prints the figures docs/testing.md reports.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -69,7 +69,7 @@ Next, in another terminal:
 
   cargo run --release -- crdt-client          # the walkthrough's CRDT client
 
-and in a third, write to dc1 and dc2 (README.md has every scenario):
+and in a third, write to dc1 and dc2 (docs/walkthrough.md has every scenario):
 
   curl -X PUT "http://{h1}/api/v1/ad-campaign-dc1/kv/lww:user-status" \
     -H "Content-Type: application/json" \

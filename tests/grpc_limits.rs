@@ -219,7 +219,7 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// Streams that never read, and what each may cost the node (documented in the README):
+/// Streams that never read, and what each may cost the node (documented in docs/security.md):
 /// about `stream_buffer_bytes`; the bound allows twice that per stream plus 24 MiB for
 /// SQLite's page caches and the allocator.
 const STREAMS: usize = 16;

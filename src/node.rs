@@ -182,13 +182,13 @@ fn warn_if_grpc_exposed(addr: SocketAddr, tls: bool, token: bool) {
     }
 }
 
-/// And for the notifiers: ZeroMQ has no authentication or encryption in this build.
+/// And for the notifiers without CURVE (`endpoints`): no authentication or encryption.
 fn warn_if_notifiers_exposed(ip: std::net::IpAddr, endpoints: &[String]) {
     if ip.is_loopback() || endpoints.is_empty() {
         return;
     }
     tracing::warn!(
-        "SECURITY: ZeroMQ notifiers listen beyond this machine ({}): anyone who reaches them sees every key written (not values) in clear text, with no authentication. Set listen_ip = \"127.0.0.1\" to keep them local, or filter the ports at the network",
+        "SECURITY: ZeroMQ notifiers listen beyond this machine without CURVE ({}): anyone who reaches them sees every key written (not values) in clear text, with no authentication. Set curve_secret_key_file, or listen_ip = \"127.0.0.1\" to keep them local, or filter the ports at the network",
         endpoints.join(", ")
     );
 }
@@ -406,7 +406,12 @@ impl Node {
             .iter()
             .map(|(ns, n)| format!("{ns}={}", n.endpoint()))
             .collect();
-        warn_if_notifiers_exposed(config.listen_ip, &zeromq);
+        let plain: Vec<String> = notifiers
+            .iter()
+            .filter(|(ns, _)| config.notifier_config[*ns].curve_secret_key_file.is_none())
+            .map(|(ns, n)| format!("{ns}={}", n.endpoint()))
+            .collect();
+        warn_if_notifiers_exposed(config.listen_ip, &plain);
         tracing::info!(
             version = %env!("CARGO_PKG_VERSION"),
             role = %match mode {

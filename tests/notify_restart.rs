@@ -395,3 +395,133 @@ async fn subscription_and_connection_floods_leave_the_node_bounded() {
     drop(flood);
     drop(node);
 }
+
+/// A socket receiving `socket`'s connection events (set up before it connects).
+fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, name: &str) -> zmq::Socket {
+    let endpoint = format!("inproc://monitor-{name}");
+    socket
+        .monitor(&endpoint, zmq::SocketEvent::ALL as i32)
+        .unwrap();
+    let monitor = ctx.socket(zmq::PAIR).unwrap();
+    monitor.connect(&endpoint).unwrap();
+    monitor.set_rcvtimeo(60_000).unwrap();
+    monitor
+}
+
+/// The first event that ends a handshake attempt: succeeded, failed, or the node closing
+/// the connection.
+fn handshake_outcome(monitor: &zmq::Socket, name: &str) -> zmq::SocketEvent {
+    loop {
+        let frames = monitor
+            .recv_multipart(0)
+            .unwrap_or_else(|e| panic!("{name}: no handshake outcome within 60 s: {e}"));
+        let event = zmq::SocketEvent::from_raw(u16::from_le_bytes([frames[0][0], frames[0][1]]));
+        match event {
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH
+            | zmq::SocketEvent::DISCONNECTED => return event,
+            _ => {}
+        }
+    }
+}
+
+/// A SUB subscribed to everything: with CURVE when given (server key, own pair).
+fn curve_subscriber(ctx: &zmq::Context, curve: Option<(&str, &zmq::CurveKeyPair)>) -> zmq::Socket {
+    let socket = ctx.socket(zmq::SUB).unwrap();
+    socket.set_rcvhwm(1_000_000).unwrap();
+    if let Some((server, pair)) = curve {
+        socket
+            .set_curve_serverkey(&zmq::z85_decode(server).unwrap())
+            .unwrap();
+        socket.set_curve_publickey(&pair.public_key).unwrap();
+        socket.set_curve_secretkey(&pair.secret_key).unwrap();
+    }
+    socket.set_subscribe(b"").unwrap();
+    socket
+}
+
+/// #10: with `curve_secret_key_file` (written by `ferry curve-keypair`) and an allow-list, a
+/// libzmq SUB using CURVE with the node's public key and an allowed key pair gets every
+/// notification; one without CURVE, one with another server key and one not in the list
+/// fail their handshake and get nothing. (Catches: a CURVE handshake libzmq cannot complete,
+/// frames sealed with the wrong nonce or key, the allow-list not checked, a NULL peer let in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curve_lets_in_only_subscribers_with_the_server_key_and_an_allowed_key() {
+    assert_eq!(zmq::has("curve"), Some(true), "libzmq built with CURVE");
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("curve-keypair")
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let key_file = String::from_utf8(keygen.stdout).unwrap();
+    let server_public = key_file
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# public key: "))
+        .expect("the first line names the public key")
+        .to_owned();
+    std::fs::write(dir.path().join("notify.key"), &key_file).unwrap();
+    let allowed = zmq::CurveKeyPair::new().unwrap();
+    let stranger = zmq::CurveKeyPair::new().unwrap();
+    std::fs::write(
+        dir.path().join("clients.keys"),
+        format!(
+            "# the dashboard\n{}\n",
+            zmq::z85_encode(&allowed.public_key).unwrap()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let text = format!(
+        "{}[notifier_config.{NS}]\nbind_port = {port}\ncurve_secret_key_file = \"{}\"\ncurve_client_keys_file = \"{}\"\n",
+        primary_config(dir.path(), &[NS]),
+        dir.path().join("notify.key").display(),
+        dir.path().join("clients.keys").display(),
+    );
+    let config = write_config(dir.path(), &text);
+    let (node, base) = spawn(&["server", "--config", &config]);
+
+    let ctx = zmq::Context::new();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let wrong_server = zmq::z85_encode(&stranger.public_key).unwrap();
+    let mut refused = Vec::new();
+    for (name, curve) in [
+        ("plain", None),
+        ("wrong-server-key", Some((wrong_server.as_str(), &allowed))),
+        ("not-allowed", Some((server_public.as_str(), &stranger))),
+    ] {
+        let sub = curve_subscriber(&ctx, curve);
+        let events = monitor(&ctx, &sub, name);
+        sub.connect(&endpoint).unwrap();
+        let outcome = handshake_outcome(&events, name);
+        assert_ne!(
+            outcome,
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+            "{name} must not be let in"
+        );
+        refused.push(sub);
+    }
+
+    let good = curve_subscriber(&ctx, Some((&server_public, &allowed)));
+    good.connect(&endpoint).unwrap();
+    wait_subscribed_at(&c, &base, NS).await;
+    let mut last = 0;
+    for k in ["a", "b", "c"] {
+        last = put_at(&c, &base, k).await;
+    }
+    let (_good, seqs) = receive_until(good, last).await;
+    assert_eq!(seqs, [last - 2, last - 1, last]);
+    for sub in &refused {
+        assert_eq!(sub.poll(zmq::POLLIN, 0).unwrap(), 0);
+    }
+    assert_eq!(
+        subscribed(&c, &base).await,
+        1,
+        "only the allowed subscriber"
+    );
+    drop(node);
+}

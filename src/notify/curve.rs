@@ -115,6 +115,10 @@ fn read_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
     Ok(keys)
 }
 
+/// The command flag in a MESSAGE's flags byte. Not ZMTP's frame bit (4): libzmq seals its own
+/// message flags there (`msg_t::more` 1, `msg_t::command` 2), so a PING arrives as 2.
+const SEALED_COMMAND: u8 = 0x02;
+
 /// Seals what we send after the handshake: the box of the two short-term keys, and our
 /// nonce.
 pub(crate) struct Sealer {
@@ -262,7 +266,7 @@ impl Sealer {
     /// body), sealed in a MESSAGE.
     pub(crate) fn seal(&mut self, out: &mut Vec<u8>, more: bool, command: bool, body: &[u8]) {
         let mut plain = Vec::with_capacity(1 + body.len());
-        plain.push(u8::from(more) | if command { 0x04 } else { 0 });
+        plain.push(u8::from(more) | if command { SEALED_COMMAND } else { 0 });
         plain.extend_from_slice(body);
         let n = self.take_nonce();
         let sealed = self
@@ -299,7 +303,7 @@ impl Opener {
             .decrypt(&short_nonce(b"CurveZMQMESSAGEC", &data[..8]), &data[8..])
             .map_err(|_| bad("cannot open a MESSAGE"))?;
         let (&flags, body) = plain.split_first().ok_or_else(|| bad("an empty MESSAGE"))?;
-        if flags & 0x04 != 0 {
+        if flags & SEALED_COMMAND != 0 {
             let (&len, rest) = body.split_first().ok_or_else(|| bad("an empty command"))?;
             let len = usize::from(len);
             if rest.len() < len {

@@ -610,7 +610,10 @@ async fn each_limit_accepts_its_maximum_and_refuses_one_more() {
         let (s, j) = call(&c, method.clone(), &url, body).await;
         let msg = j["error"].as_str().unwrap_or_default();
         assert_eq!(s, 400, "{method} {url}: {j}");
-        assert!(msg.contains(needle), "{method} {url}: {msg:?} lacks {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{method} {url}: {msg:?} lacks {needle:?}"
+        );
     }
 
     // A seq this node has not reached: the read waits its timeout_ms, then says so.

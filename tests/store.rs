@@ -481,7 +481,7 @@ async fn min_seq_waiters_are_capped_and_woken_by_their_seq() {
 /// A read waiting with `?min_seq=` when the node shuts down is told so at once, a JSON 503,
 /// rather than left to its timeout: closing the namespace wakes every waiter. (Catches: the
 /// writer's `Drop` that no longer closes the waiters, where the read waits its 30 s and gets
-/// a 504 or a dropped connection.)
+/// a 504.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_waiting_for_a_seq_is_told_when_the_node_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -496,15 +496,10 @@ async fn a_read_waiting_for_a_seq_is_told_when_the_node_shuts_down() {
         async || (ns.seq_waiters() == 1).then_some(()),
     )
     .await;
-    let started = std::time::Instant::now();
     node.stop().await;
     let (status, body) = waiting.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "the node is shutting down", "{body}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(25),
-        "the read was answered only at its timeout"
-    );
     assert_eq!(ns.seq_waiters(), 0);
 }
 

@@ -524,3 +524,112 @@ async fn reads_of_two_namespaces_on_one_thread_each_see_their_own_file() {
     }
     node.stop().await;
 }
+
+/// Every documented limit of a request accepts its maximum and refuses one more, with a 400
+/// naming the limit: a key of 4096 bytes (in the path and in a batch), a page of 10,000, a
+/// `?min_seq=` wait of 30,000 ms, an `?acks=` timeout of 60,000 ms. `?min_seq=` past the head
+/// answers 504 once its wait is over. (Catches: each `>` of these limits as `>=`, and
+/// `wait_for_seq` that does not wait.)
+#[tokio::test]
+async fn each_limit_accepts_its_maximum_and_refuses_one_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    let kv = |rest: &str| node.url(&format!("/api/v1/{NS}/kv{rest}"));
+    let value = Some(r#"{"value":"YQ=="}"#);
+
+    let longest = "k".repeat(4096);
+    let (s, j) = call(&c, Method::PUT, &kv(&format!("/{longest}")), value).await;
+    assert_eq!(s, 200, "a key of 4096 bytes: {j}");
+    let batch = |key: &str| json!({"operation": "put", "items": [{"key": key, "value": "YQ=="}]});
+    let (s, j) = call(
+        &c,
+        Method::POST,
+        &kv("/batch"),
+        Some(&batch(&"b".repeat(4096)).to_string()),
+    )
+    .await;
+    assert_eq!(s, 200, "a batch key of 4096 bytes: {j}");
+    let (s, j) = call(&c, Method::GET, &kv("?limit=10000"), None).await;
+    assert_eq!(s, 200, "a page of 10000: {j}");
+    assert_eq!(j["items"].as_array().unwrap().len(), 2, "{j}");
+    let (s, j) = call(
+        &c,
+        Method::GET,
+        &kv(&format!("/{longest}?min_seq=2&timeout_ms=30000")),
+        None,
+    )
+    .await;
+    assert_eq!((s, j["found"].clone()), (200, json!(true)), "{j}");
+    let (s, j) = call(
+        &c,
+        Method::PUT,
+        &kv("/acked?acks=0&timeout_ms=60000"),
+        value,
+    )
+    .await;
+    assert_eq!((s, j["seq"].clone()), (200, json!(3)), "{j}");
+    let before = (wal_rows(&node.db(NS)), kv_rows(&node.db(NS)));
+    assert_eq!(before.1.len(), 3);
+    assert!(before.1.iter().any(|(k, _, _)| *k == longest));
+
+    let too_long = "k".repeat(4097);
+    let batch_too_long = batch(&"b".repeat(4097)).to_string();
+    for (method, url, body, needle) in [
+        (
+            Method::PUT,
+            kv(&format!("/{too_long}")),
+            value,
+            "key is 4097 bytes long; the limit is 4096",
+        ),
+        (
+            Method::POST,
+            kv("/batch"),
+            Some(batch_too_long.as_str()),
+            "items[0].key is 4097 bytes long",
+        ),
+        (
+            Method::GET,
+            kv("?limit=10001"),
+            None,
+            "limit must be at most 10000",
+        ),
+        (
+            Method::GET,
+            kv(&format!("/{longest}?min_seq=1&timeout_ms=30001")),
+            None,
+            "timeout_ms must be at most 30000",
+        ),
+        (
+            Method::PUT,
+            kv("/acked?acks=0&timeout_ms=60001"),
+            value,
+            "timeout_ms must be 1 to 60000, got 60001",
+        ),
+    ] {
+        let (s, j) = call(&c, method.clone(), &url, body).await;
+        let msg = j["error"].as_str().unwrap_or_default();
+        assert_eq!(s, 400, "{method} {url}: {j}");
+        assert!(
+            msg.contains(needle),
+            "{method} {url}: {msg:?} lacks {needle:?}"
+        );
+    }
+
+    // A seq this node has not reached: the read waits its timeout_ms, then says so.
+    let (s, j) = call(
+        &c,
+        Method::GET,
+        &kv(&format!("/{longest}?min_seq=4&timeout_ms=1")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 504, "{j}");
+    let msg = j["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("applied up to seq 3; seq 4 did not arrive within 1 ms"),
+        "{msg}"
+    );
+    assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
+    node.stop().await;
+}

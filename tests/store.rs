@@ -477,3 +477,59 @@ async fn min_seq_waiters_are_capped_and_woken_by_their_seq() {
     assert_eq!(ns.seq_waiters(), 0);
     node.stop().await;
 }
+
+/// A read waiting with `?min_seq=` when the node shuts down is told so at once, a JSON 503,
+/// rather than left to its timeout: closing the namespace wakes every waiter. (Catches: the
+/// writer's `Drop` that no longer closes the waiters, where the read waits its 30 s and gets
+/// a 504.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_a_seq_is_told_when_the_node_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    let url = node.url(&format!("/api/v1/{NS}/kv/k?min_seq=1&timeout_ms=30000"));
+    let waiting = tokio::spawn(async move { call(&c, Method::GET, &url, None).await });
+    let ns = node.ns(NS);
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the read to wait for seq 1",
+        async || (ns.seq_waiters() == 1).then_some(()),
+    )
+    .await;
+    node.stop().await;
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "the node is shutting down", "{body}");
+    assert_eq!(ns.seq_waiters(), 0);
+}
+
+/// Pruning never deletes the head entry, however far `upto` reaches: the log keeps the entry
+/// the next write chains its crc from, and a reader at the seq before it still gets it.
+/// (Catches: the cap `head - 1` as `head + 1` or `head / 1`, which empties the log.)
+#[tokio::test]
+async fn pruning_keeps_the_head_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(dir.path(), NS, Synchronous::Full).unwrap();
+    for i in 0..3 {
+        ns.write(vec![ferry::store::Mutation::Put {
+            key: format!("k{i}"),
+            value: vec![1],
+        }])
+        .await
+        .unwrap();
+    }
+    let pruned = ns
+        .prune(ferry::store::Prune {
+            upto: i64::MAX,
+            older_than_ms: None,
+            max_rows: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!((pruned.deleted, pruned.base_seq), (2, 2));
+    let kept = ns.entries_from(3, 10, usize::MAX).await.unwrap();
+    assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+    ns.close().await;
+    let rows = wal_rows(&dir.path().join("ns.db"));
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+}

@@ -450,6 +450,33 @@ mod tests {
         assert_eq!(log_id, "f".repeat(32));
     }
 
+    /// A namespace that installs a snapshot publishes the snapshot's head with a new epoch
+    /// (what tells its own tail streams that their positions belong to the replaced history),
+    /// and serves the snapshot's log and log_id from then on.
+    #[tokio::test]
+    async fn a_namespace_that_installs_a_snapshot_publishes_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = crate::store::Namespace::open(dir.path(), "ns", Synchronous::Full).unwrap();
+        ns.write(vec![crate::store::Mutation::Put {
+            key: "old".into(),
+            value: b"x".to_vec(),
+        }])
+        .await
+        .unwrap();
+        let mut heads = ns.subscribe();
+        heads.borrow_and_update();
+        assert_eq!(ns.head().epoch, 0);
+        let staging = stage(dir.path(), true);
+        let head = ns.install_snapshot(&staging).await.unwrap();
+        assert_eq!((head.seq, head.epoch), (3, 1));
+        assert!(heads.has_changed().unwrap());
+        assert_eq!(*heads.borrow_and_update(), head);
+        let log = ns.entries_from(1, 10, usize::MAX).await.unwrap();
+        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(ns.log_id().unwrap().to_string(), "f".repeat(32));
+        ns.close().await;
+    }
+
     #[test]
     fn a_failed_install_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();

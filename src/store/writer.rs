@@ -613,3 +613,53 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Synchronous;
+    use crate::store::{Lineage, Mutation, Namespace, StoreError};
+
+    /// A file keeps the history it has: it takes another log's id only while it has no
+    /// entries, or when that log was forked from this one at or after this file's head. Any
+    /// other id is refused as a divergence and changes nothing. (The follower checks this
+    /// first; this is the store's own guard.)
+    #[tokio::test]
+    async fn a_log_id_is_adopted_only_by_a_file_whose_history_it_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = "a".repeat(32);
+        let empty = Namespace::open(dir.path(), "empty", Synchronous::Full).unwrap();
+        empty.adopt_log_id(&other, None).await.unwrap();
+        assert_eq!(empty.log_id().unwrap().to_string(), other);
+
+        let ns = Namespace::open(dir.path(), "ns", Synchronous::Full).unwrap();
+        for key in ["a", "b"] {
+            ns.write(vec![Mutation::Put {
+                key: key.into(),
+                value: vec![1],
+            }])
+            .await
+            .unwrap();
+        }
+        let own = ns.log_id().unwrap().to_string();
+        ns.adopt_log_id(&own, None).await.unwrap();
+        let fork = |prev_log_id: &str, fork_seq| {
+            Some(Lineage {
+                prev_log_id: prev_log_id.into(),
+                fork_seq,
+            })
+        };
+        for (lineage, what) in [
+            (None, "an unrelated log"),
+            (fork(&own, 1), "a log forked before this file's head"),
+            (fork(&"b".repeat(32), 5), "a log forked from another log"),
+        ] {
+            let r = ns.adopt_log_id(&other, lineage).await;
+            assert!(matches!(r, Err(StoreError::Diverged(_))), "{what}: {r:?}");
+            assert_eq!(ns.log_id().unwrap().to_string(), own, "{what}");
+        }
+        ns.adopt_log_id(&other, fork(&own, 2)).await.unwrap();
+        assert_eq!(ns.log_id().unwrap().to_string(), other);
+        ns.close().await;
+        empty.close().await;
+    }
+}

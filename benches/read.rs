@@ -2,6 +2,8 @@
 //! machines are shared and noisy; ratios are comparable, absolute numbers less so).
 //!
 //! Run: `cargo bench --bench read` (add `-- --quick` for 100,000 keys and shorter loads).
+//! To profile one load alone: `-- [--quick] --only hot|hot-chain|cold|noop-hot|noop-cold [--secs S]`
+//! (the server's runtime threads are named `server`, the load generator's `load`).
 //!
 //! - `POST /kv/batch` of 1,000 items, loading 1,000,000 keys of 100 bytes, against in-process
 //!   SQLite inserting the same rows 1,000 per transaction (synchronous=FULL both);
@@ -96,6 +98,9 @@ async fn load_batches(addr: SocketAddr, keys: usize) -> f64 {
 #[derive(Clone, Copy)]
 enum Pick {
     Hot,
+    /// The hot key with an empty query string (`?`): served by the whole warp filter chain
+    /// rather than the `GET /kv/{key}` fast path, to compare the two in one run.
+    HotChain,
     /// A random one of the first `n`.
     Cold(usize),
 }
@@ -115,7 +120,7 @@ impl Rng {
 impl Pick {
     fn index(self, rng: &mut Rng) -> usize {
         match self {
-            Pick::Hot => 42,
+            Pick::Hot | Pick::HotChain => 42,
             Pick::Cold(n) => rng.below(n),
         }
     }
@@ -134,8 +139,13 @@ impl Load {
     async fn one(self, conn: &mut tokio::net::TcpStream, rng: &mut Rng, buf: &mut Vec<u8>) {
         match self {
             Load::Http(pick) => {
+                let query = if matches!(pick, Pick::HotChain) {
+                    "?"
+                } else {
+                    ""
+                };
                 let req = format!(
-                    "GET /api/v1/bench/kv/{} HTTP/1.1\r\nhost: bench\r\n\r\n",
+                    "GET /api/v1/bench/kv/{}{query} HTTP/1.1\r\nhost: bench\r\n\r\n",
                     key(pick.index(rng))
                 );
                 let status = http_round_trip(conn, req.as_bytes(), buf).await;
@@ -241,6 +251,17 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The value following `flag` on the command line.
+fn arg(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    Some(
+        args.get(i + 1)
+            .unwrap_or_else(|| panic!("{flag} needs a value"))
+            .clone(),
+    )
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (keys, secs) = if quick {
@@ -249,14 +270,25 @@ fn main() {
         (1_000_000, 5.0)
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::runtime::Runtime::new().unwrap();
+    // Named threads, so that a profile (`perf report --sort comm`) tells the server's share
+    // from the load generator's.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .unwrap();
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("load")
         .enable_all()
         .build()
         .unwrap();
 
-    let ceiling = sqlite_ceiling(dir.path(), keys, BATCH);
+    let ceiling = if arg("--only").is_some() {
+        0.0
+    } else {
+        sqlite_ceiling(dir.path(), keys, BATCH)
+    };
 
     let text = format!(
         "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\n[log_config]\nlog_level = \"warn\"\n",
@@ -270,6 +302,27 @@ fn main() {
     let addr = node.http_addr();
     let batch = client.block_on(load_batches(addr, keys));
     let noop = server.block_on(noop_server());
+
+    // `--only NAME --secs S`: one load alone, for a profiler to attach to (the pid and the
+    // moment it starts are printed on stderr).
+    if let Some(only) = arg("--only") {
+        let secs: f64 = arg("--secs").map_or(secs, |s| s.parse().expect("--secs takes seconds"));
+        let (target, pick) = match only.as_str() {
+            "hot" => (addr, Pick::Hot),
+            "hot-chain" => (addr, Pick::HotChain),
+            "cold" => (addr, Pick::Cold(keys)),
+            "noop-hot" => (noop, Pick::Hot),
+            "noop-cold" => (noop, Pick::Cold(keys)),
+            other => {
+                panic!("--only takes hot, hot-chain, cold, noop-hot or noop-cold, not {other:?}")
+            }
+        };
+        eprintln!("pid {} loading {only} for {secs} s", std::process::id());
+        let rate = client.block_on(run_load(target, Load::Http(pick), secs));
+        println!("GET {CONNS} conns, {only}: {rate:.0} req/s");
+        server.block_on(node.shutdown());
+        return;
+    }
 
     // Interleaved, so that a slow moment of the machine hits every row alike.
     let mut rows = Vec::new();

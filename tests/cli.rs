@@ -743,6 +743,15 @@ async fn json_logs_are_one_object_per_line() {
     )
     .await;
     assert_eq!(s, 200);
+    // A GET of one key is served without warp's filters (the fast path): logged all the same.
+    let (s, got) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!("http://{http}/api/v1/ns/kv/lww:user-status"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
     let (s, _) = call(
         &c,
         reqwest::Method::GET,
@@ -772,7 +781,7 @@ async fn json_logs_are_one_object_per_line() {
         .filter(|o| o["target"] == "ferry::access")
         .map(|o| &o["fields"])
         .collect();
-    assert_eq!(access.len(), 2, "{lines:#?}");
+    assert_eq!(access.len(), 3, "{lines:#?}");
     assert_eq!(access[0]["method"], "PUT");
     assert_eq!(access[0]["path"], "/api/v1/ns/kv/lww:user-status");
     assert_eq!(access[0]["status"], 200);
@@ -780,7 +789,13 @@ async fn json_logs_are_one_object_per_line() {
     assert!(access[0]["duration_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(
         (&access[1]["method"], &access[1]["status"]),
+        (&"GET".into(), &200.into())
+    );
+    assert_eq!(access[1]["path"], "/api/v1/ns/kv/lww:user-status");
+    assert_eq!(access[1]["bytes"], got.to_string().len());
+    assert_eq!(
+        (&access[2]["method"], &access[2]["status"]),
         (&"GET".into(), &404.into())
     );
-    assert_eq!(access[1]["path"], "/nope");
+    assert_eq!(access[2]["path"], "/nope");
 }

@@ -76,13 +76,24 @@ impl Default for HttpMetrics {
 impl HttpMetrics {
     /// Records one answered request (called by the server's log filter).
     pub fn observe(&self, info: warp::log::Info<'_>) {
+        self.observe_parts(info.method(), info.path(), info.status(), info.elapsed());
+    }
+
+    /// Records one answered request from its parts (for routes served without warp's filters).
+    pub fn observe_parts(
+        &self,
+        method: &warp::http::Method,
+        path: &str,
+        status: warp::http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
         let labels = [
-            ("route", route_class(info.method(), info.path())),
-            ("status", status_class(info.status())),
+            ("route", route_class(method, path)),
+            ("status", status_class(status)),
         ];
         self.latency
             .get_or_create(&labels)
-            .observe(info.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
     }
 }
 

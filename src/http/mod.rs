@@ -358,6 +358,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let access_log = api.access_log;
+    let api_for_fast = api.clone();
     // Every answered request is timed for /metrics.
     let observed = api.http_metrics.clone();
     let routes = routes(api)
@@ -365,13 +366,75 @@ pub async fn serve(
         .map(warp::Reply::into_response)
         .boxed();
     let routes = if access_log { logged(routes) } else { routes };
-    server::serve(routes, listener, tls, config, shutdown).await;
+    let fast = fast_get(api_for_fast);
+    server::serve(routes, Some(fast), listener, tls, config, shutdown).await;
+}
+
+/// `GET /api/v1/{namespace}/kv/{key}` with no query string, the hot read, answered without
+/// warp's filter chain: the profile of 64 connections reading one key put ~11% of the
+/// server's CPU in the chain (a boxed future per route tried, rejections combined) and the
+/// handler itself under 20%. It does what the chain does for it: the token check (a refused
+/// request goes to the chain, which renders the 401/403), the handler, the latency for
+/// `/metrics` and the access log line. Anything else, and any other shape of path (a query, an
+/// empty key, an empty namespace), goes to the chain.
+fn fast_get(api: Arc<Api>) -> server::Fast {
+    Arc::new(move |req| {
+        if req.method() != warp::http::Method::GET || req.uri().query().is_some() {
+            return None;
+        }
+        let path = req.uri().path();
+        let (ns, raw_key) = path.strip_prefix("/api/v1/")?.split_once("/kv/")?;
+        if ns.is_empty() || ns.contains('/') || raw_key.is_empty() {
+            return None;
+        }
+        if let Some(auth) = &api.auth {
+            let header = req.headers().get("authorization");
+            let header = match header.map(|h| h.to_str()) {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(_)) => return None,
+            };
+            auth.check(auth::Scope::Read, header).ok()?;
+        }
+        let (api, path, ns, raw_key) = (
+            api.clone(),
+            path.to_owned(),
+            ns.to_owned(),
+            raw_key.to_owned(),
+        );
+        Some(Box::pin(async move {
+            let start = std::time::Instant::now();
+            let resp =
+                handlers::respond(handlers::get(api.clone(), ns, raw_key, String::new()).await);
+            let method = warp::http::Method::GET;
+            api.http_metrics
+                .observe_parts(&method, &path, resp.status(), start.elapsed());
+            if api.access_log {
+                log_access(start, &method, &path, &resp);
+            }
+            resp
+        })
+            as futures_util::future::BoxFuture<'static, Response>)
+    })
+}
+
+/// The access log line of one request (see [`logged`]).
+fn log_access(start: std::time::Instant, method: &warp::http::Method, path: &str, resp: &Response) {
+    use warp::hyper::body::Body as _;
+    tracing::info!(
+        target: "ferry::access",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        bytes = resp.body().size_hint().exact(),
+        "request"
+    );
 }
 
 /// `routes` with one INFO line per request on target `ferry::access`: method, path, status,
 /// duration and response body bytes (absent when the body is streamed without a length).
 fn logged(routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
-    use warp::hyper::body::Body as _;
     warp::any()
         .map(std::time::Instant::now)
         .and(warp::method())
@@ -382,15 +445,7 @@ fn logged(routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
              method: warp::http::Method,
              path: warp::path::FullPath,
              resp: Response| {
-                tracing::info!(
-                    target: "ferry::access",
-                    method = %method,
-                    path = %path.as_str(),
-                    status = resp.status().as_u16(),
-                    duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-                    bytes = resp.body().size_hint().exact(),
-                    "request"
-                );
+                log_access(start, &method, path.as_str(), &resp);
                 resp
             },
         )

@@ -86,10 +86,19 @@ pub fn tls_acceptor(config: &HttpConfig) -> Result<Option<TlsAcceptor>, String> 
 /// connection is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 87\r\n\r\n{\"error\":\"too many open connections (http_config.max_connections); retry in a moment\"}\n";
 
+/// A route answered without warp's filter chain (the hot `GET /kv/{key}`, see
+/// `http::fast_get`): the request's response, or `None` to leave the request to the filters.
+pub type Fast = Arc<
+    dyn Fn(&hyper::Request<Incoming>) -> Option<futures_util::future::BoxFuture<'static, Response>>
+        + Send
+        + Sync,
+>;
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting and lets the
-/// requests in progress finish.
+/// requests in progress finish. Requests that `fast` takes skip `routes`.
 pub async fn serve(
     routes: BoxedFilter<(Response,)>,
+    fast: Option<Fast>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     config: HttpConfig,
@@ -132,14 +141,15 @@ pub async fn serve(
             }
             continue;
         };
-        let (routes, tls, config, stop) = (
+        let (routes, fast, tls, config, stop) = (
             routes.clone(),
+            fast.clone(),
             tls.clone(),
             config.clone(),
             stop.child_token(),
         );
         connections.spawn(async move {
-            serve_connection(routes, stream, peer, tls, &config, stop).await;
+            serve_connection(routes, fast, stream, peer, tls, &config, stop).await;
             drop(permit);
         });
     }
@@ -169,6 +179,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 async fn serve_connection(
     routes: BoxedFilter<(Response,)>,
+    fast: Option<Fast>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -177,13 +188,31 @@ async fn serve_connection(
 ) {
     let watch = Arc::new(Watch::new());
     match tls {
-        None => serve_io(routes, Guarded::new(stream, &watch), watch, config, stop).await,
+        None => {
+            serve_io(
+                routes,
+                fast,
+                Guarded::new(stream, &watch),
+                watch,
+                config,
+                stop,
+            )
+            .await
+        }
         Some(tls) => {
             // The handshake is part of the first request's head: same deadline.
             let handshake = tokio::time::timeout(config.header_read_timeout, tls.accept(stream));
             match handshake.await {
                 Ok(Ok(stream)) => {
-                    serve_io(routes, Guarded::new(stream, &watch), watch, config, stop).await
+                    serve_io(
+                        routes,
+                        fast,
+                        Guarded::new(stream, &watch),
+                        watch,
+                        config,
+                        stop,
+                    )
+                    .await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
@@ -196,6 +225,7 @@ async fn serve_connection(
 
 async fn serve_io<I>(
     routes: BoxedFilter<(Response,)>,
+    fast: Option<Fast>,
     io: Guarded<I>,
     watch: Arc<Watch>,
     config: &HttpConfig,
@@ -207,8 +237,12 @@ async fn serve_io<I>(
     let in_handler = watch.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::new(&in_handler);
-        let mut service = service.clone();
-        let response = service.call(req);
+        let response = match fast.as_ref().and_then(|f| f(&req)) {
+            Some(fast) => futures_util::future::Either::Left(async move {
+                Ok::<_, std::convert::Infallible>(fast.await)
+            }),
+            None => futures_util::future::Either::Right(service.clone().call(req)),
+        };
         async move {
             let response = response.await;
             drop(busy);

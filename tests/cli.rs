@@ -277,6 +277,7 @@ fn help_explains_every_option() {
             ],
         ),
         ("status", &[("--target", &["base URL", "HTTP API"])]),
+        ("curve-keypair", &[]),
     ];
     let help_flags = "-h, --help, help";
     let out = ferry().arg("--help").output().unwrap();

@@ -537,6 +537,9 @@ async fn start_notifiers(
                     notifiers.into_values().for_each(Notifier::join)
                 })
                 .await;
+                if e.config {
+                    return Err(NodeError::Config(e.to_string()));
+                }
                 return Err(e.into());
             }
         }

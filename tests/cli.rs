@@ -112,6 +112,26 @@ fn startup_errors_are_one_clear_line() {
     );
     assert_eq!(exit_code(&["server", "--config", bad.to_str().unwrap()]), 2);
 
+    // A CURVE key file that cannot be used is a config error too, naming the file.
+    let key = dir.path().join("notify.key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    let curve = dir.path().join("curve.toml");
+    std::fs::write(
+        &curve,
+        format!(
+            "{}[notifier_config.a]\nbind_port = 0\ncurve_secret_key_file = \"{}\"\n",
+            primary_config(dir.path(), &["a"]),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let err = run_fail(&["server", "--config", curve.to_str().unwrap()]);
+    assert!(err.contains("notify.key:1: not a CURVE key"), "{err}");
+    assert_eq!(
+        exit_code(&["server", "--config", curve.to_str().unwrap()]),
+        2
+    );
+
     // Port already taken: the error names the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

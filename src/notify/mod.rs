@@ -54,6 +54,8 @@ pub struct NotifyError {
     pub namespace: String,
     pub endpoint: String,
     pub reason: String,
+    /// The config is at fault (a CURVE key file that cannot be used), not the machine.
+    pub config: bool,
 }
 
 /// One notification, as published.
@@ -101,11 +103,14 @@ impl Notifier {
         relays: &TaskTracker,
     ) -> Result<Notifier, NotifyError> {
         let wanted = SocketAddr::new(listen_ip, config.bind_port);
-        let fail = |reason: String| NotifyError {
+        let error = |reason: String, config: bool| NotifyError {
             namespace: ns.name().to_owned(),
             endpoint: format!("tcp://{wanted}"),
             reason,
+            config,
         };
+        let fail = |reason: String| error(reason, false);
+        let limits = limits(config).map_err(|reason| error(reason, true))?;
         let listener = std::net::TcpListener::bind(wanted).map_err(|e| fail(e.to_string()))?;
         let own = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -114,8 +119,7 @@ impl Notifier {
         let topic = format!("{}.kv", ns.name());
         let socket = {
             let _in = own.enter();
-            PubSocket::start(listener, &topic, limits(config).map_err(fail)?)
-                .map_err(|e| fail(e.to_string()))?
+            PubSocket::start(listener, &topic, limits).map_err(|e| fail(e.to_string()))?
         };
         let endpoint = match socket.local_addr() {
             SocketAddr::V4(a) => format!("tcp://{a}"),

@@ -136,12 +136,25 @@ async fn errors_quote_a_huge_input_only_up_to_a_bound() {
 }
 
 /// `PRAGMA wal_checkpoint(PASSIVE)` on a connection of our own: (log frames, checkpointed).
+/// SQLite answers -1, -1 while another checkpoint runs (the node checkpoints in the
+/// background); ask again until one is ours.
 fn checkpoint(db: &std::path::Path) -> (i64, i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })
-    .unwrap()
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (log, done): (i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        if log >= 0 {
+            return (log, done);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a checkpoint of our own never ran"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

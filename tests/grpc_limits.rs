@@ -222,16 +222,6 @@ async fn a_stalled_snapshot_is_closed_after_its_timeout_and_the_wal_checkpoints_
     node.stop().await;
 }
 
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// Streams that never read, and what each may cost the node (documented in docs/security.md):
 /// about `stream_buffer_bytes`; the bound allows twice that per stream plus 24 MiB for
 /// SQLite's page caches and the allocator.

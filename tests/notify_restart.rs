@@ -275,16 +275,6 @@ async fn an_oversized_subscription_closes_its_connection_and_no_other() {
     drop(node);
 }
 
-/// The node's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// The number of subscriptions the node's notifier reports.
 async fn subscribed(c: &reqwest::Client, base: &str) -> i64 {
     let (_, st) = call(

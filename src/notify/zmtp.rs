@@ -21,7 +21,8 @@ const FLAG_COMMAND: u8 = 0x04;
 pub(crate) enum PeerError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("not a ZMTP 3 peer: {0}")]
+    /// The peer broke the protocol or its security mechanism; the text says how.
+    #[error("{0}")]
     Protocol(String),
     #[error("a frame of {size} bytes is over the limit of {max}")]
     TooBig { size: u64, max: usize },
@@ -46,7 +47,9 @@ pub(crate) fn greeting(mechanism: &str, as_server: bool) -> [u8; GREETING_LEN] {
 /// Checks the first 10 bytes of a peer's greeting (the signature) .
 pub(crate) fn check_signature(sig: &[u8]) -> Result<(), PeerError> {
     if sig.len() < 10 || sig[0] != 0xFF || sig[9] & 0x01 == 0 {
-        return Err(PeerError::Protocol("no ZMTP greeting".into()));
+        return Err(PeerError::Protocol(
+            "not a ZMTP peer: no ZMTP greeting".into(),
+        ));
     }
     Ok(())
 }

@@ -424,6 +424,55 @@ async fn the_checkpoint_thread_keeps_the_wal_bounded() {
 }
 
 /// `?min_seq=` waiters: woken by the commit that reaches their seq; capped by
+/// A checkpoint copies the WAL and syncs the database file, so it runs once per
+/// `checkpoint_pages` of WAL growth, not after every commit once the WAL is that long: 600
+/// small writes one at a time (each a few pages) over a 64-page threshold take a few dozen
+/// checkpoints, not hundreds. (Catches: the WAL hook waking the checkpoint thread at every
+/// commit while the WAL holds `checkpoint_pages`, which under load doubled the syncs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_run_once_per_checkpoint_pages_of_wal_not_per_commit() {
+    const PAGES: u32 = 64;
+    const WRITES: u64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let perf = ferry::config::PerformanceConfig {
+        checkpoint_pages: PAGES,
+        ..Default::default()
+    };
+    // Synchronous::Full: a checkpoint (two syncs) outlasts a commit (one), as under load.
+    let ns = Namespace::open_tuned(dir.path(), NS, Synchronous::Full, perf).unwrap();
+    for i in 0..WRITES {
+        ns.write(vec![ferry::store::Mutation::Put {
+            key: format!("k{i:05}"),
+            value: vec![7u8; 100],
+        }])
+        .await
+        .unwrap();
+    }
+    let checkpoints = || {
+        ns.commit_counters()
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Each write adds a leaf page of `wal_log` and one of `kv` to the WAL, now and then an
+    // interior page: at most 4 frames.
+    let most = WRITES * 4 / u64::from(PAGES) + 2;
+    // The checkpoints do run (the bound below is not met by none at all)...
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "a checkpoint",
+        async || (checkpoints() > 0).then_some(()),
+    )
+    .await;
+    ns.close().await;
+    // ...and every one is counted by the time the namespace is closed.
+    let ran = checkpoints();
+    assert!(
+        ran <= most,
+        "{ran} checkpoints for {WRITES} writes (at most {most})"
+    );
+    assert_eq!(verify_file(&dir.path().join("ns.db")), WRITES as usize);
+}
+
 /// `max_seq_waiters`, past which a read gets a JSON 503 naming the limit; a freed place is
 /// usable again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,7 @@ struct NamespaceSample {
     head_seq: i64,
     commits: u64,
     requests: u64,
+    checkpoints: u64,
     commit_seconds: f64,
     commit_duration: Histogram,
     commit_group: Histogram,
@@ -169,6 +170,7 @@ impl Scrape {
                     head_seq: n.head().seq,
                     commits: c.commits.load(Ordering::Relaxed),
                     requests: c.requests.load(Ordering::Relaxed),
+                    checkpoints: c.checkpoints.load(Ordering::Relaxed),
                     commit_seconds: c.micros.load(Ordering::Relaxed) as f64 / 1e6,
                     commit_duration: c.duration.clone(),
                     commit_group: c.group_size.clone(),
@@ -255,6 +257,13 @@ impl Collector for Scrape {
             "Client write requests stored; divided by ferry_commits_total, the size of a group commit.",
             Counter,
             count(&|n| n.requests),
+        )?;
+        family(
+            &mut e,
+            "ferry_checkpoints",
+            "WAL checkpoints the background thread ran (copies of the WAL into the database file, each with a sync of it): one per storage_config.performance_config.checkpoint_pages of WAL growth, plus one when the node goes idle.",
+            Counter,
+            count(&|n| n.checkpoints),
         )?;
         family(
             &mut e,

@@ -271,11 +271,12 @@ impl Namespace {
             base_seq: base_seq.clone(),
             waiters: waiters.clone(),
         };
-        let (ns_name, ns_path) = (name.to_owned(), path.clone());
+        let (ns_name, ns_path, ns_counters) = (name.to_owned(), path.clone(), counters.clone());
         let checkpoint_thread = std::thread::Builder::new()
             .name(format!("checkpoint-{name}"))
             .spawn(move || {
-                checkpoint::run(ns_name, ns_path, perf.checkpoint_pages, wake_checkpoint)
+                let pages = perf.checkpoint_pages;
+                checkpoint::run(ns_name, ns_path, pages, wake_checkpoint, ns_counters)
             })
             .map_err(|e| StoreError::Io {
                 path: path.clone(),

@@ -124,6 +124,8 @@ pub struct CommitCounters {
     pub duration: prometheus_client::metrics::histogram::Histogram,
     /// Each group commit's client requests (replicated batches are not groups).
     pub group_size: prometheus_client::metrics::histogram::Histogram,
+    /// Checkpoints the background thread ran (see `checkpoint.rs`).
+    pub checkpoints: std::sync::atomic::AtomicU64,
 }
 
 impl Default for CommitCounters {
@@ -133,6 +135,7 @@ impl Default for CommitCounters {
             commits: Default::default(),
             requests: Default::default(),
             micros: Default::default(),
+            checkpoints: Default::default(),
             // 0.5 ms to ~8 s, and 1 to 4096 requests (MAX_GROUP_REQUESTS), doubling.
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),

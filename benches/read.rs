@@ -262,6 +262,20 @@ fn arg(flag: &str) -> Option<String> {
     )
 }
 
+/// `performance_config.mmap_size` of the last GET row.
+const MMAP_SIZE: u64 = 1 << 30;
+
+/// A primary node with one namespace, `bench`, under `dir`.
+async fn start(dir: &Path, mmap_size: u64) -> Node {
+    let text = format!(
+        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\n[storage_config.performance_config]\nmmap_size = {mmap_size}\n[log_config]\nlog_level = \"warn\"\n",
+        dir.join("ferry").display().to_string()
+    );
+    let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    Node::start(config, Mode::Primary, listeners).await.unwrap()
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (keys, secs) = if quick {
@@ -290,15 +304,7 @@ fn main() {
         sqlite_ceiling(dir.path(), keys, BATCH)
     };
 
-    let text = format!(
-        "http_port = 0\nlisten_ip = \"127.0.0.1\"\n[storage_config]\nbase_dir = {:?}\nnamespaces = [\"bench\"]\n[log_config]\nlog_level = \"warn\"\n",
-        dir.path().join("ferry").display().to_string()
-    );
-    let config = Config::parse(&text, Path::new("bench.toml")).unwrap();
-    let node = server.block_on(async {
-        let listeners = Listeners::bind(&config).await.unwrap();
-        Node::start(config, Mode::Primary, listeners).await.unwrap()
-    });
+    let node = server.block_on(start(dir.path(), 0));
     let addr = node.http_addr();
     let batch = client.block_on(load_batches(addr, keys));
     let noop = server.block_on(noop_server());
@@ -331,6 +337,13 @@ fn main() {
         let n = client.block_on(run_load(noop, Load::Http(pick), secs));
         rows.push((name, f, n));
     }
+    // The same file again, read through connections that map it (`mmap_size`, off by default).
+    server.block_on(node.shutdown());
+    let node = server.block_on(start(dir.path(), MMAP_SIZE));
+    let addr = node.http_addr();
+    let f = client.block_on(run_load(addr, Load::Http(Pick::Cold(keys)), secs));
+    let n = client.block_on(run_load(noop, Load::Http(Pick::Cold(keys)), secs));
+    rows.push(("cold keys, mmap_size 1 GiB", f, n));
     let redis = client.block_on(redis(keys)).map(|(mut child, raddr)| {
         let hot = client.block_on(run_load(raddr, Load::Redis(Pick::Hot), secs));
         let cold = client.block_on(run_load(raddr, Load::Redis(Pick::Cold(keys)), secs));
@@ -353,7 +366,7 @@ fn main() {
                 format!("redis GET {r:.0} (ferry {:.2}x of it)", f / r)
             });
         println!(
-            "GET {CONNS} conns, {name:<9}         {f:>9.0} req/s     {:.2}x of no-op warp GET ({n:.0}); {redis}",
+            "GET {CONNS} conns, {name:<26}{f:>9.0} req/s     {:.2}x of no-op warp GET ({n:.0}); {redis}",
             f / n
         );
     }

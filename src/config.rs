@@ -217,7 +217,17 @@ pub struct PerformanceConfig {
     /// Reads waiting with `?min_seq=` on one namespace at once; over it, 503. Default 10,000.
     #[serde(default = "default_max_seq_waiters")]
     pub max_seq_waiters: usize,
+    /// Bytes of the namespace file each read connection maps into memory (SQLite's `PRAGMA
+    /// mmap_size`): reads of pages in the mapping skip a `pread` copy. Mapped pages count in
+    /// the node's RSS (they are the OS page cache, shared and reclaimable), and an I/O error
+    /// under a mapping is a SIGBUS instead of an error, so it is off (0) by default. At most
+    /// [`MAX_MMAP_SIZE`].
+    #[serde(default)]
+    pub mmap_size: u64,
 }
+
+/// SQLite's compile-time ceiling for `mmap_size` (`SQLITE_MAX_MMAP_SIZE`, 0x7fff0000).
+pub const MAX_MMAP_SIZE: u64 = 0x7fff_0000;
 
 fn default_checkpoint_pages() -> u32 {
     1000
@@ -232,6 +242,7 @@ impl Default for PerformanceConfig {
         PerformanceConfig {
             checkpoint_pages: default_checkpoint_pages(),
             max_seq_waiters: default_max_seq_waiters(),
+            mmap_size: 0,
         }
     }
 }
@@ -924,6 +935,12 @@ impl Config {
             return Err(
                 "storage_config.performance_config.max_seq_waiters must be at least 1".into(),
             );
+        }
+        if perf.mmap_size > MAX_MMAP_SIZE {
+            return Err(format!(
+                "storage_config.performance_config.mmap_size must be at most {MAX_MMAP_SIZE} bytes (SQLite's limit), got {}",
+                perf.mmap_size
+            ));
         }
         if let Some(w) = &self.storage_config.wal_cleanup_config
             && w.enabled

@@ -587,3 +587,37 @@ fn the_packaging_examples_agree_with_their_config() {
     // A config error exits 2: systemd must not restart into it forever.
     assert!(unit.contains("\nRestartPreventExitStatus=2\n"));
 }
+
+#[test]
+fn performance_keys_have_defaults_and_refuse_bad_values() {
+    let perf = |keys: &str| {
+        Config::parse(
+            &format!("{MINIMAL}[storage_config.performance_config]\n{keys}\n"),
+            Path::new("p.toml"),
+        )
+        .map(|c| c.storage_config.performance_config)
+    };
+    let p = perf("").unwrap();
+    assert_eq!(p.checkpoint_pages, 1000);
+    assert_eq!(p.max_seq_waiters, 10_000);
+    assert_eq!(p.mmap_size, 0);
+    assert_eq!(
+        perf("mmap_size = 2147418112").unwrap().mmap_size,
+        0x7fff_0000
+    );
+    for (keys, needle) in [
+        (
+            "checkpoint_pages = 0",
+            "checkpoint_pages must be at least 1",
+        ),
+        ("max_seq_waiters = 0", "max_seq_waiters must be at least 1"),
+        (
+            "mmap_size = 2147418113",
+            "mmap_size must be at most 2147418112 bytes",
+        ),
+        ("mmap_size = -1", "mmap_size"),
+    ] {
+        let err = perf(keys).unwrap_err().to_string();
+        assert!(err.contains(needle), "{keys}: {err}");
+    }
+}

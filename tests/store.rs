@@ -473,6 +473,62 @@ async fn checkpoints_run_once_per_checkpoint_pages_of_wal_not_per_commit() {
     assert_eq!(verify_file(&dir.path().join("ns.db")), WRITES as usize);
 }
 
+/// `performance_config.mmap_size` reaches the read connections: with it set, a read maps the
+/// namespace file into the process (reads skip a `pread` copy); with the default (0) no
+/// connection maps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mmap_size_maps_the_file_for_reads_and_is_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapped = |name: &str| {
+        let file = dir.path().join(format!("{name}.db"));
+        let file = file.to_str().unwrap().to_owned();
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .any(|l| l.ends_with(&file))
+    };
+    let perf = ferry::config::PerformanceConfig {
+        mmap_size: 1 << 20,
+        ..Default::default()
+    };
+    let open = || {
+        (
+            Namespace::open(dir.path(), "plain", Synchronous::Full).unwrap(),
+            Namespace::open_tuned(dir.path(), "mm", Synchronous::Full, perf).unwrap(),
+        )
+    };
+    let (plain, mm) = open();
+    for ns in [&plain, &mm] {
+        ns.write(vec![ferry::store::Mutation::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }])
+        .await
+        .unwrap();
+    }
+    // Closed and opened again, the pages are in the file, not in the WAL (whose pages SQLite
+    // never reads through the mapping).
+    plain.close().await;
+    mm.close().await;
+    let (plain, mm) = open();
+    for ns in [&plain, &mm] {
+        assert_eq!(
+            ns.get("k".into()).await.unwrap().map(|v| v.value),
+            Some(b"v".to_vec())
+        );
+    }
+    assert!(
+        mapped("mm"),
+        "the file of a namespace with mmap_size is not mapped"
+    );
+    assert!(
+        !mapped("plain"),
+        "a namespace without mmap_size maps its file"
+    );
+    plain.close().await;
+    mm.close().await;
+}
+
 /// `max_seq_waiters`, past which a read gets a JSON 503 naming the limit; a freed place is
 /// usable again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

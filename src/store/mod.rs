@@ -299,7 +299,7 @@ impl Namespace {
         );
         let ns = Namespace {
             name: name.to_owned(),
-            readers: reader::Pool::new(path.clone()),
+            readers: reader::Pool::new(path.clone(), perf.mmap_size),
             recent,
             path,
             log_id: std::sync::RwLock::new(LogId::from_meta(info.log_id.clone())),

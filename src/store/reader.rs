@@ -21,6 +21,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 #[derive(Clone)]
 pub(crate) struct Pool {
     path: Arc<PathBuf>,
+    /// `PRAGMA mmap_size` of every connection this pool opens (0: off).
+    mmap_size: u64,
     idle: Arc<Mutex<Vec<Connection>>>,
     /// One permit per running query: bounds the connections open at once.
     running: Arc<Semaphore>,
@@ -45,9 +47,10 @@ thread_local! {
 }
 
 impl Pool {
-    pub fn new(path: PathBuf) -> Pool {
+    pub fn new(path: PathBuf, mmap_size: u64) -> Pool {
         Pool {
             path: Arc::new(path),
+            mmap_size,
             idle: Arc::new(Mutex::new(Vec::new())),
             running: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             alive: Arc::new(NEXT_POOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
@@ -82,7 +85,7 @@ impl Pool {
                 None => {
                     // Connections of namespaces since closed go now.
                     local.retain(|l| l.pool.strong_count() > 0);
-                    let conn = super::schema::open_reader(&self.path)?;
+                    let conn = self.open()?;
                     conn.busy_timeout(std::time::Duration::ZERO)?;
                     local.push(Local {
                         pool: Arc::downgrade(&self.alive),
@@ -118,12 +121,26 @@ impl Pool {
         .map_err(|e| StoreError::other(format!("reader task failed: {e}")))?
     }
 
+    /// A new read connection to this pool's file, with its mapping size.
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = super::schema::open_reader(&self.path)?;
+        if self.mmap_size > 0 {
+            // SQLite lowers a larger value to its own ceiling.
+            conn.pragma_update(
+                None,
+                "mmap_size",
+                i64::try_from(self.mmap_size).unwrap_or(i64::MAX),
+            )?;
+        }
+        Ok(conn)
+    }
+
     /// Runs `f` on a pooled connection (blocking).
     fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
         let conn = self.idle.lock().unwrap().pop();
         let conn = match conn {
             Some(c) => c,
-            None => super::schema::open_reader(&self.path)?,
+            None => self.open()?,
         };
         let out = f(&conn);
         let mut idle = self.idle.lock().unwrap();

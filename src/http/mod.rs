@@ -119,10 +119,13 @@ pub struct Body {
     content_length: Option<u64>,
     /// `http_config.body_read_timeout`: a body that trickles in is not waited for forever.
     timeout: std::time::Duration,
-    stream: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>,
-    >,
+    stream: BodyStream,
 }
+
+/// The chunks of a request body, from warp's filter or straight from hyper (see [`fast`]).
+type BodyStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, BodyError>> + Send>>;
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body {
     /// Reads the whole body, refusing (413) anything over `limit` bytes, and (408) a body
@@ -178,15 +181,36 @@ fn body(
         .map(boxed)
 }
 
-fn boxed_stream<S, B>(
-    stream: S,
-) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>>
+fn boxed_stream<S, B>(stream: S) -> BodyStream
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: warp::Buf,
 {
     use futures_util::TryStreamExt;
-    Box::pin(stream.map_ok(|mut b| b.copy_to_bytes(b.remaining())))
+    Box::pin(
+        stream
+            .map_ok(|mut b| b.copy_to_bytes(b.remaining()))
+            .map_err(BodyError::from),
+    )
+}
+
+/// The data chunks of a body as hyper hands it over (trailers, which no route reads, skipped).
+fn incoming_stream(mut body: hyper::body::Incoming) -> BodyStream {
+    use hyper::body::Body as _;
+    use std::task::Poll;
+    Box::pin(futures_util::stream::poll_fn(move |cx| {
+        loop {
+            return match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }))
 }
 
 /// The query string, empty when there is none.
@@ -366,47 +390,61 @@ pub async fn serve(
         .map(warp::Reply::into_response)
         .boxed();
     let routes = if access_log { logged(routes) } else { routes };
-    let fast = fast_get(api_for_fast);
+    let fast = fast(api_for_fast);
     server::serve(routes, Some(fast), listener, tls, config, shutdown).await;
 }
 
-/// `GET /api/v1/{namespace}/kv/{key}` with no query string, the hot read, answered without
-/// warp's filter chain: the profile of 64 connections reading one key put ~11% of the
-/// server's CPU in the chain (a boxed future per route tried, rejections combined) and the
-/// handler itself under 20%. It does what the chain does for it: the token check (a refused
-/// request goes to the chain, which renders the 401/403), the handler, the latency for
-/// `/metrics` and the access log line. Anything else, and any other shape of path (a query, an
-/// empty key, an empty namespace), goes to the chain.
-fn fast_get(api: Arc<Api>) -> server::Fast {
+/// `GET` and `PUT /api/v1/{namespace}/kv/{key}` with no query string, the hot read and
+/// write, answered without warp's filter chain: the profile of 64 connections reading one key
+/// put ~11% of the server's CPU in the chain (a boxed future per route tried, rejections
+/// combined) and the handler itself under 20%. It does what the chain does for them: the
+/// token check (a refused request goes to the chain, which renders the 401/403), the handler,
+/// the latency for `/metrics` and the access log line. Anything else, and any other shape of
+/// request (a query, an empty key or namespace, a header the chain would refuse), goes to the
+/// chain, which answers it as before.
+// The request handed back (the `Err`) is large; boxing it would cost every request the
+// chain answers an allocation, to save a copy of a few hundred bytes.
+#[allow(clippy::result_large_err)]
+fn fast(api: Arc<Api>) -> server::Fast {
     Arc::new(move |req| {
-        if req.method() != warp::http::Method::GET || req.uri().query().is_some() {
-            return None;
-        }
-        let path = req.uri().path();
-        let (ns, raw_key) = path.strip_prefix("/api/v1/")?.split_once("/kv/")?;
-        if ns.is_empty() || ns.contains('/') || raw_key.is_empty() {
-            return None;
-        }
-        if let Some(auth) = &api.auth {
-            let header = req.headers().get("authorization");
-            let header = match header.map(|h| h.to_str()) {
-                None => None,
-                Some(Ok(h)) => Some(h),
-                Some(Err(_)) => return None,
+        let Some(FastRequest {
+            write,
+            ns,
+            raw_key,
+            content_type,
+            content_length,
+        }) = FastRequest::of(&req, api.auth.as_deref())
+        else {
+            return Err(req);
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let api = api.clone();
+        let start = std::time::Instant::now();
+        type Answer = futures_util::future::BoxFuture<
+            'static,
+            std::result::Result<Response, error::ApiError>,
+        >;
+        let answer: Answer = if write {
+            let body = Body {
+                content_length,
+                timeout: api.body_read_timeout,
+                stream: incoming_stream(req.into_body()),
             };
-            auth.check(auth::Scope::Read, header).ok()?;
-        }
-        let (api, path, ns, raw_key) = (
-            api.clone(),
-            path.to_owned(),
-            ns.to_owned(),
-            raw_key.to_owned(),
-        );
-        Some(Box::pin(async move {
-            let start = std::time::Instant::now();
-            let resp =
-                handlers::respond(handlers::get(api.clone(), ns, raw_key, String::new()).await);
-            let method = warp::http::Method::GET;
+            let query = String::new();
+            Box::pin(handlers::put(
+                api.clone(),
+                ns,
+                raw_key,
+                content_type,
+                query,
+                body,
+            ))
+        } else {
+            Box::pin(handlers::get(api.clone(), ns, raw_key, String::new()))
+        };
+        Ok(Box::pin(async move {
+            let resp = handlers::respond(answer.await);
             api.http_metrics
                 .observe_parts(&method, &path, resp.status(), start.elapsed());
             if api.access_log {
@@ -416,6 +454,68 @@ fn fast_get(api: Arc<Api>) -> server::Fast {
         })
             as futures_util::future::BoxFuture<'static, Response>)
     })
+}
+
+/// What [`fast`] takes from a request it answers.
+struct FastRequest {
+    /// `PUT` (else `GET`).
+    write: bool,
+    ns: String,
+    raw_key: String,
+    content_type: Option<String>,
+    content_length: Option<u64>,
+}
+
+impl FastRequest {
+    /// The parts of a `GET` or `PUT /api/v1/{ns}/kv/{key}` without a query whose token is
+    /// good; `None` for any other request, and for a header the chain would refuse or answer
+    /// differently (not visible ASCII, an unparsable length).
+    fn of(
+        req: &hyper::Request<hyper::body::Incoming>,
+        auth: Option<&auth::HttpAuth>,
+    ) -> Option<Self> {
+        let write = match *req.method() {
+            warp::http::Method::GET => false,
+            warp::http::Method::PUT => true,
+            _ => return None,
+        };
+        if req.uri().query().is_some() {
+            return None;
+        }
+        let path = req.uri().path();
+        let (ns, raw_key) = path.strip_prefix("/api/v1/")?.split_once("/kv/")?;
+        if ns.is_empty() || ns.contains('/') || raw_key.is_empty() {
+            return None;
+        }
+        let header = |name| match req.headers().get(name).map(|h| h.to_str()) {
+            None => Some(None),
+            Some(Ok(h)) => Some(Some(h)),
+            Some(Err(_)) => None,
+        };
+        if let Some(auth) = auth {
+            auth.check(
+                auth::Scope::of(req.method(), path),
+                header("authorization")?,
+            )
+            .ok()?;
+        }
+        let (content_type, content_length) = if write {
+            let length = match header("content-length")? {
+                None => None,
+                Some(n) => Some(n.parse().ok()?),
+            };
+            (header("content-type")?.map(str::to_owned), length)
+        } else {
+            (None, None)
+        };
+        Some(FastRequest {
+            write,
+            ns: ns.to_owned(),
+            raw_key: raw_key.to_owned(),
+            content_type,
+            content_length,
+        })
+    }
 }
 
 /// The access log line of one request (see [`logged`]).

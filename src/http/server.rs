@@ -86,10 +86,13 @@ pub fn tls_acceptor(config: &HttpConfig) -> Result<Option<TlsAcceptor>, String> 
 /// connection is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 87\r\n\r\n{\"error\":\"too many open connections (http_config.max_connections); retry in a moment\"}\n";
 
-/// A route answered without warp's filter chain (the hot `GET /kv/{key}`, see
-/// `http::fast_get`): the request's response, or `None` to leave the request to the filters.
+/// Routes answered without warp's filter chain (the hot `GET` and `PUT /kv/{key}`, see
+/// `http::fast`): the request's response, or the request handed back to go to the filters.
 pub type Fast = Arc<
-    dyn Fn(&hyper::Request<Incoming>) -> Option<futures_util::future::BoxFuture<'static, Response>>
+    dyn Fn(
+            hyper::Request<Incoming>,
+        )
+            -> Result<futures_util::future::BoxFuture<'static, Response>, hyper::Request<Incoming>>
         + Send
         + Sync,
 >;
@@ -237,11 +240,15 @@ async fn serve_io<I>(
     let in_handler = watch.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::new(&in_handler);
-        let response = match fast.as_ref().and_then(|f| f(&req)) {
-            Some(fast) => futures_util::future::Either::Left(async move {
+        let req = match fast.as_ref() {
+            Some(f) => f(req),
+            None => Err(req),
+        };
+        let response = match req {
+            Ok(fast) => futures_util::future::Either::Left(async move {
                 Ok::<_, std::convert::Infallible>(fast.await)
             }),
-            None => futures_util::future::Either::Right(service.clone().call(req)),
+            Err(req) => futures_util::future::Either::Right(service.clone().call(req)),
         };
         async move {
             let response = response.await;

@@ -218,7 +218,7 @@ async fn refuse_promoted(
                 ))
             })
             .await?;
-        let (Some(at), Some(lineage), from) = promoted else {
+        let (Some(at), lineage, from) = promoted else {
             continue;
         };
         let (relayer, upstream) = config
@@ -230,10 +230,12 @@ async fn refuse_promoted(
             });
         if from.as_deref() == Some(upstream) {
             return Err(NodeError::Config(format!(
-                "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {} forked from {} at seq {}) away from {upstream}, and relayer_config.{relayer} still follows it from there: remove it from relayer_config.{relayer} to serve it as a primary, or point upstream_address at the new primary to make this node its replica again",
+                "namespace {name:?} was promoted to a primary on this node (at unix ms {at}; log {}{}) away from {upstream}, and relayer_config.{relayer} still follows it from there: remove it from relayer_config.{relayer} to serve it as a primary, or point upstream_address at the new primary to make this node its replica again",
                 crate::log::LogId::wire(ns.log_id().as_ref()),
-                lineage.prev_log_id,
-                lineage.fork_seq,
+                lineage.map_or(String::new(), |l| format!(
+                    " forked from {} at seq {}",
+                    l.prev_log_id, l.fork_seq
+                )),
             )));
         }
         tracing::warn!(namespace = %name, promoted_at_ms = at, %upstream, "this namespace was promoted on this node, and now follows {upstream}: rejoining as a replica (entries the new upstream does not have go to a rollback file)");

@@ -140,13 +140,16 @@ async fn promote(api: Arc<Api>, ns: String) -> Result<Response> {
         upstreams.write().unwrap().remove(&ns);
     }
     let log_id = crate::log::LogId::wire(namespace.log_id().as_ref());
-    tracing::warn!(namespace = %ns, %log_id, prev_log_id = %lineage.prev_log_id, fork_seq = lineage.fork_seq, "PROMOTED to primary: this node no longer follows an upstream for this namespace and takes writes; point other replicas here");
+    let (prev_log_id, fork_seq) = lineage.map_or((String::new(), 0), |l| {
+        (l.prev_log_id.to_string(), l.fork_seq)
+    });
+    tracing::warn!(namespace = %ns, %log_id, %prev_log_id, fork_seq, "PROMOTED to primary: this node no longer follows an upstream for this namespace and takes writes; point other replicas here");
     Ok(warp::reply::json(&Promoted {
         success: true,
         namespace: ns,
         log_id,
-        prev_log_id: lineage.prev_log_id,
-        fork_seq: lineage.fork_seq,
+        prev_log_id,
+        fork_seq,
     })
     .into_response())
 }

@@ -411,7 +411,7 @@ pub async fn stats(api: Arc<Api>, ns: String) -> Result<Response> {
         ready: super::failover::not_ready(&api, &namespace).unwrap_or_else(|| "ready".to_owned()),
         fenced: namespace.fenced(),
         superseded_by: namespace.superseded_by().map(|l| SupersededBy {
-            log_id: l.prev_log_id,
+            log_id: l.prev_log_id.to_string(),
             fork_seq: l.fork_seq,
         }),
         followers: namespace

@@ -357,7 +357,7 @@ impl Follower {
             follower_log_id: LogId::wire(self.ns.log_id().as_ref()),
             follower_prev_log_id: lineage
                 .as_ref()
-                .map(|l| l.prev_log_id.clone())
+                .map(|l| l.prev_log_id.to_string())
                 .unwrap_or_default(),
             follower_fork_seq: lineage.as_ref().map_or(0, |l| l.fork_seq),
         });
@@ -379,7 +379,7 @@ impl Follower {
         let local_id = self.ns.log_id();
         let ours_is = |id: &str| local_id.as_deref() == Some(id);
         let local = LogId::wire(local_id.as_ref());
-        if let Some(ours) = lineage.filter(|l| l.prev_log_id == pos.log_id) {
+        if let Some(ours) = lineage.filter(|l| *l.prev_log_id == pos.log_id) {
             // The upstream serves the log ours was forked from: it is the primary a promotion
             // replaced. Following it would throw the newer history away.
             return End::Fatal(format!(
@@ -389,12 +389,12 @@ impl Follower {
         }
         if !ours_is(&pos.log_id) {
             let head = self.ns.head();
-            let lineage = (!pos.prev_log_id.is_empty() && ours_is(&pos.prev_log_id)).then(|| {
-                crate::store::Lineage {
-                    prev_log_id: pos.prev_log_id.clone(),
+            let lineage = LogId::parse(&pos.prev_log_id)
+                .filter(|prev| ours_is(prev))
+                .map(|prev_log_id| crate::store::Lineage {
+                    prev_log_id,
                     fork_seq: pos.fork_seq,
-                }
-            });
+                });
             if head.seq == 0 {
                 // An empty log has no history to lose: it takes the upstream's identity (a
                 // new replica, or a file some other run created without entries).

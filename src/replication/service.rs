@@ -248,9 +248,10 @@ impl Replication for ReplicationService {
         if !following
             && !req.follower_prev_log_id.is_empty()
             && ns.log_id().as_deref() == Some(req.follower_prev_log_id.as_str())
+            && let Some(newer) = LogId::parse(&req.follower_log_id)
         {
             // A follower whose log was forked from ours: we are a stale primary.
-            ns.mark_superseded(&req.follower_log_id, req.follower_fork_seq);
+            ns.mark_superseded(newer, req.follower_fork_seq);
         }
         let probe = req.probe_seq;
         let (oldest, probed, lineage) = ns
@@ -279,7 +280,7 @@ impl Replication for ReplicationService {
             following,
             prev_log_id: lineage
                 .as_ref()
-                .map(|l| l.prev_log_id.clone())
+                .map(|l| l.prev_log_id.to_string())
                 .unwrap_or_default(),
             fork_seq: lineage.map_or(0, |l| l.fork_seq),
         }))

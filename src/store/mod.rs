@@ -441,7 +441,7 @@ impl Namespace {
     /// Promotes this namespace's log to a new one forked at the head (a new log_id; the old
     /// one, the head and `from`, the upstream it followed, recorded in `meta`). Returns the
     /// lineage.
-    pub async fn promote(&self, from: &str) -> Result<Lineage, StoreError> {
+    pub async fn promote(&self, from: &str) -> Result<Option<Lineage>, StoreError> {
         let from = from.to_owned();
         let lineage = self
             .request(|reply| Command::Promote { from, reply })
@@ -459,11 +459,12 @@ impl Namespace {
 
     /// Records that log `log_id`, forked from this one at `fork_seq`, exists elsewhere: this
     /// node is a superseded primary for the namespace. Logged loudly once per newer log.
-    pub fn mark_superseded(&self, log_id: &str, fork_seq: Seq) {
+    pub fn mark_superseded(&self, log_id: LogId, fork_seq: Seq) {
         let newer = Lineage {
-            prev_log_id: log_id.to_owned(),
+            prev_log_id: log_id,
             fork_seq,
         };
+        let log_id = &newer.prev_log_id;
         let mut superseded = self.superseded.lock().unwrap();
         if superseded.as_ref() != Some(&newer) {
             tracing::error!(namespace = %self.name, own_log_id = %LogId::wire(self.log_id().as_ref()), newer_log_id = %log_id, fork_seq, "SUPERSEDED: a follower reports log {log_id}, forked from this node's log at seq {fork_seq} (a replica was promoted). Writes here will not reach that history: stop this primary, or fence it (POST /api/v1/{}/fence) and rejoin it as a replica", self.name);

@@ -186,7 +186,8 @@ pub fn lineage(conn: &Connection) -> rusqlite::Result<Option<super::Lineage>> {
             .query_row([name], |r| r.get::<_, String>(0))
             .optional()
     };
-    Ok(match (get("prev_log_id")?, get("fork_seq")?) {
+    let prev_log_id = get("prev_log_id")?.and_then(crate::log::LogId::from_meta);
+    Ok(match (prev_log_id, get("fork_seq")?) {
         (Some(prev_log_id), Some(fork)) => Some(super::Lineage {
             prev_log_id,
             fork_seq: fork.parse().unwrap_or(0),

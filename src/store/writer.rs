@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Head, StoreError};
-use crate::log::{Entry, Op, Seq, chain_crc};
+use crate::log::{Entry, LogId, Op, Seq, chain_crc};
 
 /// One change requested by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub(crate) enum Command {
     Promote {
         /// The upstream it followed until now, kept in `meta.promoted_from`.
         from: String,
-        reply: oneshot::Sender<Result<Lineage, StoreError>>,
+        reply: oneshot::Sender<Result<Option<Lineage>, StoreError>>,
     },
     /// Delete the oldest entries (see [`Prune`]), in one small transaction.
     Prune {
@@ -88,7 +88,7 @@ pub(crate) enum Command {
 /// (`meta.prev_log_id`, `meta.fork_seq`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {
-    pub prev_log_id: String,
+    pub prev_log_id: LogId,
     pub fork_seq: Seq,
 }
 
@@ -427,7 +427,7 @@ impl Writer {
             None if self.head.seq == 0 => {}
             // The upstream's log was forked from this one at or after this file's head: the
             // history here is the upstream's too (the follower checked the crc at the head).
-            Some(l) if l.prev_log_id == current && self.head.seq <= l.fork_seq => {}
+            Some(l) if *l.prev_log_id == current && self.head.seq <= l.fork_seq => {}
             _ => {
                 return Err(StoreError::Diverged(format!(
                     "this file already follows log {current:?} (head seq {}); the upstream's log is {log_id:?}",
@@ -448,19 +448,23 @@ impl Writer {
 
     /// Forks this log at its head: a new log_id, with the old one and the head recorded as its
     /// lineage, and the namespace marked promoted (it no longer follows an upstream).
-    fn promote(&mut self, from: &str) -> Result<Lineage, StoreError> {
+    /// A file with no log yet (a replica that never met its upstream) gets a log of its own
+    /// and no lineage.
+    fn promote(&mut self, from: &str) -> Result<Option<Lineage>, StoreError> {
         let tx = self.conn.transaction()?;
         let current: String =
             tx.query_row("SELECT value FROM meta WHERE name = 'log_id'", [], |r| {
                 r.get(0)
             })?;
-        let lineage = Lineage {
-            prev_log_id: current,
+        let lineage = LogId::from_meta(current).map(|prev_log_id| Lineage {
+            prev_log_id,
             fork_seq: self.head.seq,
-        };
+        });
         super::schema::set_meta(&tx, "log_id", &super::schema::mint_log_id())?;
-        super::schema::set_meta(&tx, "prev_log_id", &lineage.prev_log_id)?;
-        super::schema::set_meta(&tx, "fork_seq", &lineage.fork_seq.to_string())?;
+        if let Some(l) = &lineage {
+            super::schema::set_meta(&tx, "prev_log_id", &l.prev_log_id)?;
+            super::schema::set_meta(&tx, "fork_seq", &l.fork_seq.to_string())?;
+        }
         super::schema::set_meta(&tx, "promoted_at_ms", &now_ms().to_string())?;
         super::schema::set_meta(&tx, "promoted_from", from)?;
         tx.commit()?;
@@ -647,7 +651,7 @@ mod tests {
         ns.adopt_log_id(&own, None).await.unwrap();
         let fork = |prev_log_id: &str, fork_seq| {
             Some(Lineage {
-                prev_log_id: prev_log_id.into(),
+                prev_log_id: crate::log::LogId::parse(prev_log_id).unwrap(),
                 fork_seq,
             })
         };

@@ -401,9 +401,13 @@ fn init_tracing(config: &Config) {
     let log = &config.log_config;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(log.log_level.as_str()));
+    // A log line that cannot be written (the reader of stderr is gone: a pipe to a log
+    // collector that died) is dropped. By default tracing reports it with eprintln!, which
+    // panics on that same broken stderr: the node exited (101) at its next log line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match (log.log_format, log.disable_timestamp) {
         (LogFormat::Json, true) => builder.json().without_time().init(),
         (LogFormat::Json, false) => builder.json().init(),

@@ -734,6 +734,71 @@ async fn a_node_says_at_start_what_it_is_and_where_it_listens() {
     primary.stop().await;
 }
 
+/// A node whose log reader goes away (stderr a pipe whose other end closed: a log collector
+/// that died) keeps serving and stops cleanly; the lines are lost, not the node. (Catches:
+/// tracing's default of reporting a failed write with eprintln!, which panics on the same
+/// broken stderr, so the node exited with 101 at its next log line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_pipe_closes_keeps_serving() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let text = format!(
+        "{}[log_config]\naccess_log = true\n",
+        primary_config(dir.path(), &["ns"])
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Reaped(
+        ferry()
+            .args(["server", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("HTTP listening on ").nth(1).map(str::to_owned))
+        .expect("the listening line");
+    drop(lines);
+
+    // Every request now logs an access line into the closed pipe.
+    let c = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/ns/kv/k", http.trim());
+    for i in 0..20 {
+        let body = format!(r#"{{"value": "{}"}}"#, b64(format!("v{i}").as_bytes()));
+        let (s, _) = call(&c, reqwest::Method::PUT, &url, Some(&body)).await;
+        assert_eq!(s, 200, "write {i}");
+    }
+    let (s, j) = call(&c, reqwest::Method::GET, &url, None).await;
+    assert_eq!(
+        (s, unb64(j["value"].as_str().unwrap())),
+        (200, b"v19".to_vec())
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A child killed when dropped (a failing test must not leave a server behind); once it
+/// has been waited for, there is nothing left to kill.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `log_format = "json"`: every line the node writes is a JSON object, the startup line and
 /// the access log (`access_log = true`) included, with their fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,8 +195,9 @@ async fn fan_out(dir: &Path, streams: usize, rate: u64, seconds: u64) -> (Durati
         .spawn()
         .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
     let (mut http, mut grpc) = (None, None);
-    for line in std::io::BufRead::lines(stderr) {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.split("HTTP listening on ").nth(1) {
             http = Some(a.trim().to_owned());
@@ -207,6 +208,8 @@ async fn fan_out(dir: &Path, streams: usize, rate: u64, seconds: u64) -> (Durati
         }
     }
     let (http, grpc) = (http.unwrap(), grpc.unwrap());
+    // Keep reading the node's log: with the pipe closed, its next line would fail.
+    std::thread::spawn(move || lines.for_each(drop));
     let mut client = ReplicationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();

@@ -10,6 +10,16 @@
 //! over from its beginning, so its size stays about `checkpoint_pages` pages. After a second
 //! without new work the WAL is truncated to zero (TRUNCATE, which gives up at once if a
 //! transaction is running), so an idle node leaves no large `-wal` file behind.
+//!
+//! Under continuous writes the next transaction has usually begun before the thread's copy
+//! ends, and SQLite starts the WAL over only when a write transaction begins with it fully
+//! copied. So once the WAL is [`RESTART_AFTER`] times `checkpoint_pages` long, the hook itself
+//! copies what is left, on the writer's connection, right after that commit: PASSIVE, so it
+//! never waits for a lock or a reader; the next transaction then begins with the WAL fully
+//! copied and starts it over (unless a reader still reads old frames, such as a Snapshot
+//! stream: then the WAL grows while that reader lasts, and the hook copies again every
+//! `checkpoint_pages`). One commit in 4x `checkpoint_pages` pays for copying the few frames
+//! the thread had not, and a sync of the database file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,38 +35,50 @@ use super::writer::CommitCounters;
 /// How long without new work before the WAL is truncated.
 const IDLE: Duration = Duration::from_secs(1);
 /// A WAL this many times `checkpoint_pages` long, even though checkpoints keep up, means the
-/// writer never found it fully copied (it never idles): a RESTART checkpoint starts it over.
-const RESTART_AFTER: i64 = 4;
-/// How long a RESTART checkpoint waits for the writer to finish its transaction and for readers
-/// of old frames. It holds the write lock while it waits, so every write waits with it: keep
-/// it short.
-const RESTART_WAIT: Duration = Duration::from_millis(100);
-/// After a RESTART that could not finish (a long reader, such as a Snapshot stream, still
-/// reads old frames), how long before the next try: writes stall at most `RESTART_WAIT` per
-/// this much time, instead of at every commit for as long as the reader lasts.
-const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+/// writer never found it fully copied (it never idles): the hook copies the rest itself.
+const RESTART_AFTER: i32 = 4;
 
 /// Installs the hook on the writer's connection and returns what the checkpoint thread needs.
 ///
-/// The thread is woken each time the WAL has grown by `pages` frames since the last wake, not
-/// after every commit once the WAL holds `pages`: a checkpoint copies what is there and syncs
-/// the database file, so waking it per commit doubled the syncs on the disk. (Under load the
-/// writer's next transaction usually starts before the checkpoint has copied everything, so
-/// the WAL does not start over and stays over `pages`: with a per-commit wake, one writer's
-/// 1,400 commits/s came with ~1,000 checkpoints/s.)
-pub(crate) fn install(conn: &mut Connection, pages: u32) -> rusqlite::Result<Receiver<()>> {
+/// While the WAL holds `checkpoint_pages` or more, every commit wakes the thread (a wake
+/// already pending is enough), so under load it copies continuously, a little at a time.
+/// Waking it only once per `checkpoint_pages` of growth was tried: half the checkpoints, but
+/// each copied ~4 MB and synced it at once, and the writer's own syncs queued behind that one:
+/// write p99.9 at 5,000 writes/s went from 7-12 ms to 24-117 ms in 4 runs of 15 (see
+/// docs/performance.md).
+pub(crate) fn install(
+    conn: &mut Connection,
+    namespace: &str,
+    pages: u32,
+    counters: Arc<CommitCounters>,
+) -> rusqlite::Result<Receiver<()>> {
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
     let pages = i32::try_from(pages.max(1)).unwrap_or(i32::MAX);
-    // Frames in the WAL at the last wake.
-    let mut woken_at = 0;
-    conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, in_wal: i32| {
-        if in_wal < woken_at {
+    let namespace = namespace.to_owned();
+    // Frames in the WAL when the hook last copied it itself.
+    let mut copied_at = 0;
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, in_wal: i32| {
+        if in_wal < copied_at {
             // The WAL started over.
-            woken_at = 0;
+            copied_at = 0;
         }
-        if in_wal - woken_at >= pages {
-            woken_at = in_wal;
+        if in_wal >= pages.saturating_mul(RESTART_AFTER) && in_wal - copied_at >= pages {
+            // See the module's doc. Once per `pages` at most: while a reader keeps the WAL
+            // from starting over, the thread does the copying.
+            match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+                Ok(_) => {
+                    copied_at = in_wal;
+                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                // The thread is copying: try again after the next commit.
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+                Err(e) => {
+                    copied_at = in_wal;
+                    tracing::warn!(namespace = %namespace, error = %e, "checkpoint failed; retried at the next one");
+                }
+            }
+        } else if in_wal >= pages {
             signal(&tx);
         }
         Ok(())
@@ -76,7 +98,6 @@ fn signal(tx: &SyncSender<()>) {
 pub(crate) fn run(
     namespace: String,
     path: PathBuf,
-    pages: u32,
     wake: Receiver<()>,
     counters: Arc<CommitCounters>,
 ) {
@@ -109,26 +130,11 @@ pub(crate) fn run(
         return;
     }
     let mut dirty = false;
-    let mut restart_after = std::time::Instant::now();
     loop {
         match wake.recv_timeout(IDLE) {
             Ok(()) => {
-                let (log, _) = checkpoint(&conn, &namespace, CheckpointMode::PASSIVE);
+                checkpoint(&conn, &namespace, CheckpointMode::PASSIVE);
                 dirty = true;
-                if i64::from(log) > i64::from(pages) * RESTART_AFTER
-                    && std::time::Instant::now() >= restart_after
-                {
-                    // The writer never starts a transaction while the WAL is fully copied
-                    // (continuous load), so it never starts the WAL over: take the write lock
-                    // between two groups, copy what is left (little: PASSIVE just copied the
-                    // rest) and make the next transaction start the WAL over.
-                    let _ = conn.busy_timeout(RESTART_WAIT);
-                    let (log, done) = checkpoint(&conn, &namespace, CheckpointMode::RESTART);
-                    let _ = conn.busy_timeout(Duration::ZERO);
-                    if log < 0 || done < log {
-                        restart_after = std::time::Instant::now() + RESTART_BACKOFF;
-                    }
-                }
             }
             Err(RecvTimeoutError::Timeout) if dirty => {
                 // Busy (a transaction started meanwhile): try again after the next idle second.

@@ -239,13 +239,14 @@ impl Namespace {
         })?;
         let path = base_dir.join(format!("{name}.db"));
         let (mut conn, info) = schema::open_writer(&path, name, sync, new_log_id)?;
+        let counters = Arc::new(CommitCounters::default());
         let wake_checkpoint =
-            checkpoint::install(&mut conn, perf.checkpoint_pages).map_err(|e| {
-                StoreError::BadFile {
+            checkpoint::install(&mut conn, name, perf.checkpoint_pages, counters.clone()).map_err(
+                |e| StoreError::BadFile {
                     path: path.clone(),
                     reason: format!("cannot configure checkpoints: {e}"),
-                }
-            })?;
+                },
+            )?;
         // Cheap enough for every start (SQLite's quick_check plus the last entries' chain),
         // and it turns a silently damaged file into a loud, named one.
         let check = verify::quick(&conn);
@@ -258,7 +259,6 @@ impl Namespace {
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let recent = Arc::new(recent::Recent::default());
-        let counters = Arc::new(CommitCounters::default());
         let waiters = Arc::new(waiters::SeqWaiters::new(perf.max_seq_waiters, head.seq));
         let writer = Writer {
             namespace: name.to_owned(),
@@ -274,10 +274,7 @@ impl Namespace {
         let (ns_name, ns_path, ns_counters) = (name.to_owned(), path.clone(), counters.clone());
         let checkpoint_thread = std::thread::Builder::new()
             .name(format!("checkpoint-{name}"))
-            .spawn(move || {
-                let pages = perf.checkpoint_pages;
-                checkpoint::run(ns_name, ns_path, pages, wake_checkpoint, ns_counters)
-            })
+            .spawn(move || checkpoint::run(ns_name, ns_path, wake_checkpoint, ns_counters))
             .map_err(|e| StoreError::Io {
                 path: path.clone(),
                 reason: format!("cannot start checkpoint thread: {e}"),

@@ -261,7 +261,7 @@ impl Collector for Scrape {
         family(
             &mut e,
             "ferry_checkpoints",
-            "WAL checkpoints the background thread ran (copies of the WAL into the database file, each with a sync of it): one per storage_config.performance_config.checkpoint_pages of WAL growth, plus one when the node goes idle.",
+            "WAL checkpoints run (copies of the WAL into the database file, each with a sync of it): under load one after every commit or two while the WAL holds storage_config.performance_config.checkpoint_pages, and one when the node goes idle.",
             Counter,
             count(&|n| n.checkpoints),
         )?;

@@ -44,8 +44,8 @@ const RESTART_AFTER: i32 = 4;
 /// already pending is enough), so under load it copies continuously, a little at a time.
 /// Waking it only once per `checkpoint_pages` of growth was tried: half the checkpoints, but
 /// each copied ~4 MB and synced it at once, and the writer's own syncs queued behind that one:
-/// write p99.9 at 5,000 writes/s went from 7-12 ms to 24-117 ms in 4 runs of 15 (see
-/// docs/performance.md).
+/// write p99.9 at 5,000 writes/s was over 20 ms in 8 runs of 20 (up to 117 ms), against
+/// 7.4-11.6 ms in every one of 10 with a wake per commit (see docs/performance.md).
 pub(crate) fn install(
     conn: &mut Connection,
     namespace: &str,

@@ -180,7 +180,12 @@ async fn a_replica_whose_upstream_is_down_backs_off_and_says_so_once() {
     // attempts there were in between (five at least).
     let about: Vec<&String> = lines.iter().filter(|l| l.contains(&addr)).collect();
     let failures: Vec<_> = about.iter().filter(|l| l.contains("WARN")).collect();
-    assert_eq!(failures.len(), 1, "{about:#?}");
+    // Between the door closing and the primary binding its port, an attempt can be refused:
+    // a new kind of failure, which is news and said once too (seen on a loaded machine).
+    assert!(
+        failures.len() == 1 || (failures.len() == 2 && failures[1].contains("refuses connections")),
+        "{about:#?}"
+    );
     let first = failures[0];
     assert!(
         first.contains(&format!("reconnecting to {addr} in 0.")) && first.contains("upstream"),

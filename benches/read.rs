@@ -10,7 +10,8 @@
 //! - `GET /kv/{key}` with 64 keep-alive connections, one hot key and a random key of the
 //!   1,000,000 (cold), against a no-op warp handler answering a body of the same size on the
 //!   same runtime (the HTTP ceiling of this machine), and Redis `GET` beside them (when
-//!   `redis-server` is on the PATH: `apt-get install redis-server`).
+//!   `redis-server` is on the PATH: `apt-get install redis-server`); then the cold keys again
+//!   with `performance_config.mmap_size` at 1 GiB (the node restarted on the same file).
 //!
 //! The load generator is a minimal client (pre-built request bytes, one task per connection)
 //! on a runtime thread of its own, like wrk would be; the server gets a runtime of its own

@@ -124,7 +124,7 @@ pub struct CommitCounters {
     pub duration: prometheus_client::metrics::histogram::Histogram,
     /// Each group commit's client requests (replicated batches are not groups).
     pub group_size: prometheus_client::metrics::histogram::Histogram,
-    /// Checkpoints the background thread ran (see `checkpoint.rs`).
+    /// Checkpoints run, by the background thread or by the WAL hook (see `checkpoint.rs`).
     pub checkpoints: std::sync::atomic::AtomicU64,
 }
 

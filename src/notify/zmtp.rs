@@ -293,6 +293,39 @@ mod tests {
         ));
     }
 
+    /// The edges: a frame of exactly the limit is read; a command whose name fills its frame
+    /// (ZMTP 3.1's SUBSCRIBE to everything: no topic) is a command with no data; a name
+    /// longer than its frame is a protocol error, not a panic. (Catches: `>` as `>=` in the
+    /// limit; `<` as `<=` or `==` in the name check.)
+    #[tokio::test]
+    async fn a_frame_of_the_limit_and_a_command_of_only_a_name_are_read() {
+        let mut wire = Vec::new();
+        put_frame(&mut wire, false, false, &[1u8; 100]);
+        wire.extend(command("SUBSCRIBE", b""));
+        let mut r = wire.as_slice();
+        assert_eq!(
+            read_frame(&mut r, 100).await.unwrap(),
+            Frame::Message {
+                more: false,
+                body: vec![1u8; 100]
+            }
+        );
+        assert_eq!(
+            read_frame(&mut r, 100).await.unwrap(),
+            Frame::Command {
+                name: b"SUBSCRIBE".to_vec(),
+                data: Vec::new()
+            }
+        );
+        // A name length of 9 in a frame of 5 bytes after it.
+        let mut short = Vec::new();
+        put_frame(&mut short, false, true, b"\x09PING!");
+        assert!(matches!(
+            read_frame(&mut short.as_slice(), 100).await,
+            Err(PeerError::Protocol(_))
+        ));
+    }
+
     #[test]
     fn subscriptions_in_both_spellings_and_only_at_the_start_of_a_message() {
         let sub = Frame::Message {

@@ -13,7 +13,7 @@
 //!
 //! Under continuous writes the next transaction has usually begun before the thread's copy
 //! ends, and SQLite starts the WAL over only when a write transaction begins with it fully
-//! copied. So once the WAL is [`RESTART_AFTER`] times `checkpoint_pages` long, the hook itself
+//! copied. So once the WAL is [`HOOK_COPIES_AFTER`] times `checkpoint_pages` long, the hook itself
 //! copies what is left, on the writer's connection, right after that commit: PASSIVE, so it
 //! never waits for a lock or a reader; the next transaction then begins with the WAL fully
 //! copied and starts it over (unless a reader still reads old frames, such as a Snapshot
@@ -36,7 +36,7 @@ use super::writer::CommitCounters;
 const IDLE: Duration = Duration::from_secs(1);
 /// A WAL this many times `checkpoint_pages` long, even though checkpoints keep up, means the
 /// writer never found it fully copied (it never idles): the hook copies the rest itself.
-const RESTART_AFTER: i32 = 4;
+const HOOK_COPIES_AFTER: i32 = 4;
 
 /// Installs the hook on the writer's connection and returns what the checkpoint thread needs.
 ///
@@ -63,7 +63,7 @@ pub(crate) fn install(
             // The WAL started over.
             copied_at = 0;
         }
-        if in_wal >= pages.saturating_mul(RESTART_AFTER) && in_wal - copied_at >= pages {
+        if in_wal >= pages.saturating_mul(HOOK_COPIES_AFTER) && in_wal - copied_at >= pages {
             // See the module's doc. Once per `pages` at most: while a reader keeps the WAL
             // from starting over, the thread does the copying.
             match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
@@ -101,7 +101,7 @@ pub(crate) fn run(
     wake: Receiver<()>,
     counters: Arc<CommitCounters>,
 ) {
-    let checkpoint = |conn: &Connection, namespace: &str, mode| {
+    let counted = |conn: &Connection, namespace: &str, mode| {
         let (log, done) = checkpoint(conn, namespace, mode);
         if log >= 0 {
             counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -133,12 +133,12 @@ pub(crate) fn run(
     loop {
         match wake.recv_timeout(IDLE) {
             Ok(()) => {
-                checkpoint(&conn, &namespace, CheckpointMode::PASSIVE);
+                counted(&conn, &namespace, CheckpointMode::PASSIVE);
                 dirty = true;
             }
             Err(RecvTimeoutError::Timeout) if dirty => {
                 // Busy (a transaction started meanwhile): try again after the next idle second.
-                let (log, done) = checkpoint(&conn, &namespace, CheckpointMode::TRUNCATE);
+                let (log, done) = counted(&conn, &namespace, CheckpointMode::TRUNCATE);
                 dirty = !(log == 0 && done == 0);
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -237,3 +237,54 @@ async fn a_node_marks_a_namespace_with_an_altered_recent_entry_corrupt() {
     assert_eq!(put(&c, &node, "other", "k", b"v").await, 1);
     node.stop().await;
 }
+
+/// When SQLite cannot even count a damaged namespace's keys, `/stats` still answers: corrupt,
+/// why, and the head the node knows, so an operator sees how far the file got.
+#[tokio::test]
+async fn stats_of_a_namespace_sqlite_cannot_count_still_report_its_head() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    let conn = Connection::open(&path).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    // The roots of both b-trees of `kv` (the table and its key index), so that no plan can
+    // count it; `wal_log` and `meta`, which the node reads at open, stay whole.
+    let roots: Vec<i64> = conn
+        .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = 'kv'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(roots.len(), 2, "{roots:?}");
+    drop(conn);
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for root in roots {
+        file.seek(SeekFrom::Start(((root - 1) * page) as u64))
+            .unwrap();
+        file.write_all(&vec![0xA5; page as usize]).unwrap();
+    }
+    drop(file);
+
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    let (status, st) = call(
+        &c,
+        reqwest::Method::GET,
+        &node.url(&format!("/api/v1/{NS}/stats")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(st["corrupt"], true, "{st}");
+    assert!(
+        st["corrupt_reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{st}"
+    );
+    assert_eq!(st["head_seq"], PUTS + 5, "{st}");
+    node.stop().await;
+}

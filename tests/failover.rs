@@ -539,3 +539,58 @@ async fn a_replica_further_behind_than_max_lag_is_not_ready() {
     replica.stop().await;
     primary.stop().await;
 }
+
+/// A promoted upstream whose lineage says it continues this replica's log, but whose entry at
+/// the replica's head differs (the same log_id on a file with another history: a restore gone
+/// wrong, a hand-edited file), is a divergence, found before anything is adopted: with
+/// `on_divergence = "stop"` the replica keeps its log_id and says at which seq they disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_disagrees_at_its_head_with_a_promoted_upstream_does_not_adopt_its_log() {
+    let (pdir, r1dir, xdir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    write_n(&c, &primary.base, "a", 5).await;
+    let r1 = replica(r1dir.path(), &primary.grpc(), "").await;
+    wait_synced(&primary, &r1, NS).await;
+    let old_log = log_id(&pdir.path().join("ns.db"));
+    // X: three entries of its own, then given the primary's log_id by hand.
+    let x = TestNode::primary(xdir.path(), &[NS]).await;
+    write_n(&c, &x.base, "x", 3).await;
+    x.stop().await;
+    rusqlite::Connection::open(xdir.path().join("ns.db"))
+        .unwrap()
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'log_id'",
+            [&old_log],
+        )
+        .unwrap();
+    primary.stop().await;
+    let (status, body) = call(&c, Method::POST, &r1.url("/api/v1/ns/promote"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["prev_log_id"].as_str(), body["fork_seq"].as_i64()),
+        (Some(old_log.as_str()), Some(5))
+    );
+
+    // X follows R1: its head (3) is before R1's fork (5) of X's own log_id.
+    let x = replica(xdir.path(), &r1.grpc(), "on_divergence = \"stop\"").await;
+    let st = wait_replication_state(&c, &x, NS, "stopped").await;
+    let err = st["replication"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("was forked from this replica's log")
+            && err.contains("disagrees with it at seq 3"),
+        "{err}"
+    );
+    assert_eq!(
+        log_id(&xdir.path().join("ns.db")),
+        old_log,
+        "X's log_id is untouched"
+    );
+    assert_eq!(x.head(NS), 3);
+    x.stop().await;
+    r1.stop().await;
+}

@@ -16,6 +16,9 @@
 //! - both for two key patterns (see [`Keys`]), each beside in-process SQLite writing the same
 //!   keys in groups of the size ferry's writer formed, which is what group commit can at best
 //!   reach with them;
+//! - a warp PUT handler that stores nothing, 1 writer: the HTTP round trip alone; with
+//!   in-process SQLite's 1 write/txn, idling that long between commits as a server's writer
+//!   does, it gives the floor of one writer's latency;
 //! - Redis with `appendonly yes, appendfsync always` (the bar users compare us with), driven by
 //!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
 //!   `redis-server` is on the PATH (`apt-get install redis-server`).
@@ -68,16 +71,34 @@ impl Keys {
 /// In-process SQLite writing `writes` times, `per_txn` writes per transaction, the writes
 /// taking turns among [`WRITERS`] writers' keys as ferry's load does.
 fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize, keys: Keys) -> f64 {
-    let path = dir.join(format!("ceiling-{per_txn}-{}.db", keys.name()));
+    sqlite_paced(dir, writes, per_txn, keys, None)
+}
+
+/// [`sqlite_ceiling`], sleeping `pause` after each commit and timing only the commits: what a
+/// commit costs a thread that idles between requests, as a server's writer does (on this VM
+/// a commit after an idle gap is slower than one right after another).
+fn sqlite_paced(
+    dir: &Path,
+    writes: usize,
+    per_txn: usize,
+    keys: Keys,
+    pause: Option<std::time::Duration>,
+) -> f64 {
+    let paced = if pause.is_some() { "-paced" } else { "" };
+    let path = dir.join(format!("ceiling-{per_txn}-{}{paced}.db", keys.name()));
     let mut conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.execute_batch(include_str!("../migrations/0001_init.sql"))
         .unwrap();
     let value = vec![b'x'; VALUE_BYTES];
-    let start = Instant::now();
+    let mut busy = std::time::Duration::ZERO;
     let mut seq = 0i64;
     while (seq as usize) < writes {
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
+        let start = Instant::now();
         let tx = conn.transaction().unwrap();
         for _ in 0..per_txn {
             let (writer, i) = (seq as usize % WRITERS, seq as usize / WRITERS);
@@ -93,8 +114,9 @@ fn sqlite_ceiling(dir: &Path, writes: usize, per_txn: usize, keys: Keys) -> f64 
                 .unwrap();
         }
         tx.commit().unwrap();
+        busy += start.elapsed();
     }
-    seq as f64 / start.elapsed().as_secs_f64()
+    seq as f64 / busy.as_secs_f64()
 }
 
 /// One ferry run: writes/s, and how many of the machine's cores the process kept busy
@@ -151,6 +173,34 @@ async fn ferry_http_waiting(
     while ns.seq_waiters() < waiters {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let cpu = cpu_seconds();
+    let (secs, mut latencies) = drive(addr, writers, per_writer, keys).await;
+    latencies.sort();
+    assert_eq!(ns.seq_waiters(), waiters, "the parked reads all still wait");
+    drop(parked);
+    let counters = node.store().get("bench").unwrap().commit_counters();
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let run = Run {
+        rate: (writers * per_writer) as f64 / secs,
+        cores: (cpu_seconds() - cpu) / secs,
+        per_commit: load(&counters.requests) / load(&counters.commits).max(1.0),
+        writer_busy: load(&counters.micros) / 1e6 / secs,
+        p99: latencies[latencies.len() * 99 / 100],
+    };
+    node.shutdown().await;
+    run
+}
+
+/// `writers` keep-alive connections to `addr`, each PUTting `per_writer` 100-byte values in
+/// turn (the next request leaves when the previous answer is in): the run's seconds and every
+/// request's latency.
+async fn drive(
+    addr: std::net::SocketAddr,
+    writers: usize,
+    per_writer: usize,
+    keys: Keys,
+) -> (f64, Vec<std::time::Duration>) {
     let body = Arc::new(format!(
         "{{\"value\":\"{}\"}}",
         base64::engine::general_purpose::STANDARD.encode(vec![b'x'; VALUE_BYTES])
@@ -160,7 +210,6 @@ async fn ferry_http_waiting(
         conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
     let start = Instant::now();
-    let cpu = cpu_seconds();
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
@@ -188,22 +237,35 @@ async fn ferry_http_waiting(
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    let secs = start.elapsed().as_secs_f64();
-    latencies.sort();
-    assert_eq!(ns.seq_waiters(), waiters, "the parked reads all still wait");
-    drop(parked);
-    let counters = node.store().get("bench").unwrap().commit_counters();
-    let load =
-        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let run = Run {
-        rate: (writers * per_writer) as f64 / secs,
-        cores: (cpu_seconds() - cpu) / secs,
-        per_commit: load(&counters.requests) / load(&counters.commits).max(1.0),
-        writer_busy: load(&counters.micros) / 1e6 / secs,
-        p99: latencies[latencies.len() * 99 / 100],
-    };
-    node.shutdown().await;
-    run
+    (start.elapsed().as_secs_f64(), latencies)
+}
+
+/// A warp server whose PUT handler reads the body and answers what ferry answers, storing
+/// nothing: the HTTP round trip every write pays on this machine and runtime.
+async fn noop_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use warp::Filter;
+    let route = warp::put()
+        .and(warp::path!("api" / "v1" / String / "kv" / String))
+        .and(warp::body::bytes())
+        .map(|_ns: String, _key: String, _body: bytes::Bytes| {
+            warp::reply::with_header(
+                "{\"success\":true,\"seq\":123456}",
+                "content-type",
+                "application/json",
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+    (addr, server)
+}
+
+/// Writes/s of `writers` writers against the no-op PUT handler.
+async fn noop(writers: usize, per_writer: usize) -> f64 {
+    let (addr, server) = noop_server().await;
+    let (secs, _) = drive(addr, writers, per_writer, Keys::Ordered).await;
+    server.abort();
+    (writers * per_writer) as f64 / secs
 }
 
 /// CPU time (user + system) this process has used so far, from /proc (0 where there is none).
@@ -304,6 +366,10 @@ fn pattern(rt: &tokio::runtime::Runtime, dir: &Path, keys: Keys, scale: usize) -
 /// One measurement of every configuration, in its own directory.
 struct Round {
     single: f64,
+    /// One writer against a no-op warp PUT handler: the HTTP round trip alone.
+    noop_one: f64,
+    /// In-process SQLite, 1 write/txn, idling one no-op round trip between commits.
+    single_paced: f64,
     batched: f64,
     ordered: Pattern,
     per_writer: Pattern,
@@ -367,6 +433,11 @@ fn only_ferry(
             run.writer_busy * 100.0
         );
     }
+    let n = rt.block_on(noop(writers, per_writer));
+    println!(
+        "no-op warp PUT handler, {writers} writer(s): {n:.0} writes/s ({:.0} us a round trip each)",
+        1e6 * writers as f64 / n
+    );
 }
 
 fn main() {
@@ -402,11 +473,20 @@ fn main() {
         .map(|r| {
             let d = dir.path().join(format!("round{r}"));
             std::fs::create_dir_all(&d).unwrap();
+            let noop_one = rt.block_on(noop(1, 1000 * scale));
             let redis = rt
                 .block_on(redis(&d, 1, 1000 * scale))
                 .zip(rt.block_on(redis(&d, WRITERS, 100 * scale)));
             Round {
                 single: sqlite_ceiling(&d, 1000 * scale, 1, Keys::Ordered),
+                noop_one,
+                single_paced: sqlite_paced(
+                    &d,
+                    1000 * scale,
+                    1,
+                    Keys::Ordered,
+                    Some(std::time::Duration::from_secs_f64(1.0 / noop_one)),
+                ),
                 batched: sqlite_ceiling(&d, 50_000 * scale, 100, Keys::Ordered),
                 ordered: pattern(&rt, &d, Keys::Ordered, scale),
                 per_writer: pattern(&rt, &d, Keys::PerWriter, scale),
@@ -497,6 +577,19 @@ fn main() {
             "ferry (ordered keys) / redis: 1 writer {:.2}x, {WRITERS} writers {:.2}x",
             ferry_one / one_r,
             ferry_many / many_r
+        );
+        // What one writer can reach at best: SQLite's own commit, made by a thread that
+        // idles between requests, plus an HTTP round trip that does nothing.
+        let noop = med(&|r| r.noop_one);
+        let paced = med(&|r| r.single_paced);
+        let floor = 1.0 / (1.0 / paced + 1.0 / noop);
+        println!(
+            "1-writer floor: sqlite commit after an idle gap ({:.0} us, against {:.0} us back to back) + no-op warp PUT round trip ({:.0} us) = {floor:.0}/s = {:.2}x of redis 1 client; ferry 1 writer at {:.2}x of it",
+            1e6 / paced,
+            1e6 / single,
+            1e6 / noop,
+            floor / one_r,
+            ferry_one / floor
         );
     } else {
         println!(

@@ -531,7 +531,8 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
     replica.wait_line("HTTP listening on ");
     let resumed = replica.wait_line("following upstream");
     assert!(
-        resumed.contains(&format!("from_seq={}", partial + 1)),
+        resumed.contains(&format!("from_seq={}", partial + 1))
+            && resumed.contains(&format!("{} entries behind", total - partial as i64)),
         "{resumed}"
     );
     wait_for(

@@ -544,6 +544,14 @@ async fn a_replica_killed_mid_catch_up_resumes_from_its_own_log() {
         },
     )
     .await;
+    let done = replica.wait_line("caught up with upstream");
+    assert!(
+        done.contains(&format!(
+            "at seq {total} ({} entries applied in",
+            total - partial as i64
+        )),
+        "{done}"
+    );
     let status = replica.terminate();
     assert!(status.success());
     assert_same_files(&primary.db("ns"), &rdir.path().join("ns.db"));

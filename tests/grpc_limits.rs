@@ -128,6 +128,15 @@ async fn errors_quote_a_huge_input_only_up_to_a_bound() {
     assert!(err.message().len() < 200, "{}", err.message());
 
     request.log_id = node.log_id(NS);
+    // The bound is 64 characters (not bytes): 64 of a two-byte character pass, 65 do not.
+    request.follower_id = "é".repeat(64);
+    client
+        .tail(request.clone())
+        .await
+        .expect("a follower_id of exactly 64 characters is accepted");
+    request.follower_id = "é".repeat(65);
+    let err = client.tail(request.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
     request.follower_id = huge;
     let err = client.tail(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());

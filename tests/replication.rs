@@ -367,6 +367,24 @@ async fn bad_grpc_requests_get_typed_errors_and_the_server_keeps_serving() {
         .unwrap()
         .into_inner();
     assert_eq!((pos.head_seq, pos.oldest_seq, pos.log_id.len()), (2, 1, 32));
+    assert!(!pos.probe_found, "no probe was asked for: {pos:?}");
+    // A probe answers the crc of the entry at that seq, and only for a seq the log holds.
+    for (probe_seq, found, crc) in [(2, true, pos.head_crc), (3, false, 0)] {
+        let p = client
+            .position(PositionRequest {
+                probe_seq,
+                namespace: NS.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (p.probe_found, p.probe_crc),
+            (found, crc),
+            "probe {probe_seq}"
+        );
+    }
 
     // A healthy stream stays open across the bad requests below.
     let mut good = client

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use ferry::replication::ErrorKind;
 use ferry::replication::pb::replication_client::ReplicationClient;
-use ferry::replication::pb::{PositionRequest, SnapshotRequest, TailRequest};
+use ferry::replication::pb::{AckRequest, PositionRequest, SnapshotRequest, TailRequest};
 use tonic::transport::{Channel, Endpoint};
 
 const NS: &str = "ns";
@@ -137,6 +137,21 @@ async fn errors_quote_a_huge_input_only_up_to_a_bound() {
     request.follower_id = "é".repeat(65);
     let err = client.tail(request.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
+    // Acks take the same bound.
+    let ack = |follower_id: String| AckRequest {
+        namespace: NS.into(),
+        follower_id,
+        applied_seq: 0,
+    };
+    client
+        .ack(ack("é".repeat(64)))
+        .await
+        .expect("an ack from a follower_id of exactly 64 characters is taken");
+    for id in ["é".repeat(65), huge.clone()] {
+        let err = client.ack(ack(id)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
+        assert!(err.message().len() < 200, "{}", err.message());
+    }
     request.follower_id = huge;
     let err = client.tail(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());

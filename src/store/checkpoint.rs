@@ -7,7 +7,8 @@
 //! has it off; a WAL hook tells this thread when the WAL holds `checkpoint_pages`, and the
 //! thread runs a PASSIVE checkpoint on its own connection, beside the writer, never blocking
 //! it. Once a checkpoint has copied everything, the writer's next transaction starts the WAL
-//! over from its beginning, so its size stays about `checkpoint_pages` pages. After a second
+//! over from its beginning, so with pauses between writes its size stays about
+//! `checkpoint_pages` pages (under continuous writes, about 4x: see below). After a second
 //! without new work the WAL is truncated to zero (TRUNCATE, which gives up at once if a
 //! transaction is running), so an idle node leaves no large `-wal` file behind.
 //!

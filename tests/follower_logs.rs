@@ -154,14 +154,18 @@ async fn a_replica_whose_upstream_is_down_backs_off_and_says_so_once() {
     let tried = wait_arrivals(&arrivals, 10).await;
     assert_backed_off(&tried, 2);
 
-    // The upstream comes up on that port, with something to replicate.
+    // The upstream comes up on that port, with something to replicate: written before it
+    // listens there, so the first session finds 3 entries to catch up on (written after, the
+    // replica can connect in between, catch up at seq 0 and apply them live, as CI saw once).
+    let pdir = tempfile::tempdir().unwrap();
+    let early = TestNode::primary_with_grpc(pdir.path(), &["ns"], 0).await;
+    let c = reqwest::Client::new();
+    fill(&c, &early, 3, 10).await;
+    early.stop().await;
     door.abort();
     let _ = door.await;
-    let pdir = tempfile::tempdir().unwrap();
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     let primary = TestNode::primary_with_grpc(pdir.path(), &["ns"], port).await;
-    let c = reqwest::Client::new();
-    fill(&c, &primary, 3, 10).await;
     let back = replica.wait_line("reconnected");
     assert!(
         back.contains(&format!("reconnected to upstream {addr} after")),

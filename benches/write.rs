@@ -18,7 +18,9 @@
 //!   reach with them;
 //! - a warp PUT handler that stores nothing, 1 writer: the HTTP round trip alone; with
 //!   in-process SQLite's 1 write/txn, idling that long between commits as a server's writer
-//!   does, it gives the floor of one writer's latency;
+//!   does, it gives the floor of one writer's latency as a sum of parts;
+//! - a warp PUT handler that commits each write to SQLite itself, 1 writer: that floor measured
+//!   whole (the parts' sum leaves out the wake-ups of threads that slept through the fsync);
 //! - Redis with `appendonly yes, appendfsync always` (the bar users compare us with), driven by
 //!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
 //!   `redis-server` is on the PATH (`apt-get install redis-server`).
@@ -268,6 +270,65 @@ async fn noop(writers: usize, per_writer: usize) -> f64 {
     (writers * per_writer) as f64 / secs
 }
 
+/// A warp PUT handler that stores each write itself, in SQLite, the simplest way: decodes the
+/// body, then on its own thread (`block_in_place`) commits the two rows ferry writes in one
+/// transaction (`synchronous = FULL`, SQLite's automatic checkpoints) and answers with the seq.
+/// What one writer through HTTP and SQLite costs on this machine, measured whole: the sum of
+/// the no-op round trip and an in-process commit leaves out the wake-ups a request pays when
+/// every thread has slept through the commit's fsync.
+async fn sqlite_http_server(dir: &Path) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use warp::Filter;
+    let conn = rusqlite::Connection::open(dir.join("sqlite-http.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+        .unwrap();
+    let conn = Arc::new(std::sync::Mutex::new((conn, 0i64)));
+    let route = warp::put()
+        .and(warp::path!("api" / "v1" / String / "kv" / String))
+        .and(warp::body::bytes())
+        .map(move |_ns: String, key: String, body: bytes::Bytes| {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(json["value"].as_str().unwrap())
+                .unwrap();
+            let seq = tokio::task::block_in_place(|| {
+                let mut guard = conn.lock().unwrap();
+                let (conn, seq) = &mut *guard;
+                *seq += 1;
+                let tx = conn.transaction().unwrap();
+                tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, 0, 0)")
+                    .unwrap()
+                    .execute(rusqlite::params![*seq, key, value])
+                    .unwrap();
+                tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, 0) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq")
+                    .unwrap()
+                    .execute(rusqlite::params![key, value, *seq])
+                    .unwrap();
+                tx.commit().unwrap();
+                *seq
+            });
+            warp::reply::with_header(
+                format!("{{\"success\":true,\"seq\":{seq}}}"),
+                "content-type",
+                "application/json",
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+    (addr, server)
+}
+
+/// Writes/s of one writer against [`sqlite_http_server`].
+async fn sqlite_http(dir: &Path, per_writer: usize) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let (addr, server) = sqlite_http_server(dir).await;
+    let (secs, _) = drive(addr, 1, per_writer, Keys::Ordered).await;
+    server.abort();
+    per_writer as f64 / secs
+}
+
 /// CPU time (user + system) this process has used so far, from /proc (0 where there is none).
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -370,6 +431,8 @@ struct Round {
     noop_one: f64,
     /// In-process SQLite, 1 write/txn, idling one no-op round trip between commits.
     single_paced: f64,
+    /// One writer against [`sqlite_http_server`]: the floor of one writer, measured whole.
+    sqlite_http_one: f64,
     batched: f64,
     ordered: Pattern,
     per_writer: Pattern,
@@ -411,7 +474,8 @@ fn arg(flag: &str) -> Option<String> {
     )
 }
 
-/// `--writers N`: only ferry, N writers, 3 runs (for comparing two builds).
+/// `--writers N`: only ferry, N writers, 3 runs (for comparing two builds), then the no-op
+/// handler; with 1 writer also the SQLite handler and Redis (when installed).
 fn only_ferry(
     rt: &tokio::runtime::Runtime,
     writers: usize,
@@ -438,6 +502,16 @@ fn only_ferry(
         "no-op warp PUT handler, {writers} writer(s): {n:.0} writes/s ({:.0} us a round trip each)",
         1e6 * writers as f64 / n
     );
+    if writers == 1 {
+        let s = rt.block_on(sqlite_http(&dir.path().join("sqlite-http"), per_writer));
+        println!(
+            "warp PUT handler committing to SQLite itself, 1 writer: {s:.0} writes/s ({:.0} us a round trip each)",
+            1e6 / s
+        );
+        if let Some(r) = rt.block_on(redis(dir.path(), 1, per_writer)) {
+            println!("redis appendfsync=always, 1 client: {r:.0} writes/s");
+        }
+    }
 }
 
 fn main() {
@@ -474,12 +548,14 @@ fn main() {
             let d = dir.path().join(format!("round{r}"));
             std::fs::create_dir_all(&d).unwrap();
             let noop_one = rt.block_on(noop(1, 1000 * scale));
+            let sqlite_http_one = rt.block_on(sqlite_http(&d.join("sqlite-http"), 1000 * scale));
             let redis = rt
                 .block_on(redis(&d, 1, 1000 * scale))
                 .zip(rt.block_on(redis(&d, WRITERS, 100 * scale)));
             Round {
                 single: sqlite_ceiling(&d, 1000 * scale, 1, Keys::Ordered),
                 noop_one,
+                sqlite_http_one,
                 single_paced: sqlite_paced(
                     &d,
                     1000 * scale,
@@ -590,6 +666,13 @@ fn main() {
             1e6 / noop,
             floor / one_r,
             ferry_one / floor
+        );
+        let whole = med(&|r| r.sqlite_http_one);
+        println!(
+            "1-writer floor measured whole: a warp PUT handler committing to SQLite itself {whole:.0}/s ({:.0} us a write) = {:.2}x of redis 1 client; ferry 1 writer at {:.2}x of it",
+            1e6 / whole,
+            whole / one_r,
+            ferry_one / whole
         );
     } else {
         println!(

@@ -459,6 +459,7 @@ impl Node {
     /// closes every namespace file (the notifiers publish what was committed, then stop).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.store.stop_waiting();
         self.tasks.close();
         self.tasks.wait().await;
         self.store.close().await;

@@ -894,3 +894,44 @@ async fn json_logs_are_one_object_per_line() {
     );
     assert_eq!(access[2]["path"], "/nope");
 }
+
+/// A read waiting with `?min_seq=` when the node is told to stop is answered "shutting down"
+/// as shutdown begins, instead of holding the HTTP drain: it used to keep shutdown waiting the
+/// whole drain (3 s), which ended with a warning that connections were still busy. The read
+/// is seen waiting by the `ferry_seq_waiters` gauge before the SIGTERM. (Catches: the waiters
+/// not closed when shutdown begins, where the "still busy" line appears; the gauge not
+/// counting them, where the wait for it times out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_a_seq_does_not_hold_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, primary_config(dir.path(), &["ns"])).unwrap();
+    let mut node = Running::spawn(&["server", "--config", config.to_str().unwrap()]);
+    node.wait_line("HTTP listening on ");
+    let base = format!("http://{}", addr_of(&node));
+    let c = reqwest::Client::new();
+    let url = format!("{base}/api/v1/ns/kv/k?min_seq=1&timeout_ms=30000");
+    let waiting = tokio::spawn({
+        let c = c.clone();
+        async move { call(&c, reqwest::Method::GET, &url, None).await }
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the read to wait for seq 1",
+        async || {
+            let text = c.get(format!("{base}/metrics")).send().await.ok()?;
+            let text = text.text().await.ok()?;
+            (metric(&text, "ferry_seq_waiters", "ns") == 1.0).then_some(())
+        },
+    )
+    .await;
+
+    let lines = node.finish();
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "the node is shutting down", "{body}");
+    assert!(
+        !lines.iter().any(|l| l.contains("still busy")),
+        "{lines:#?}"
+    );
+}

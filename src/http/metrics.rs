@@ -140,6 +140,8 @@ struct NamespaceSample {
     commit_duration: Histogram,
     commit_group: Histogram,
     ready: bool,
+    /// Reads waiting with `?min_seq=`.
+    seq_waiters: usize,
     /// A replica's follower of it.
     followed: Option<Status>,
     /// Its notifier's messages sent and topics subscribed.
@@ -175,6 +177,7 @@ impl Scrape {
                     commit_duration: c.duration.clone(),
                     commit_group: c.group_size.clone(),
                     ready: super::failover::not_ready(api, n).is_none(),
+                    seq_waiters: n.seq_waiters(),
                     followed,
                     notifier: api.notifications.get(n.name()).map(|c| {
                         (
@@ -299,6 +302,13 @@ impl Collector for Scrape {
             "1 when the namespace counts as ready for GET /ready (serving; following within max_lag on a replica), else 0 (/stats says why).",
             Gauge,
             per(&|n| i64::from(n.ready)),
+        )?;
+        family(
+            &mut e,
+            "ferry_seq_waiters",
+            "Reads waiting with ?min_seq= for a seq the namespace has not reached (503 past storage_config.performance_config.max_seq_waiters).",
+            Gauge,
+            per(&|n| i64::try_from(n.seq_waiters).unwrap_or(i64::MAX)),
         )?;
         let followed: Vec<(&str, &Status)> = ns
             .iter()

@@ -735,6 +735,15 @@ impl Store {
         self.namespaces.values()
     }
 
+    /// Answers every read waiting with `?min_seq=` "shutting down" now, and refuses new ones:
+    /// called as shutdown begins, so that those reads do not hold the HTTP drain (the seq
+    /// they wait for will not come: replication stops with the node).
+    pub fn stop_waiting(&self) {
+        for ns in self.namespaces.values() {
+            ns.waiters.close();
+        }
+    }
+
     /// Closes every namespace: queued writes finish, writer threads exit. Then releases
     /// base_dir, so another node may open it (even while this `Store` is still referenced).
     pub async fn close(&self) {

@@ -274,6 +274,55 @@ async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
 }
 
+/// While a snapshot download is held up part-way, `/stats` shows it in progress with the
+/// number of times it was resumed after a broken stream, and once it is installed the
+/// progress is gone and one bootstrap is counted. (Catches: the download's `resumed += 1` as
+/// `*= 1`, where it reads 0 however often the stream broke.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_a_snapshot_download_in_progress_and_its_resumes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = reqwest::Client::new();
+    let primary =
+        TestNode::start(&primary_text(pdir.path(), 0, &keep_last(100)), pdir.path()).await;
+    for i in 0..14 {
+        batch(&c, &primary, i * 50, 50, 8 * 1024).await;
+    }
+    wait_base_past(&primary, 1).await;
+    // The first connection is held after ~2.5 MB, later ones closed at once, until released:
+    // the download is broken once (the held stream is given up) and cannot end meanwhile.
+    let stall = Arc::new(AtomicBool::new(true));
+    let proxy = proxy(primary.grpc(), 2_500_000, PastLimit::Stall(stall.clone())).await;
+    let replica_cfg = replica_text(rdir.path(), &proxy, "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    let st = wait_for(
+        Duration::from_secs(60),
+        "a resumed download in /stats",
+        async || {
+            let st = stats(&c, &replica, NS).await;
+            let resumed = st["replication"]["snapshot"]["resumed"].as_u64()?;
+            (resumed >= 1).then_some(st)
+        },
+    )
+    .await;
+    let r = &st["replication"];
+    // Retrying the held-up download ("retrying" between attempts), nothing installed yet.
+    assert_eq!(r["bootstraps"], 0, "{st}");
+    assert!(r["snapshot"]["rows"].as_i64().unwrap() > 0, "{st}");
+    assert!(
+        r["snapshot_resumes"].as_u64().unwrap() >= r["snapshot"]["resumed"].as_u64().unwrap(),
+        "{st}"
+    );
+    stall.store(false, Ordering::SeqCst);
+    wait_synced(&primary, &replica, NS).await;
+    let st = wait_replication_state(&c, &replica, NS, "following").await;
+    assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
+    assert!(st["replication"]["snapshot"].is_null(), "{st}");
+    replica.stop().await;
+    primary.stop().await;
+}
+
 fn rollback_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("rollback"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())

@@ -242,6 +242,18 @@ async fn drive(
     (start.elapsed().as_secs_f64(), latencies)
 }
 
+/// Serves `route` on a free loopback port until the task is aborted.
+async fn serve<F>(route: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(warp::serve(route).incoming(listener).run());
+    (addr, server)
+}
+
 /// A warp server whose PUT handler reads the body and answers what ferry answers, storing
 /// nothing: the HTTP round trip every write pays on this machine and runtime.
 async fn noop_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -256,10 +268,7 @@ async fn noop_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                 "application/json",
             )
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(warp::serve(route).incoming(listener).run());
-    (addr, server)
+    serve(route).await
 }
 
 /// Writes/s of `writers` writers against the no-op PUT handler.
@@ -314,10 +323,7 @@ async fn sqlite_http_server(dir: &Path) -> (std::net::SocketAddr, tokio::task::J
                 "application/json",
             )
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(warp::serve(route).incoming(listener).run());
-    (addr, server)
+    serve(route).await
 }
 
 /// Writes/s of one writer against [`sqlite_http_server`].

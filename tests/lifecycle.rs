@@ -235,17 +235,22 @@ fn config_with(retention: &str) -> ferry::config::WalCleanupConfig {
         .unwrap()
 }
 
+/// A primary keeping the last 100 entries of a log of 700 distinct keys of 8 KiB (~5.6 MB of
+/// kv, several 1-MiB snapshot chunks), pruned past seq 1: a new replica must bootstrap.
+async fn snapshot_only_primary(c: &reqwest::Client, dir: &Path) -> TestNode {
+    let primary = TestNode::start(&primary_text(dir, 0, &keep_last(100)), dir).await;
+    for i in 0..14 {
+        batch(c, &primary, i * 50, 50, 8 * 1024).await;
+    }
+    wait_base_past(&primary, 1).await;
+    primary
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let c = reqwest::Client::new();
-    let primary =
-        TestNode::start(&primary_text(pdir.path(), 0, &keep_last(100)), pdir.path()).await;
-    // 700 distinct keys of 8 KiB (~5.6 MB of kv): several 1-MiB chunks.
-    for i in 0..14 {
-        batch(&c, &primary, i * 50, 50, 8 * 1024).await;
-    }
-    wait_base_past(&primary, 1).await;
+    let primary = snapshot_only_primary(&c, pdir.path()).await;
     let keys = kv_rows(&primary.db(NS)).len();
     assert_eq!(keys, 700);
     // The first connection is cut after ~2.5 MB: in the middle of the snapshot.
@@ -284,12 +289,7 @@ async fn stats_show_a_snapshot_download_in_progress_and_its_resumes() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let c = reqwest::Client::new();
-    let primary =
-        TestNode::start(&primary_text(pdir.path(), 0, &keep_last(100)), pdir.path()).await;
-    for i in 0..14 {
-        batch(&c, &primary, i * 50, 50, 8 * 1024).await;
-    }
-    wait_base_past(&primary, 1).await;
+    let primary = snapshot_only_primary(&c, pdir.path()).await;
     // The first connection is held after ~2.5 MB, later ones closed at once, until released:
     // the download is broken once (the held stream is given up) and cannot end meanwhile.
     let stall = Arc::new(AtomicBool::new(true));

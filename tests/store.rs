@@ -609,9 +609,8 @@ async fn min_seq_waiters_are_capped_and_woken_by_their_seq() {
 }
 
 /// A read waiting with `?min_seq=` when the node shuts down is told so at once, a JSON 503,
-/// rather than left to its timeout: closing the namespace wakes every waiter. (Catches: the
-/// writer's `Drop` that no longer closes the waiters, where the read waits its 30 s and gets
-/// a 504.)
+/// rather than left to its timeout. (Catches: the waiters closed by neither the node's
+/// shutdown nor the namespace's close, where the read waits its 30 s and gets a 504.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_waiting_for_a_seq_is_told_when_the_node_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -630,6 +629,36 @@ async fn a_read_waiting_for_a_seq_is_told_when_the_node_shuts_down() {
     let (status, body) = waiting.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "the node is shutting down", "{body}");
+    assert_eq!(ns.seq_waiters(), 0);
+}
+
+/// A namespace closed on its own (no node around it, or its writer gone) ends the reads
+/// waiting for a seq with "shutting down", and refuses new ones that would wait. (Catches: the
+/// writer's `Drop` that no longer closes the waiters, where the wait runs to its timeout; the
+/// node's shutdown closes them first, so the test above no longer sees this.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_namespace_ends_the_reads_waiting_for_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = std::sync::Arc::new(Namespace::open(dir.path(), NS, Synchronous::Full).unwrap());
+    let waiting = tokio::spawn({
+        let ns = ns.clone();
+        async move { ns.wait_for_seq(1, std::time::Duration::from_secs(30)).await }
+    });
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the read to wait for seq 1",
+        async || (ns.seq_waiters() == 1).then_some(()),
+    )
+    .await;
+    ns.close().await;
+    assert!(matches!(
+        waiting.await.unwrap(),
+        Err(ferry::store::WaitError::ShuttingDown)
+    ));
+    assert!(matches!(
+        ns.wait_for_seq(1, std::time::Duration::from_secs(30)).await,
+        Err(ferry::store::WaitError::ShuttingDown)
+    ));
     assert_eq!(ns.seq_waiters(), 0);
 }
 

@@ -735,9 +735,11 @@ impl Store {
         self.namespaces.values()
     }
 
-    /// Answers every read waiting with `?min_seq=` "shutting down" now, and refuses new ones:
-    /// called as shutdown begins, so that those reads do not hold the HTTP drain (the seq
-    /// they wait for will not come: replication stops with the node).
+    /// Answers every read waiting with `?min_seq=` "shutting down" now, and refuses new ones
+    /// that would have to wait: called as shutdown begins, so that those reads do not hold the
+    /// HTTP drain. Their seq may still come before the node stops (a write in flight on a
+    /// primary), or never (replication stops with the node); either way the client learns at
+    /// once that this node is going away and can ask another.
     pub fn stop_waiting(&self) {
         for ns in self.namespaces.values() {
             ns.waiters.close();

@@ -313,6 +313,10 @@ fn main() {
     let ceiling = sqlite_ceiling(dir.path(), entries);
     let caught = rt.block_on(catch_up(dir.path(), entries));
     let runs = if quick { 1 } else { 5 };
+    // The catch-up leaves hundreds of MB of dirty pages that the kernel writes back over the
+    // next seconds: flushed here, or the first lag run's syncs queue behind that writeback
+    // (its write p99.9 was 47-54 ms in two sittings, against 6-13 ms for the runs after it).
+    let _ = std::process::Command::new("sync").status();
     let lags: Vec<Lag> = (0..runs)
         .map(|r| {
             let d = dir.path().join(format!("lag{r}"));

@@ -281,8 +281,11 @@ async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
 
 /// While a snapshot download is held up part-way, `/stats` shows it in progress with the
 /// number of times it was resumed after a broken stream, and once it is installed the
-/// progress is gone and one bootstrap is counted. (Catches: the download's `resumed += 1` as
-/// `*= 1`, where it reads 0 however often the stream broke.)
+/// progress is gone and one bootstrap is counted; the download resumes at the upstream's
+/// later seq instead of starting over. (Catches: the download's `resumed += 1` as `*= 1`,
+/// where it reads 0 however often the stream broke; `fetch`'s `chunk.seq < progress.end` as
+/// `>`, where a snapshot at a later seq reads as the upstream going back and the download
+/// starts over.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_show_a_snapshot_download_in_progress_and_its_resumes() {
     use std::sync::Arc;
@@ -314,13 +317,25 @@ async fn stats_show_a_snapshot_download_in_progress_and_its_resumes() {
         r["snapshot_resumes"].as_u64().unwrap() >= r["snapshot"]["resumed"].as_u64().unwrap(),
         "{st}"
     );
+    // Writes meanwhile: the resumed stream reads a snapshot at a later seq, which continues
+    // the download (only a snapshot at an earlier seq means the upstream went back).
+    batch(&c, &primary, 0, 10, 100).await;
     stall.store(false, Ordering::SeqCst);
     wait_synced(&primary, &replica, NS).await;
     let st = wait_replication_state(&c, &replica, NS, "following").await;
     assert_eq!(st["replication"]["bootstraps"], 1, "{st}");
     assert!(st["replication"]["snapshot"].is_null(), "{st}");
+    let keys = kv_rows(&primary.db(NS)).len() as u64;
+    assert!(
+        st["replication"]["snapshot_rows_received"]
+            .as_u64()
+            .unwrap()
+            <= keys,
+        "resumed after the last key received, not started over: {st}"
+    );
     replica.stop().await;
     primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
 }
 
 fn rollback_files(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -285,7 +285,9 @@ async fn a_snapshot_cut_mid_stream_resumes_where_it_stopped() {
 /// later seq instead of starting over. (Catches: the download's `resumed += 1` as `*= 1`,
 /// where it reads 0 however often the stream broke; `fetch`'s `chunk.seq < progress.end` as
 /// `>`, where a snapshot at a later seq reads as the upstream going back and the download
-/// starts over.)
+/// starts over; the replay of the log between the two streams skipped, started at the wrong
+/// seq, or never ended (`:207`, `:211`, `:228`), where the replica misses the writes made
+/// meanwhile to keys it had already received, or never finishes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_show_a_snapshot_download_in_progress_and_its_resumes() {
     use std::sync::Arc;

@@ -518,6 +518,67 @@ async fn a_primary_restored_from_an_older_backup() {
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
 }
 
+/// A primary put back to a copy of its own file (log included) from seq 10, which then takes
+/// three new writes: the replica that had seqs 11..20 of the old history finds the common
+/// point by bisecting the logs both still hold (0..13), keeps exactly 11..20 in its rollback
+/// file and re-bootstraps. (Catches: a broken bisection in `split_point`, e.g. the midpoint
+/// `good + (bad - good) / 2` with `-`, which settles on seq 0 and rolls back all 20; the
+/// backup test above never bisects, its restored log starting at the common point.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restored_from_a_copy_of_its_file_is_bisected_to_the_common_point() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bdir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    for i in 1..=10 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    let copy = bdir.path().join("ns.db");
+    rusqlite::Connection::open(primary.db(NS))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    for i in 11..=20 {
+        put(&c, &primary, NS, &format!("k{i}"), b"lost").await;
+    }
+    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
+    }
+    std::fs::copy(&copy, pdir.path().join("ns.db")).unwrap();
+    // New writes before it listens where the replica looks for it: the replica meets a log
+    // that differs from its own from seq 11 on.
+    let restored = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    assert_eq!(restored.head(NS), 10);
+    for i in 1..=3 {
+        put(&c, &restored, NS, &format!("after{i}"), b"restore").await;
+    }
+    restored.stop().await;
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to rebootstrap",
+        async || {
+            (stats(&c, &replica, NS).await["replication"]["bootstraps"] == 1
+                && replica.head(NS) == 13)
+                .then_some(())
+        },
+    )
+    .await;
+    let files = rollback_files(rdir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rolled: Vec<i64> = rollback_entries(&files[0]).iter().map(|e| e.0).collect();
+    assert_eq!(rolled, (11..=20).collect::<Vec<_>>());
+    replica.stop().await;
+    primary.stop().await;
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_divergence_stop_keeps_the_replica_as_it_was() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -457,6 +457,34 @@ async fn a_replaced_primary_makes_the_replica_roll_back_and_rebootstrap() {
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
 }
 
+/// Waits (bounded) for `replica` to have re-bootstrapped once and reached `head`, then checks
+/// its one rollback file holds exactly the entries `rolled` (those only it had).
+async fn assert_rebootstrapped_rolling_back(
+    c: &reqwest::Client,
+    replica: &TestNode,
+    head: i64,
+    rolled: std::ops::RangeInclusive<i64>,
+) {
+    wait_for(
+        Duration::from_secs(30),
+        "the replica to rebootstrap",
+        async || {
+            (stats(c, replica, NS).await["replication"]["bootstraps"] == 1
+                && replica.head(NS) == head)
+                .then_some(())
+        },
+    )
+    .await;
+    let files = rollback_files(&replica.dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let got: Vec<i64> = rollback_entries(&files[0]).iter().map(|e| e.0).collect();
+    assert_eq!(
+        got,
+        rolled.collect::<Vec<_>>(),
+        "exactly the entries after the common point"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restored_from_an_older_backup() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -495,24 +523,7 @@ async fn a_primary_restored_from_an_older_backup() {
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
     assert_eq!(primary.head(NS), 10);
     assert_eq!(put(&c, &primary, NS, "after", b"restore").await, 11);
-    wait_for(
-        Duration::from_secs(30),
-        "the replica to rebootstrap",
-        async || {
-            (stats(&c, &replica, NS).await["replication"]["bootstraps"] == 1
-                && replica.head(NS) == 11)
-                .then_some(())
-        },
-    )
-    .await;
-    let files = rollback_files(rdir.path());
-    assert_eq!(files.len(), 1, "{files:?}");
-    let rolled: Vec<i64> = rollback_entries(&files[0]).iter().map(|e| e.0).collect();
-    assert_eq!(
-        rolled,
-        (11..=20).collect::<Vec<_>>(),
-        "exactly the entries after the common point (seq 10)"
-    );
+    assert_rebootstrapped_rolling_back(&c, &replica, 11, 11..=20).await;
     replica.stop().await;
     primary.stop().await;
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
@@ -560,20 +571,7 @@ async fn a_primary_restored_from_a_copy_of_its_file_is_bisected_to_the_common_po
     }
     restored.stop().await;
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
-    wait_for(
-        Duration::from_secs(30),
-        "the replica to rebootstrap",
-        async || {
-            (stats(&c, &replica, NS).await["replication"]["bootstraps"] == 1
-                && replica.head(NS) == 13)
-                .then_some(())
-        },
-    )
-    .await;
-    let files = rollback_files(rdir.path());
-    assert_eq!(files.len(), 1, "{files:?}");
-    let rolled: Vec<i64> = rollback_entries(&files[0]).iter().map(|e| e.0).collect();
-    assert_eq!(rolled, (11..=20).collect::<Vec<_>>());
+    assert_rebootstrapped_rolling_back(&c, &replica, 13, 11..=20).await;
     replica.stop().await;
     primary.stop().await;
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));

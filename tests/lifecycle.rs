@@ -485,41 +485,62 @@ async fn assert_rebootstrapped_rolling_back(
     );
 }
 
+/// A primary takes k1..k10, `keep` saves a copy of it at seq 10 to `copy`, then k11..k20 go to
+/// the primary and to a replica that follows it. The primary is then stopped and its file
+/// replaced by the copy. Returns the replica and the primary's gRPC port (where the replica
+/// keeps looking for it).
+async fn replace_a_primary_under_its_replica(
+    c: &reqwest::Client,
+    pdir: &Path,
+    rdir: &Path,
+    copy: &Path,
+    keep: impl AsyncFnOnce(&TestNode),
+) -> (TestNode, u16) {
+    let primary = TestNode::primary_with_grpc(pdir, &[NS], 0).await;
+    let port = primary.node.grpc_addr().unwrap().port();
+    for i in 1..=10 {
+        put(c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    keep(&primary).await;
+    for i in 11..=20 {
+        put(c, &primary, NS, &format!("k{i}"), b"lost").await;
+    }
+    let replica_cfg = replica_text(rdir, &primary.grpc(), "");
+    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir).await;
+    wait_synced(&primary, &replica, NS).await;
+    primary.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(pdir.join(format!("ns.db{suffix}")));
+    }
+    std::fs::copy(copy, pdir.join("ns.db")).unwrap();
+    (replica, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restored_from_an_older_backup() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bdir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let port = primary.node.grpc_addr().unwrap().port();
-    for i in 1..=10 {
-        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
-    }
     let backup_file = bdir.path().join("ns.db");
-    let b = ferry::replication::backup::backup(&primary.grpc(), NS, &backup_file, &mut |_, _| {})
-        .await
-        .unwrap();
-    assert_eq!((b.seq, b.keys), (10, 10));
-    assert!(
-        ferry::replication::backup::backup(&primary.grpc(), NS, &backup_file, &mut |_, _| {})
-            .await
-            .unwrap_err()
-            .contains("already exists"),
-        "a backup never overwrites"
-    );
-    for i in 11..=20 {
-        put(&c, &primary, NS, &format!("k{i}"), b"lost").await;
-    }
-    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
-    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
-    wait_synced(&primary, &replica, NS).await;
-    primary.stop().await;
-
-    // Restore: the backup file in place of the namespace file.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
-    }
-    std::fs::copy(&backup_file, pdir.path().join("ns.db")).unwrap();
+    let (replica, port) = replace_a_primary_under_its_replica(
+        &c,
+        pdir.path(),
+        rdir.path(),
+        &backup_file,
+        async |p| {
+            let backup = async || {
+                ferry::replication::backup::backup(&p.grpc(), NS, &backup_file, &mut |_, _| {})
+                    .await
+            };
+            let b = backup().await.unwrap();
+            assert_eq!((b.seq, b.keys), (10, 10));
+            assert!(
+                backup().await.unwrap_err().contains("already exists"),
+                "a backup never overwrites"
+            );
+        },
+    )
+    .await;
     let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], port).await;
     assert_eq!(primary.head(NS), 10);
     assert_eq!(put(&c, &primary, NS, "after", b"restore").await, 11);
@@ -540,28 +561,15 @@ async fn a_primary_restored_from_a_copy_of_its_file_is_bisected_to_the_common_po
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bdir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
-    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
-    let port = primary.node.grpc_addr().unwrap().port();
-    for i in 1..=10 {
-        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
-    }
     let copy = bdir.path().join("ns.db");
-    rusqlite::Connection::open(primary.db(NS))
-        .unwrap()
-        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
-        .unwrap();
-    for i in 11..=20 {
-        put(&c, &primary, NS, &format!("k{i}"), b"lost").await;
-    }
-    let replica_cfg = replica_text(rdir.path(), &primary.grpc(), "");
-    let replica = TestNode::start_as(ferry::node::Mode::Replica, &replica_cfg, rdir.path()).await;
-    wait_synced(&primary, &replica, NS).await;
-    primary.stop().await;
-
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(pdir.path().join(format!("ns.db{suffix}")));
-    }
-    std::fs::copy(&copy, pdir.path().join("ns.db")).unwrap();
+    let (replica, port) =
+        replace_a_primary_under_its_replica(&c, pdir.path(), rdir.path(), &copy, async |p| {
+            rusqlite::Connection::open(p.db(NS))
+                .unwrap()
+                .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+                .unwrap();
+        })
+        .await;
     // New writes before it listens where the replica looks for it: the replica meets a log
     // that differs from its own from seq 11 on.
     let restored = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;

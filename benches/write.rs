@@ -21,6 +21,9 @@
 //!   does, it gives the floor of one writer's latency as a sum of parts;
 //! - a warp PUT handler that commits each write to SQLite itself, 1 writer: that floor measured
 //!   whole (the parts' sum leaves out the wake-ups of threads that slept through the fsync);
+//! - the same with 64 writers: a warp PUT handler handing each write to one thread that commits
+//!   everything queued in one transaction (group commit, nothing else), and the no-op handler
+//!   with 64 writers (the HTTP side alone);
 //! - Redis with `appendonly yes, appendfsync always` (the bar users compare us with), driven by
 //!   the same kind of client (pre-built RESP `SET` commands), 1 and 64 connections — when
 //!   `redis-server` is on the PATH (`apt-get install redis-server`).
@@ -334,6 +337,88 @@ async fn sqlite_http_server(dir: &Path) -> (std::net::SocketAddr, tokio::task::J
     serve(route).await
 }
 
+/// [`sqlite_http_server`] for many writers: the handler decodes the body and hands the write
+/// to one thread that commits everything queued in one transaction (group commit, as ferry's
+/// writer does), then answers each write with its seq. The rows, pragmas and checkpoints are
+/// the same. What a server that does nothing but store each request in SQLite durably reaches
+/// with [`WRITERS`] writers on this machine, measured whole: the floor ferry's extras (the crc
+/// chain, the recent entries for replicas, the head for tails and waiters, metrics) add to.
+async fn sqlite_group_http_server(
+    dir: &Path,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use warp::Filter;
+    type Write = (String, Vec<u8>, tokio::sync::oneshot::Sender<i64>);
+    let mut conn = rusqlite::Connection::open(dir.join("sqlite-group-http.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Write>(4096);
+    std::thread::spawn(move || {
+        let mut seq = 0i64;
+        let mut group = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            let txn = conn.transaction().unwrap();
+            let ts_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let mut seqs = Vec::with_capacity(group.len());
+            for (key, value, _) in &group {
+                seq += 1;
+                let crc = i64::from(0x9e37_79b9_u32.wrapping_mul(seq as u32));
+                txn.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, ?4, ?5)")
+                    .unwrap()
+                    .execute(rusqlite::params![seq, key, value, ts_ms, crc])
+                    .unwrap();
+                txn.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms")
+                    .unwrap()
+                    .execute(rusqlite::params![key, value, seq, ts_ms])
+                    .unwrap();
+                seqs.push(seq);
+            }
+            txn.commit().unwrap();
+            for ((_, _, reply), seq) in group.drain(..).zip(seqs) {
+                let _ = reply.send(seq);
+            }
+        }
+    });
+    let route = warp::put()
+        .and(warp::path!("api" / "v1" / String / "kv" / String))
+        .and(warp::body::bytes())
+        .then(move |_ns: String, key: String, body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(json["value"].as_str().unwrap())
+                    .unwrap();
+                let (reply, seq) = tokio::sync::oneshot::channel();
+                tx.send((key, value, reply)).await.unwrap();
+                let seq = seq.await.unwrap();
+                warp::reply::with_header(
+                    format!("{{\"success\":true,\"seq\":{seq}}}"),
+                    "content-type",
+                    "application/json",
+                )
+            }
+        });
+    serve(route).await
+}
+
+/// Writes/s of [`WRITERS`] writers against [`sqlite_group_http_server`].
+async fn sqlite_group_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let (addr, server) = sqlite_group_http_server(dir).await;
+    let (secs, _) = drive(addr, writers, per_writer, Keys::Ordered).await;
+    server.abort();
+    (writers * per_writer) as f64 / secs
+}
+
 /// Writes/s of one writer against [`sqlite_http_server`].
 async fn sqlite_http(dir: &Path, per_writer: usize) -> f64 {
     std::fs::create_dir_all(dir).unwrap();
@@ -447,6 +532,10 @@ struct Round {
     single_paced: f64,
     /// One writer against [`sqlite_http_server`]: the floor of one writer, measured whole.
     sqlite_http_one: f64,
+    /// [`WRITERS`] writers against a no-op warp PUT handler: the HTTP side alone.
+    noop_many: f64,
+    /// [`WRITERS`] writers against [`sqlite_group_http_server`]: their floor, measured whole.
+    sqlite_http_many: f64,
     batched: f64,
     ordered: Pattern,
     per_writer: Pattern,
@@ -516,6 +605,19 @@ fn only_ferry(
         "no-op warp PUT handler, {writers} writer(s): {n:.0} writes/s ({:.0} us a round trip each)",
         1e6 * writers as f64 / n
     );
+    if writers > 1 {
+        let s = rt.block_on(sqlite_group_http(
+            &dir.path().join("sqlite-group-http"),
+            writers,
+            per_writer,
+        ));
+        println!(
+            "warp PUT handler handing writes to one thread committing each group to SQLite (synchronous=FULL, ordered keys), {writers} writers: {s:.0} writes/s"
+        );
+        if let Some(r) = rt.block_on(redis(dir.path(), writers, per_writer)) {
+            println!("redis appendfsync=always, {writers} clients: {r:.0} writes/s");
+        }
+    }
     if writers == 1 {
         let s = rt.block_on(sqlite_http(&dir.path().join("sqlite-http"), per_writer));
         println!(
@@ -563,6 +665,12 @@ fn main() {
             std::fs::create_dir_all(&d).unwrap();
             let noop_one = rt.block_on(noop(1, 1000 * scale));
             let sqlite_http_one = rt.block_on(sqlite_http(&d.join("sqlite-http"), 1000 * scale));
+            let noop_many = rt.block_on(noop(WRITERS, 100 * scale));
+            let sqlite_http_many = rt.block_on(sqlite_group_http(
+                &d.join("sqlite-group-http"),
+                WRITERS,
+                100 * scale,
+            ));
             let redis = rt
                 .block_on(redis(&d, 1, 1000 * scale))
                 .zip(rt.block_on(redis(&d, WRITERS, 100 * scale)));
@@ -570,6 +678,8 @@ fn main() {
                 single: sqlite_ceiling(&d, 1000 * scale, 1, Keys::Ordered),
                 noop_one,
                 sqlite_http_one,
+                noop_many,
+                sqlite_http_many,
                 single_paced: sqlite_paced(
                     &d,
                     1000 * scale,
@@ -687,6 +797,13 @@ fn main() {
             1e6 / whole,
             whole / one_r,
             ferry_one / whole
+        );
+        let (noop_many, whole_many) = (med(&|r| r.noop_many), med(&|r| r.sqlite_http_many));
+        println!(
+            "{WRITERS}-writer floor measured whole: a warp PUT handler handing writes to one thread that commits each group to SQLite {whole_many:.0}/s = {:.2}x of redis {WRITERS} clients; ferry {WRITERS} writers at {:.2}x of it; no-op warp PUT handler {noop_many:.0}/s = {:.2}x of redis",
+            whole_many / many_r,
+            ferry_many / whole_many,
+            noop_many / many_r
         );
     } else {
         println!(

@@ -585,6 +585,58 @@ async fn a_primary_restored_from_a_copy_of_its_file_is_bisected_to_the_common_po
     assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
 }
 
+/// A replica re-pointed to a sibling replica that is behind it (same log, fewer entries) waits
+/// for the sibling to catch up: it keeps its entries (no rollback file, no snapshot) and goes
+/// on from its own head once the sibling has more. (Catches: the "upstream is behind" check
+/// comparing the common point with this replica's head, which the common point, capped at the
+/// upstream's head, never reaches: the replica rolled its last entries back into a file and
+/// bootstrapped from the sibling.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_pointed_at_a_sibling_that_is_behind_waits_for_it() {
+    let (pdir, rdir, sdir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let c = reqwest::Client::new();
+    let primary = TestNode::primary_with_grpc(pdir.path(), &[NS], 0).await;
+    for i in 0..5 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    let serving = "[grpc_config]\nport = 0\n";
+    let sibling = TestNode::replica(sdir.path(), &[NS], &primary.grpc(), serving).await;
+    wait_synced(&primary, &sibling, NS).await;
+    let sibling_port = sibling.node.grpc_addr().unwrap().port();
+    sibling.stop().await;
+    for i in 5..10 {
+        put(&c, &primary, NS, &format!("k{i}"), b"v").await;
+    }
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    replica.stop().await;
+    // The sibling comes back on its port with no upstream to reach: it stays at seq 5.
+    let serving = format!("[grpc_config]\nport = {sibling_port}\n");
+    let sibling = TestNode::replica(sdir.path(), &[NS], "127.0.0.1:1", &serving).await;
+    let replica = TestNode::replica(rdir.path(), &[NS], &sibling.grpc(), "").await;
+    let st = wait_replication_state(&c, &replica, NS, "retrying").await;
+    let err = st["replication"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("is behind this replica"), "{st}");
+    assert_eq!((replica.head(NS), sibling.head(NS)), (10, 5));
+    assert!(rollback_files(rdir.path()).is_empty());
+    // The sibling catches up from the primary; the replica goes on from seq 11.
+    sibling.stop().await;
+    let sibling = TestNode::replica(sdir.path(), &[NS], &primary.grpc(), &serving).await;
+    put(&c, &primary, NS, "k10", b"v").await;
+    wait_synced(&primary, &replica, NS).await;
+    let st = stats(&c, &replica, NS).await;
+    assert_eq!(st["replication"]["rollbacks"], 0, "{st}");
+    assert!(rollback_files(rdir.path()).is_empty());
+    assert_converged(&pdir.path().join("ns.db"), &rdir.path().join("ns.db"));
+    replica.stop().await;
+    sibling.stop().await;
+    primary.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_divergence_stop_keeps_the_replica_as_it_was() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

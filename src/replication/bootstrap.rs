@@ -291,9 +291,11 @@ impl Follower {
         } else {
             base
         };
-        if ours(&pos.log_id) && split == head.seq && pos.following {
+        if ours(&pos.log_id) && pos.following && pos.head_seq < head.seq && split == pos.head_seq {
             // Nothing differs: the upstream is a replica that has not caught up with this one
-            // yet (e.g. this replica was re-pointed to a sibling). Its log will grow.
+            // yet (e.g. this replica was re-pointed to a sibling), and all it has agrees with
+            // ours. Its log will grow. (The split is at most the upstream's head, so this is
+            // where it ends when the two agree.)
             return End::Retry(format!(
                 "the upstream (a replica) is behind this replica (its head {} < {}); waiting for it to catch up",
                 pos.head_seq, head.seq

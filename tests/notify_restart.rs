@@ -187,6 +187,85 @@ async fn a_connected_subscriber_gets_every_write_made_right_after_its_primary_re
     node.finish();
 }
 
+/// Entries a restarted node held back for a subscriber that did not come back, when it
+/// stopped, are notified after the next start once a subscriber is there: the saved position
+/// says where notifications stopped. (Catches: a start that ignores the saved position —
+/// `resume_seq` giving up, its log or seq checks inverted, its crc check never matching —
+/// which starts from the head, so those entries are never notified.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_back_when_the_node_stopped_are_notified_after_the_next_start() {
+    assert_eq!(held_back_then_restarted("").await, [2, 3]);
+}
+
+/// The same when the last entry notified was pruned while the node held the rest back (all
+/// but the head: retention keeps one entry): the next start still resumes after it, with
+/// what is left, and the subscriber sees the gap. (Catches: `resume_seq` treating a pruned
+/// position like a replaced history, and starting from the head: nothing is notified.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_back_are_notified_after_the_next_start_even_if_the_last_one_notified_was_pruned()
+ {
+    let retention = "[storage_config.wal_cleanup_config]\nenabled = true\ninterval = \"50ms\"\nmax_entries = 1\n";
+    assert_eq!(held_back_then_restarted(retention).await, [3]);
+}
+
+/// A node notifies seq 1 to a subscriber, then restarts with `retention` (a config section)
+/// and holds seqs 2 and 3 back while that subscriber stays away (with `retention`, until all
+/// but seq 3 is pruned), then stops; started again, it notifies a new subscriber of what it
+/// returns.
+async fn held_back_then_restarted(retention: &str) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let c = reqwest::Client::new();
+    let port = free_port();
+    let text = format!(
+        "{}{}",
+        primary_config(dir.path(), &[NS]),
+        notifier_section(port)
+    );
+    let config = write_config(dir.path(), &text);
+    let args = ["server", "--config", &config];
+
+    // A subscriber gets seq 1; the node saves one subscription to wait for at its next start.
+    let (mut node, base) = spawn(&args);
+    let (ctx, sub) = subscriber(port, 1000);
+    wait_subscribed_at(&c, &base, NS).await;
+    put_at(&c, &base, "seen").await;
+    let (sub, seqs) = receive_until(sub, 1).await;
+    assert_eq!(seqs, [1]);
+    node.finish();
+    sub.set_linger(0).unwrap();
+    drop((sub, ctx));
+
+    // Nobody comes back: seqs 2 and 3 are held back until the node stops.
+    let held = write_config(
+        dir.path(),
+        &format!(
+            "{}{retention}{}",
+            primary_config(dir.path(), &[NS]),
+            notifier_section(port)
+        ),
+    );
+    let (mut node, base) = spawn(&["server", "--config", &held]);
+    put_at(&c, &base, "held1").await;
+    put_at(&c, &base, "held2").await;
+    if !retention.is_empty() {
+        let url = format!("{base}/api/v1/{NS}/stats");
+        wait_for(Duration::from_secs(30), "seqs 1 and 2 pruned", async || {
+            let (_, st) = call(&c, reqwest::Method::GET, &url, None).await;
+            (st["oldest_seq"] == 3).then_some(())
+        })
+        .await;
+    }
+    node.finish();
+
+    // The next start (without `retention`) resumes for the first subscriber there.
+    write_config(dir.path(), &text);
+    let (mut node, _) = spawn(&args);
+    let (_ctx, sub) = subscriber(port, 100);
+    let (_sub, seqs) = receive_until(sub, 3).await;
+    node.finish();
+    seqs
+}
+
 /// A client speaking ZMTP 3.0 as a SUB socket, by hand, so it can send what a libzmq SUB
 /// never would.
 struct RawSub {

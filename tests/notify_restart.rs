@@ -29,6 +29,15 @@ fn notifier_section(port: u16) -> String {
     )
 }
 
+/// A primary's config in `dir` with `extra` (config sections) and the notifier on `port`.
+fn primary_text(dir: &Path, port: u16, extra: &str) -> String {
+    format!(
+        "{}{extra}{}",
+        primary_config(dir, &[NS]),
+        notifier_section(port)
+    )
+}
+
 /// Starts `ferry <args>` and returns it with its HTTP base URL.
 fn spawn(args: &[&str]) -> (Running, String) {
     let mut node = Running::spawn(args);
@@ -156,12 +165,7 @@ async fn a_connected_subscriber_gets_every_write_made_right_after_its_primary_re
     let dir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
     let port = free_port();
-    let text = format!(
-        "{}{}",
-        primary_config(dir.path(), &[NS]),
-        notifier_section(port)
-    );
-    let config = write_config(dir.path(), &text);
+    let config = write_config(dir.path(), &primary_text(dir.path(), port, ""));
     let args = ["server", "--config", &config];
 
     let (mut node, base) = spawn(&args);
@@ -216,12 +220,7 @@ async fn held_back_then_restarted(retention: &str) -> Vec<i64> {
     let dir = tempfile::tempdir().unwrap();
     let c = reqwest::Client::new();
     let port = free_port();
-    let text = format!(
-        "{}{}",
-        primary_config(dir.path(), &[NS]),
-        notifier_section(port)
-    );
-    let config = write_config(dir.path(), &text);
+    let config = write_config(dir.path(), &primary_text(dir.path(), port, ""));
     let args = ["server", "--config", &config];
 
     // A subscriber gets seq 1; the node saves one subscription to wait for at its next start.
@@ -236,14 +235,7 @@ async fn held_back_then_restarted(retention: &str) -> Vec<i64> {
     drop((sub, ctx));
 
     // Nobody comes back: seqs 2 and 3 are held back until the node stops.
-    let held = write_config(
-        dir.path(),
-        &format!(
-            "{}{retention}{}",
-            primary_config(dir.path(), &[NS]),
-            notifier_section(port)
-        ),
-    );
+    let held = write_config(dir.path(), &primary_text(dir.path(), port, retention));
     let (mut node, base) = spawn(&["server", "--config", &held]);
     put_at(&c, &base, "held1").await;
     put_at(&c, &base, "held2").await;
@@ -258,7 +250,7 @@ async fn held_back_then_restarted(retention: &str) -> Vec<i64> {
     node.finish();
 
     // The next start (without `retention`) resumes for the first subscriber there.
-    write_config(dir.path(), &text);
+    write_config(dir.path(), &primary_text(dir.path(), port, ""));
     let (mut node, _) = spawn(&args);
     let (_ctx, sub) = subscriber(port, 100);
     let (_sub, seqs) = receive_until(sub, 3).await;

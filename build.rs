@@ -3,6 +3,10 @@
 //! file descriptor set that gRPC server reflection serves (`src/grpc_tooling.rs`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Without these, cargo reruns this script (and so rebuilds the library) whenever any file
+    // of the package changes, a test file included.
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
     unsafe { std::env::set_var("PROTOC", protoc) };

@@ -282,6 +282,47 @@ async fn noop(writers: usize, per_writer: usize) -> f64 {
     (writers * per_writer) as f64 / secs
 }
 
+/// The file of a floor handler below: WAL, `synchronous = FULL`, ferry's tables, SQLite's
+/// own automatic checkpoints.
+fn floor_file(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+        .unwrap();
+    conn
+}
+
+/// The value of a PUT body (`{"value": base64}`), as ferry decodes it.
+fn floor_value(body: &[u8]) -> Vec<u8> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(json["value"].as_str().unwrap())
+        .unwrap()
+}
+
+/// Milliseconds since the epoch, the entries' timestamp.
+fn floor_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The two rows ferry writes for a put at `seq`, with a timestamp and a checksum as wide as
+/// ferry's.
+fn floor_put(tx: &rusqlite::Transaction, seq: i64, key: &str, value: &[u8], ts_ms: i64) {
+    let crc = i64::from(0x9e37_79b9_u32.wrapping_mul(seq as u32));
+    tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, ?4, ?5)")
+        .unwrap()
+        .execute(rusqlite::params![seq, key, value, ts_ms, crc])
+        .unwrap();
+    tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms")
+        .unwrap()
+        .execute(rusqlite::params![key, value, seq, ts_ms])
+        .unwrap();
+}
+
 /// A warp PUT handler that stores each write itself, in SQLite, the simplest way: decodes the
 /// body, then right in the handler commits the two rows ferry writes in one transaction
 /// (`synchronous = FULL`, SQLite's automatic checkpoints; a timestamp and a checksum as wide
@@ -291,20 +332,13 @@ async fn noop(writers: usize, per_writer: usize) -> f64 {
 /// every thread has slept through the commit's fsync.
 async fn sqlite_http_server(dir: &Path) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use warp::Filter;
-    let conn = rusqlite::Connection::open(dir.join("sqlite-http.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
-        .unwrap();
+    let conn = floor_file(&dir.join("sqlite-http.db"));
     let conn = Arc::new(std::sync::Mutex::new((conn, 0i64)));
     let route = warp::put()
         .and(warp::path!("api" / "v1" / String / "kv" / String))
         .and(warp::body::bytes())
         .map(move |_ns: String, key: String, body: bytes::Bytes| {
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let value = base64::engine::general_purpose::STANDARD
-                .decode(json["value"].as_str().unwrap())
-                .unwrap();
+            let value = floor_value(&body);
             // Right on the worker, blocking it: with one writer nothing else waits for it,
             // and it is faster than `block_in_place` (measured).
             let seq = {
@@ -312,19 +346,7 @@ async fn sqlite_http_server(dir: &Path) -> (std::net::SocketAddr, tokio::task::J
                 let (conn, seq) = &mut *guard;
                 *seq += 1;
                 let tx = conn.transaction().unwrap();
-                let ts_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as i64;
-                let crc = i64::from(0x9e37_79b9_u32.wrapping_mul(*seq as u32));
-                tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, ?4, ?5)")
-                    .unwrap()
-                    .execute(rusqlite::params![*seq, key, value, ts_ms, crc])
-                    .unwrap();
-                tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms")
-                    .unwrap()
-                    .execute(rusqlite::params![key, value, *seq, ts_ms])
-                    .unwrap();
+                floor_put(&tx, *seq, &key, &value, floor_now_ms());
                 tx.commit().unwrap();
                 *seq
             };
@@ -348,11 +370,7 @@ async fn sqlite_group_http_server(
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use warp::Filter;
     type Write = (String, Vec<u8>, tokio::sync::oneshot::Sender<i64>);
-    let mut conn = rusqlite::Connection::open(dir.join("sqlite-group-http.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(include_str!("../migrations/0001_init.sql"))
-        .unwrap();
+    let mut conn = floor_file(&dir.join("sqlite-group-http.db"));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Write>(4096);
     std::thread::spawn(move || {
         let mut seq = 0i64;
@@ -363,22 +381,11 @@ async fn sqlite_group_http_server(
                 group.push(more);
             }
             let txn = conn.transaction().unwrap();
-            let ts_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
+            let ts_ms = floor_now_ms();
             let mut seqs = Vec::with_capacity(group.len());
             for (key, value, _) in &group {
                 seq += 1;
-                let crc = i64::from(0x9e37_79b9_u32.wrapping_mul(seq as u32));
-                txn.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, ?4, ?5)")
-                    .unwrap()
-                    .execute(rusqlite::params![seq, key, value, ts_ms, crc])
-                    .unwrap();
-                txn.prepare_cached("INSERT INTO kv VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, seq = excluded.seq, ts_ms = excluded.ts_ms")
-                    .unwrap()
-                    .execute(rusqlite::params![key, value, seq, ts_ms])
-                    .unwrap();
+                floor_put(&txn, seq, key, value, ts_ms);
                 seqs.push(seq);
             }
             txn.commit().unwrap();
@@ -393,10 +400,7 @@ async fn sqlite_group_http_server(
         .then(move |_ns: String, key: String, body: bytes::Bytes| {
             let tx = tx.clone();
             async move {
-                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let value = base64::engine::general_purpose::STANDARD
-                    .decode(json["value"].as_str().unwrap())
-                    .unwrap();
+                let value = floor_value(&body);
                 let (reply, seq) = tokio::sync::oneshot::channel();
                 tx.send((key, value, reply)).await.unwrap();
                 let seq = seq.await.unwrap();

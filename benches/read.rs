@@ -2,16 +2,21 @@
 //! machines are shared and noisy; ratios are comparable, absolute numbers less so).
 //!
 //! Run: `cargo bench --bench read` (add `-- --quick` for 100,000 keys and shorter loads).
-//! To profile one load alone: `-- [--quick] --only hot|hot-chain|cold|noop-hot|noop-cold [--secs S]`
+//! To profile one load alone:
+//! `-- [--quick] --only hot|hot-chain|cold|noop-hot|noop-cold|floor-hot|floor-cold|floor-cold-mmap
+//! [--secs S]`
 //! (the server's runtime threads are named `server`, the load generator's `load`).
 //!
 //! - `POST /kv/batch` of 1,000 items, loading 1,000,000 keys of 100 bytes, against in-process
 //!   SQLite inserting the same rows 1,000 per transaction (synchronous=FULL both);
 //! - `GET /kv/{key}` with 64 keep-alive connections, one hot key and a random key of the
 //!   1,000,000 (cold), against a no-op warp handler answering a body of the same size on the
-//!   same runtime (the HTTP ceiling of this machine), and Redis `GET` beside them (when
+//!   same runtime (the HTTP ceiling of this machine), against the floor (that handler plus
+//!   one SQLite lookup of the key in the namespace file, what any server reading each request
+//!   from SQLite must do), and Redis `GET` beside them (when
 //!   `redis-server` is on the PATH: `apt-get install redis-server`); then the cold keys again
-//!   with `performance_config.mmap_size` at 1 GiB (the node restarted on the same file).
+//!   with `performance_config.mmap_size` at 1 GiB (the node restarted on the same file), the
+//!   floor's connections mapping the file too.
 //!
 //! The load generator is a minimal client (pre-built request bytes, one task per connection)
 //! on a runtime thread of its own, like wrk would be; the server gets a runtime of its own
@@ -218,6 +223,56 @@ async fn noop_server() -> SocketAddr {
     addr
 }
 
+/// A warp server whose GET handler reads the key from the namespace file itself and answers
+/// ferry's body: the no-op handler plus one SQLite point lookup, on a read-only connection
+/// each runtime thread keeps with its statement prepared (as ferry's reads are), mapping the
+/// file when `mmap_size` is not 0. Nothing any server that reads each request from the file
+/// can skip: the floor of the GET rows.
+async fn sqlite_get_server(db: std::path::PathBuf, mmap_size: u64) -> SocketAddr {
+    use rusqlite::OpenFlags;
+    use std::cell::RefCell;
+    use warp::Filter;
+    thread_local! {
+        /// This thread's connection for each `mmap_size` (one floor server per size).
+        static CONNS: RefCell<Vec<(u64, rusqlite::Connection)>> = const { RefCell::new(Vec::new()) };
+    }
+    let db = Arc::new(db);
+    let route = warp::get()
+        .and(warp::path!("api" / "v1" / String / "kv" / String))
+        .map(move |_ns: String, key: String| {
+            let (value, seq, ts_ms): (Vec<u8>, i64, i64) = CONNS.with(|conns| {
+                let mut conns = conns.borrow_mut();
+                let i = conns
+                    .iter()
+                    .position(|(m, _)| *m == mmap_size)
+                    .unwrap_or_else(|| {
+                        let flags =
+                            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                        let conn = rusqlite::Connection::open_with_flags(&*db, flags).unwrap();
+                        conn.pragma_update(None, "mmap_size", mmap_size as i64)
+                            .unwrap();
+                        conns.push((mmap_size, conn));
+                        conns.len() - 1
+                    });
+                conns[i]
+                    .1
+                    .prepare_cached("SELECT value, seq, ts_ms FROM kv WHERE key = ?1")
+                    .unwrap()
+                    .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+            });
+            let body = format!(
+                "{{\"value\":\"{}\",\"found\":true,\"seq\":{seq},\"ts_ms\":{ts_ms}}}",
+                base64::engine::general_purpose::STANDARD.encode(value)
+            );
+            warp::reply::with_header(body, "content-type", "application/json")
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
 /// A Redis server (no persistence: reads only) holding `keys` keys; None without redis-server.
 async fn redis(keys: usize) -> Option<(std::process::Child, SocketAddr)> {
     let (child, port) = spawn_redis(&["--save", "", "--appendonly", "no"])?;
@@ -309,6 +364,9 @@ fn main() {
     let addr = node.http_addr();
     let batch = client.block_on(load_batches(addr, keys));
     let noop = server.block_on(noop_server());
+    let db = dir.path().join("ferry").join("bench.db");
+    let floor = server.block_on(sqlite_get_server(db.clone(), 0));
+    let floor_mmap = server.block_on(sqlite_get_server(db, MMAP_SIZE));
 
     // `--only NAME --secs S`: one load alone, for a profiler to attach to (the pid and the
     // moment it starts are printed on stderr).
@@ -320,9 +378,12 @@ fn main() {
             "cold" => (addr, Pick::Cold(keys)),
             "noop-hot" => (noop, Pick::Hot),
             "noop-cold" => (noop, Pick::Cold(keys)),
-            other => {
-                panic!("--only takes hot, hot-chain, cold, noop-hot or noop-cold, not {other:?}")
-            }
+            "floor-hot" => (floor, Pick::Hot),
+            "floor-cold" => (floor, Pick::Cold(keys)),
+            "floor-cold-mmap" => (floor_mmap, Pick::Cold(keys)),
+            other => panic!(
+                "--only takes hot, hot-chain, cold, noop-hot, noop-cold, floor-hot, floor-cold or floor-cold-mmap, not {other:?}"
+            ),
         };
         eprintln!("pid {} loading {only} for {secs} s", std::process::id());
         let rate = client.block_on(run_load(target, Load::Http(pick), secs));
@@ -336,7 +397,8 @@ fn main() {
     for (name, pick) in [("hot key", Pick::Hot), ("cold keys", Pick::Cold(keys))] {
         let f = client.block_on(run_load(addr, Load::Http(pick), secs));
         let n = client.block_on(run_load(noop, Load::Http(pick), secs));
-        rows.push((name, f, n));
+        let l = client.block_on(run_load(floor, Load::Http(pick), secs));
+        rows.push((name, f, n, l));
     }
     // The same file again, read through connections that map it (`mmap_size`, off by default).
     server.block_on(node.shutdown());
@@ -344,7 +406,8 @@ fn main() {
     let addr = node.http_addr();
     let f = client.block_on(run_load(addr, Load::Http(Pick::Cold(keys)), secs));
     let n = client.block_on(run_load(noop, Load::Http(Pick::Cold(keys)), secs));
-    rows.push(("cold keys, mmap_size 1 GiB", f, n));
+    let l = client.block_on(run_load(floor_mmap, Load::Http(Pick::Cold(keys)), secs));
+    rows.push(("cold keys, mmap_size 1 GiB", f, n, l));
     let redis = client.block_on(redis(keys)).map(|(mut child, raddr)| {
         let hot = client.block_on(run_load(raddr, Load::Redis(Pick::Hot), secs));
         let cold = client.block_on(run_load(raddr, Load::Redis(Pick::Cold(keys)), secs));
@@ -360,7 +423,7 @@ fn main() {
         "POST /kv/batch of {BATCH}            {batch:>9.0} items/s   {:.2}x of sqlite in-process at {BATCH}/txn ({ceiling:.0} rows/s)",
         batch / ceiling
     );
-    for (i, (name, f, n)) in rows.iter().enumerate() {
+    for (i, (name, f, n, floor)) in rows.iter().enumerate() {
         let redis = redis
             .map(|r| if i == 0 { r.0 } else { r.1 })
             .map_or("redis-server not found".to_owned(), |r| {
@@ -369,6 +432,11 @@ fn main() {
         println!(
             "GET {CONNS} conns, {name:<26}{f:>9.0} req/s     {:.2}x of no-op warp GET ({n:.0}); {redis}",
             f / n
+        );
+        println!(
+            "    floor: no-op + SQLite lookup {floor:>9.0} req/s     {:.2}x of the no-op; ferry {:.2}x of the floor",
+            floor / n,
+            f / floor
         );
     }
     println!("process RSS after the run: {:.0} MB", rss_mb());

@@ -477,6 +477,32 @@ mod tests {
         ns.close().await;
     }
 
+    /// A staging file whose meta says its replay is done but whose entries stop short of the
+    /// snapshot's seq (entry 3 lost) is refused: installed, its rows would be the fuzzy read
+    /// that entry 3 makes exact. (Catches `head.0 < p.end.0` as `>`.)
+    #[test]
+    fn a_staged_replay_that_stops_short_of_the_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) =
+            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
+                "0".repeat(32)
+            })
+            .unwrap();
+        let staging = stage(dir.path(), true);
+        Connection::open(&staging)
+            .unwrap()
+            .execute("DELETE FROM entries WHERE seq = 3", [])
+            .unwrap();
+        let before = state(&conn);
+        let err = install(&conn, &staging).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the staged entries end at seq 2, the snapshot needs them up to 3"),
+            "{err}"
+        );
+        assert_eq!(state(&conn), before);
+    }
+
     #[test]
     fn a_failed_install_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();

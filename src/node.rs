@@ -345,6 +345,7 @@ impl Node {
                 .collect(),
             access_log: config.log_config.access_log,
             http_metrics: Default::default(),
+            grpc_conns: grpc.as_ref().map(|g| g.conns.clone()),
         });
         let local_addr = |l: &TcpListener, what| {
             l.local_addr().map_err(|source| NodeError::Bind {

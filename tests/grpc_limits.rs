@@ -90,10 +90,19 @@ async fn streams_over_the_caps_get_resource_exhausted_and_a_closed_one_frees_its
 
     // A client closing a stream frees its place.
     drop(first);
-    wait_for(
+    let fourth = wait_for(
         Duration::from_secs(30),
         "a closed stream to free its place",
         async || two.tail(tail_request(&log_id)).await.ok(),
+    )
+    .await;
+    // And its place on its connection: `one` may open a second stream again once the node
+    // has room. (Catches the connection's count not going down when a stream closes.)
+    drop(fourth);
+    wait_for(
+        Duration::from_secs(30),
+        "a closed stream to free its place on its connection",
+        async || one.tail(tail_request(&log_id)).await.ok(),
     )
     .await;
     node.stop().await;
@@ -358,5 +367,124 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         "an idle connection was still open after 30 s"
     );
     assert!(tail.message().await.unwrap().is_some());
+    node.stop().await;
+}
+
+/// A connector that counts the TCP connections a channel opens.
+#[derive(Clone)]
+struct CountingConnector {
+    addr: String,
+    made: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower_service::Service<tonic::transport::Uri> for CountingConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let (addr, made) = (self.addr.clone(), self.made.clone());
+        Box::pin(async move {
+            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let io = tokio::net::TcpStream::connect(addr).await?;
+            Ok(hyper_util::rt::TokioIo::new(io))
+        })
+    }
+}
+
+/// A connection whose client keeps making requests (unary ones, no stream open) is not idle:
+/// it is still the same connection after more than twice `idle_timeout`. (Catches: requests
+/// not counted as activity, `Connections::touch` doing nothing or the deadline computed from
+/// the last request as `last_active - idle_timeout`; the server then closes the connection
+/// one `idle_timeout` after it was opened, under a request in flight: "transport error",
+/// broken pipe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_making_requests_is_not_closed_as_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = primary(dir.path(), "idle_timeout = \"1s\"\n").await;
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let channel = Endpoint::from_shared(format!("http://{}", node.grpc()))
+        .unwrap()
+        .connect_with_connector(CountingConnector {
+            addr: node.grpc(),
+            made: made.clone(),
+        })
+        .await
+        .unwrap();
+    let mut client = ReplicationClient::new(channel);
+    let start = std::time::Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_millis(2_500) {
+        client
+            .position(PositionRequest {
+                namespace: NS.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        requests += 1;
+    }
+    assert!(requests > 1);
+    assert_eq!(
+        made.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the busy connection was closed and another opened ({requests} requests)"
+    );
+    node.stop().await;
+}
+
+/// `ferry_grpc_connections` and `ferry_grpc_streams` of a node's `/metrics`.
+async fn grpc_gauges(c: &reqwest::Client, node: &TestNode) -> (f64, f64) {
+    let text = metrics(c, node).await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    (value("ferry_grpc_connections"), value("ferry_grpc_streams"))
+}
+
+/// `/metrics` counts the gRPC connections and the streams open, and both go back to 0 once
+/// their clients leave: the node forgets a closed connection. (Catches: `IdleIo`'s `Drop`
+/// doing nothing, or removing the entry only when it belongs to another connection (`==` as
+/// `!=`), where the table of connections grows with every connection a client ever opened.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_grpc_connections_and_streams_and_closed_ones_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = primary(dir.path(), "").await;
+    let c = reqwest::Client::new();
+    assert_eq!(grpc_gauges(&c, &node).await, (0.0, 0.0));
+    let mut raw = Vec::new();
+    for _ in 0..5 {
+        raw.push(tokio::net::TcpStream::connect(node.grpc()).await.unwrap());
+    }
+    let mut client = small_window_client(&node.grpc()).await;
+    let tail = client.tail(tail_request(&node.log_id(NS))).await.unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "6 connections and 1 stream in /metrics",
+        async || (grpc_gauges(&c, &node).await == (6.0, 1.0)).then_some(()),
+    )
+    .await;
+    drop(tail);
+    drop(client);
+    drop(raw);
+    wait_for(
+        Duration::from_secs(30),
+        "the closed connections and stream gone from /metrics",
+        async || (grpc_gauges(&c, &node).await == (0.0, 0.0)).then_some(()),
+    )
+    .await;
     node.stop().await;
 }

@@ -2,8 +2,9 @@
 //!
 //! Per namespace (label `namespace`): the store's head and its writer's commits (counters and
 //! histograms of commit latency and group size), readiness, a replica's replication progress,
-//! and its notifier's messages. Per node: HTTP request latency by route class, build info, and
-//! the process's CPU, memory and file descriptors (read from `/proc/self`).
+//! and its notifier's messages. Per node: HTTP request latency by route class, build info, the
+//! gRPC connections and streams open, and the process's CPU, memory and file descriptors (read
+//! from `/proc/self`).
 //!
 //! Names follow Prometheus' conventions: base units in the name (`_seconds`, `_bytes`),
 //! counters end in `_total`, `process_*` as every client library names them.
@@ -152,6 +153,8 @@ struct NamespaceSample {
 #[derive(Debug)]
 struct Scrape {
     namespaces: Vec<NamespaceSample>,
+    /// gRPC connections tracked and Tail/Snapshot streams open (with `[grpc_config]`).
+    grpc: Option<(usize, usize)>,
     process: Option<Process>,
 }
 
@@ -190,6 +193,7 @@ impl Scrape {
             .collect();
         Scrape {
             namespaces,
+            grpc: api.grpc_conns.as_ref().map(|c| c.counts()),
             process,
         }
     }
@@ -363,6 +367,24 @@ impl Collector for Scrape {
                 .iter()
                 .map(|(n, (_, subs))| ([("namespace", *n)], ConstGauge::new(*subs))),
         )?;
+        if let Some((connections, streams)) = self.grpc {
+            let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            let none: [(&str, &str); 0] = [];
+            family(
+                &mut e,
+                "ferry_grpc_connections",
+                "gRPC connections open on this node (closed after grpc_config.idle_timeout with no stream and no request).",
+                Gauge,
+                [(none, gauge(connections))],
+            )?;
+            family(
+                &mut e,
+                "ferry_grpc_streams",
+                "Tail and Snapshot streams open on this node (RESOURCE_EXHAUSTED past grpc_config.max_streams).",
+                Gauge,
+                [(none, gauge(streams))],
+            )?;
+        }
         if let Some(p) = &self.process {
             p.encode(&mut e)?;
         }

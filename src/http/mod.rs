@@ -105,6 +105,9 @@ pub struct Api {
     pub access_log: bool,
     /// Request latency by route class, for `/metrics`.
     pub http_metrics: metrics::HttpMetrics,
+    /// The gRPC server's connections and streams (`None` without `[grpc_config]`), for
+    /// `/metrics`.
+    pub(crate) grpc_conns: Option<Arc<crate::replication::conns::Connections>>,
 }
 
 fn with_api(

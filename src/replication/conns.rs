@@ -61,6 +61,13 @@ impl Connections {
         })
     }
 
+    /// The connections this node tracks (accepted, not closed yet) and the Tail/Snapshot
+    /// streams open on it, for `/metrics`.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.conns.len(), inner.open)
+    }
+
     /// Notes a request on the connection from `peer` (it is not idle).
     pub(crate) fn touch(&self, peer: Option<SocketAddr>) {
         let mut inner = self.inner.lock().unwrap();

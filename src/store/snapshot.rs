@@ -370,6 +370,14 @@ mod tests {
         }
     }
 
+    /// A namespace file `ns.db` in `dir`, of log `00…0`, opened as its writer.
+    fn namespace_file(dir: &Path) -> Connection {
+        let path = dir.join("ns.db");
+        schema::open_writer(&path, "ns", Synchronous::Full, || "0".repeat(32))
+            .unwrap()
+            .0
+    }
+
     /// kv, the seqs of wal_log, the base and the log_id.
     type State = (Vec<(String, Vec<u8>)>, Vec<Seq>, (Seq, u32), String);
 
@@ -430,11 +438,7 @@ mod tests {
     #[test]
     fn an_install_replays_the_log_over_fuzzy_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, _) =
-            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
-                "0".repeat(32)
-            })
-            .unwrap();
+        let conn = namespace_file(dir.path());
         let staging = stage(dir.path(), true);
         let done = install(&conn, &staging).unwrap();
         assert_eq!(done.base.0, 2);
@@ -483,11 +487,7 @@ mod tests {
     #[test]
     fn a_staged_replay_that_stops_short_of_the_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, _) =
-            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
-                "0".repeat(32)
-            })
-            .unwrap();
+        let conn = namespace_file(dir.path());
         let staging = stage(dir.path(), true);
         Connection::open(&staging)
             .unwrap()
@@ -506,11 +506,7 @@ mod tests {
     #[test]
     fn a_failed_install_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (conn, _) =
-            schema::open_writer(&dir.path().join("ns.db"), "ns", Synchronous::Full, || {
-                "0".repeat(32)
-            })
-            .unwrap();
+        let conn = namespace_file(dir.path());
         let old = entry(1, 0, "old", b"x");
         crate::store::writer::store_entry(&conn, &old).unwrap();
         let before = state(&conn);

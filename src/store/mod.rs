@@ -803,4 +803,18 @@ mod tests {
         assert!(e.is_corrupt(), "{e:?}");
         assert!(!StoreError::other("x").is_corrupt());
     }
+
+    /// An I/O error of the OS (SQLITE_IOERR, whatever its extended code) is retried, not
+    /// fatal: a disk that fails a write now may take it later. SQLite cannot be made to fail
+    /// a read here without a faulty disk, so the error is built as SQLite reports it.
+    /// (Catches the `SystemIoFailure` arm of `SqliteKind::of` deleted: the error reads as
+    /// `Other` and a replica stops for good on it.)
+    #[test]
+    fn an_io_error_of_the_os_is_transient() {
+        let ioerr_write = rusqlite::ffi::SQLITE_IOERR_WRITE;
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(ioerr_write), None);
+        let io = kind(e);
+        assert_eq!(io, SqliteKind::Io);
+        assert!(io.is_transient());
+    }
 }

@@ -140,6 +140,16 @@ async fn every_route_round_trips() {
     assert_eq!(stats["keys"], 3); // café/menu, c, raw
     assert_eq!(stats["synchronous"], "FULL");
     assert_eq!(stats["log_id"], off["log_id"]);
+    // The file and its WAL on disk hold at least every page of the database. (Catches
+    // `file_bytes` reading 0 or 1.)
+    let db = rusqlite::Connection::open(node.db(NS)).unwrap();
+    let pages: i64 = db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    let page_size: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert!(pages >= 5, "{pages}");
+    assert!(
+        stats["file_bytes"].as_i64().unwrap() >= pages * page_size,
+        "{stats} against {pages} pages of {page_size}"
+    );
 
     // The other namespace is its own file with its own log.
     assert_eq!(put(&c, &node, "other", "k", b"v").await, 1);

@@ -142,13 +142,21 @@ async fn a_connected_follower_holds_retention_back_up_to_twice_the_limit() {
         .unwrap();
     assert_eq!(ns.base_seq(), 260 - 200, "hard bound: 2 x max_entries");
     assert_eq!(pruned, 50);
+    // As the stream sends, what it holds back moves with it. (Catches `TailPosition::set`
+    // doing nothing: the stream's first position would hold the log to the hard bound.)
+    follower.set(101);
+    let pruned = ferry::store::retention::prune_once(&ns, &config)
+        .await
+        .unwrap();
+    assert_eq!(ns.base_seq(), 100, "the follower still has to get seq 101");
+    assert_eq!(pruned, 40);
     // Gone, it holds nothing back.
     drop(follower);
     let pruned = ferry::store::retention::prune_once(&ns, &config)
         .await
         .unwrap();
     assert_eq!(ns.base_seq(), 260 - 100);
-    assert_eq!(pruned, 100);
+    assert_eq!(pruned, 60);
     assert_eq!(stats(&c, &primary, NS).await["wal_entries"], 100);
     verify_file(&primary.db(NS));
     primary.stop().await;

@@ -661,3 +661,38 @@ async fn each_limit_accepts_its_maximum_and_refuses_one_more() {
     assert_eq!((wal_rows(&node.db(NS)), kv_rows(&node.db(NS))), before);
     node.stop().await;
 }
+
+/// A request whose body fits a raised `max_body_bytes` but whose log entries would not fit
+/// one replication message gets 413 naming the limit and what to do, and nothing is stored.
+/// (Catches: the store's refusal answered 500.)
+#[tokio::test]
+async fn a_batch_too_large_to_replicate_gets_413_and_nothing_is_stored() {
+    use ferry::store::{ENTRY_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[http_config]\nmax_body_bytes = \"16MB\"\n",
+        primary_config(dir.path(), &[NS])
+    );
+    let node = TestNode::start(&text, dir.path()).await;
+    let c = reqwest::Client::new();
+    put(&c, &node, NS, "kept", b"v").await;
+    // ~11 bytes of body per key, 72 bytes of entry.
+    let keys: Vec<String> = (0..MAX_REQUEST_BYTES / ENTRY_OVERHEAD_BYTES)
+        .map(|i| format!("{i:08}"))
+        .collect();
+    let body = json!({"operation": "delete", "keys": keys}).to_string();
+    assert!(body.len() < 16 << 20);
+    let url = node.url(&format!("/api/v1/{NS}/kv/batch"));
+    let (s, j) = call(&c, Method::POST, &url, Some(&body)).await;
+    assert_eq!(s, 413, "{j}");
+    let msg = j["error"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "over the {MAX_REQUEST_BYTES} one request may hold"
+        )) && msg.contains("split it into several requests"),
+        "{msg}"
+    );
+    assert_eq!(wal_rows(&node.db(NS)).len(), 1);
+    assert_eq!(kv_rows(&node.db(NS)).len(), 1);
+    node.stop().await;
+}

@@ -971,6 +971,28 @@ async fn assert_batches_whole(primary: &TestNode, group: i64) {
     }
 }
 
+/// An atomic request larger than tonic's default 4 MiB message still replicates: the Tail
+/// message that holds it may be up to `MAX_MESSAGE_BYTES` on both sides. (Catches: the
+/// server's encoding or the follower's decoding limit left at tonic's default, or
+/// `MAX_MESSAGE_BYTES` under a request the store accepts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_a_default_grpc_message_replicates() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = format!(
+        "{}[grpc_config]\nport = 0\n[http_config]\nmax_body_bytes = \"8MB\"\n",
+        primary_config(pdir.path(), &[NS])
+    );
+    let primary = TestNode::start(&text, pdir.path()).await;
+    let c = reqwest::Client::new();
+    batch_put(&c, &primary, NS, 0, 5, 1 << 20).await;
+    assert_eq!(primary.head(NS), 5);
+    let replica = TestNode::replica(rdir.path(), &[NS], &primary.grpc(), "").await;
+    wait_synced(&primary, &replica, NS).await;
+    assert_same_files(&primary.db(NS), &replica.db(NS));
+    replica.stop().await;
+    primary.stop().await;
+}
+
 /// An `upstream_address` that is not an address cannot get better by retrying. A config file
 /// naming one is refused at load (tests/config.rs); a config built in code that bypasses that
 /// check still cannot make the follower retry forever: it stops and says why in `/stats`, and

@@ -205,6 +205,54 @@ async fn writes_queued_before_shutdown_are_committed_and_later_ones_refused() {
     assert_eq!(verify_file(&dir.path().join("ns.db")), 20);
 }
 
+/// One request's entries must fit one replication message, or a replica could never receive
+/// it: the store refuses a request over `MAX_REQUEST_BYTES`, counting each entry's overhead
+/// as well as its key and value, and stores nothing of it; a request at the limit is stored
+/// whole. (Catches: the check removed, `>` as `>=`, the overhead not counted.)
+#[tokio::test]
+async fn a_request_too_large_for_one_replication_message_is_refused_whole() {
+    use ferry::store::{ENTRY_OVERHEAD_BYTES as OVERHEAD, MAX_REQUEST_BYTES as LIMIT, Mutation};
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(dir.path(), NS, Synchronous::Full).unwrap();
+    // A put and a delete whose entries take `LIMIT + extra` bytes.
+    let request = |extra: usize| {
+        vec![
+            Mutation::Put {
+                key: "a".into(),
+                value: vec![7; LIMIT - 2 * (1 + OVERHEAD) + extra],
+            },
+            Mutation::Delete { key: "b".into() },
+        ]
+    };
+    let over = ns.write(request(1)).await;
+    assert!(
+        matches!(over, Err(StoreError::TooLarge { bytes, limit }) if bytes == LIMIT + 1 && limit == LIMIT),
+        "{over:?}"
+    );
+    // Keys and values alone under the limit: their entries' overhead takes it over.
+    let keys = LIMIT / (8 + OVERHEAD) + 1;
+    assert!(keys * 8 < LIMIT);
+    let deletes = (0..keys)
+        .map(|i| Mutation::Delete {
+            key: format!("{i:08}"),
+        })
+        .collect();
+    let over = ns.write(deletes).await;
+    assert!(matches!(over, Err(StoreError::TooLarge { .. })), "{over:?}");
+    assert_eq!(ns.head().seq, 0, "a refused request took a seq");
+
+    let at = ns.write(request(0)).await.unwrap();
+    assert_eq!((at.first_seq, at.last_seq), (1, 2));
+    ns.close().await;
+    let db = dir.path().join("ns.db");
+    assert_eq!(verify_file(&db), 2);
+    assert_eq!(
+        kv_rows(&db).len(),
+        1,
+        "the put is stored, the delete found nothing"
+    );
+}
+
 /// Creates a namespace file and closes it cleanly (WAL checkpointed into the main file).
 async fn create(dir: &std::path::Path, name: &str) {
     Namespace::open(dir, name, Synchronous::Full)

@@ -90,6 +90,7 @@ impl From<StoreError> for ApiError {
         let status = match e {
             StoreError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::EmptyWrite => StatusCode::BAD_REQUEST,
+            StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

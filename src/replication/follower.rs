@@ -642,6 +642,7 @@ pub(super) fn store_end(e: StoreError) -> End {
         StoreError::Diverged(_)
         | StoreError::BadFile { .. }
         | StoreError::EmptyWrite
+        | StoreError::TooLarge { .. }
         | StoreError::Locked { .. }
         | StoreError::Corrupt { .. } => End::Fatal(e.to_string()),
         StoreError::Sqlite {

@@ -28,6 +28,15 @@ pub mod pb {
 /// tail batch runs past [`service::MAX_BATCH_BYTES`] to finish an atomic request.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+// A Tail message is a batch of at most `MAX_BATCH_BYTES` finished by the request it stopped
+// inside: the largest request the store accepts must fit beside a whole batch.
+const _: () = assert!(
+    crate::store::MAX_REQUEST_BYTES
+        + service::MAX_BATCH_BYTES
+        + crate::store::ENTRY_OVERHEAD_BYTES * service::MAX_BATCH_ENTRIES
+        <= MAX_MESSAGE_BYTES
+);
+
 /// Metadata key carrying the typed error code on a gRPC status.
 pub const ERROR_KEY: &str = "ferry-error";
 

@@ -34,6 +34,17 @@ pub use writer::{CommitCounters, Committed, Lineage, Mutation, Prune, Pruned};
 /// Commands queued for a writer thread before senders wait (backpressure on writes).
 const COMMAND_QUEUE: usize = 4096;
 
+/// The most bytes one request's log entries may take on the replication stream. A Tail
+/// message never ends inside a request, so a request larger than one gRPC message could be
+/// committed here and never reach a replica: the write is refused instead. Only reachable
+/// when `max_body_bytes` is raised past 3 MiB (a delete batch of one-byte keys counts ~16
+/// bytes of entries per byte of body).
+pub const MAX_REQUEST_BYTES: usize = 48 * 1024 * 1024;
+
+/// What a log entry takes on the wire besides its key and value, at most: seq, txn, ts_ms
+/// (varints up to 10 bytes), op, crc, the tags and lengths, and its place in the message.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +71,11 @@ pub enum StoreError {
     /// A write with no mutations: it would take no seq and change nothing.
     #[error("nothing to write: the write has no items")]
     EmptyWrite,
+    /// A write whose entries would not fit one replication message ([`MAX_REQUEST_BYTES`]).
+    #[error(
+        "the request's log entries would take {bytes} bytes, over the {limit} one request may hold so that replicas receive it whole; split it into several requests"
+    )]
+    TooLarge { bytes: usize, limit: usize },
     /// Entries offered to a replica do not continue its log.
     #[error("history differs: {0}")]
     Diverged(String),
@@ -401,6 +417,13 @@ impl Namespace {
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<Committed, StoreError> {
         if mutations.is_empty() {
             return Err(StoreError::EmptyWrite);
+        }
+        let bytes: usize = mutations.iter().map(Mutation::wire_bytes).sum();
+        if bytes > MAX_REQUEST_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes,
+                limit: MAX_REQUEST_BYTES,
+            });
         }
         self.usable()?;
         self.request(|reply| Command::Write { mutations, reply })

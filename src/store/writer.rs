@@ -33,6 +33,11 @@ impl Mutation {
             Mutation::Delete { key } => key.len(),
         }
     }
+
+    /// The most bytes this mutation's log entry can take in a replication message.
+    pub(crate) fn wire_bytes(&self) -> usize {
+        self.weight() + super::ENTRY_OVERHEAD_BYTES
+    }
 }
 
 /// Where a committed request landed in the log.

@@ -88,3 +88,34 @@ fn a_killed_holder_leaves_no_stale_lock() {
     second.wait_line("HTTP listening on ");
     assert!(second.terminate().success());
 }
+
+/// `Store::close` releases base_dir even while the `Store` is still referenced, so a node's
+/// shutdown frees the directory for the next node however long other handles live; a write
+/// through the closed store is refused. (Catches: `Store::close` doing nothing: the lock
+/// then lives as long as the `Store`.)
+#[tokio::test]
+async fn a_closed_store_frees_base_dir_while_still_referenced() {
+    use ferry::store::{Mutation, Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let text = primary_config(dir.path(), &["ns"]);
+    let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+    let store = Store::open(&config.storage_config, &[]).await.unwrap();
+    let ns = store.get("ns").unwrap().clone();
+    let put = || {
+        vec![Mutation::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        }]
+    };
+    ns.write(put()).await.unwrap();
+    let held = Store::open(&config.storage_config, &[]).await.err();
+    assert!(matches!(held, Some(StoreError::Locked { .. })), "{held:?}");
+
+    store.close().await;
+    let again = Store::open(&config.storage_config, &[]).await.unwrap();
+    assert_eq!(again.get("ns").unwrap().head().seq, 1);
+    let late = ns.write(put()).await;
+    assert!(matches!(late, Err(StoreError::ShuttingDown)), "{late:?}");
+    again.close().await;
+    drop(store);
+}

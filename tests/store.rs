@@ -300,6 +300,21 @@ async fn files_ferry_did_not_write_are_refused_and_left_untouched() {
         .unwrap()
         .execute("DELETE FROM meta WHERE name = 'log_id'", [])
         .unwrap();
+    // A ferry file with entries whose identity was blanked (only a new replica file, with no
+    // entries yet, has an empty log_id).
+    let blank = Namespace::open(d, "blank", Synchronous::Full).unwrap();
+    blank
+        .write(vec![ferry::store::Mutation::Put {
+            key: "k".into(),
+            value: vec![1],
+        }])
+        .await
+        .unwrap();
+    blank.close().await;
+    rusqlite::Connection::open(d.join("blank.db"))
+        .unwrap()
+        .execute("UPDATE meta SET value = '' WHERE name = 'log_id'", [])
+        .unwrap();
 
     let snapshot = |name: &str| std::fs::read(d.join(format!("{name}.db"))).unwrap();
     let cases = [
@@ -314,6 +329,7 @@ async fn files_ferry_did_not_write_are_refused_and_left_untouched() {
         ),
         ("copy", "belongs to namespace \"original\", not \"copy\""),
         ("anon", "meta.log_id is missing"),
+        ("blank", "meta.log_id is empty but wal_log has entries"),
     ];
     for (name, needle) in cases {
         let before = snapshot(name);

@@ -250,6 +250,26 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
         err.contains("was promoted") && err.contains("relayer_config.up"),
         "{err}"
     );
+    // It says when: the promotion's time as recorded in the file, a moment ago.
+    let at: i64 = rusqlite::Connection::open(r1dir.path().join("ns.db"))
+        .unwrap()
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'promoted_at_ms'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        now - 600_000 < at && at <= now,
+        "promoted at {at}, now {now}"
+    );
+    assert!(err.contains(&format!("at unix ms {at};")), "{err}");
     // Re-pointed at another upstream, it starts: an operator making it a replica again.
     let text = replica_config(r1dir.path(), &[NS], &r2.grpc(), "");
     let config = ferry::config::Config::parse(&text, Path::new("r1.toml")).unwrap();

@@ -138,3 +138,52 @@ fn notifier_config_checks_startup_grace_and_has_the_documented_defaults() {
     let c: NotifierConfig = toml::from_str("bind_port = 0\nstartup_grace = \"250ms\"\n").unwrap();
     assert_eq!(c.startup_grace, Duration::from_millis(250));
 }
+
+/// The count of subscriptions that can match (shown in `/stats`, and saved so that a restart
+/// holds notifications back until as many are back) follows subscribers as they unsubscribe
+/// and leave; a subscription that cannot match is not counted. (Catches: an unsubscription
+/// counted as one more subscription; a subscriber that left never removed, its
+/// subscriptions counted, and a restart waiting for them, forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_count_follows_unsubscriptions_and_departures() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let config: NotifierConfig = toml::from_str("bind_port = 0\n").unwrap();
+    let notifier = Notifier::start(
+        node.ns(NS),
+        "127.0.0.1".parse().unwrap(),
+        &config,
+        tokio::runtime::Handle::current(),
+        &tokio_util::task::TaskTracker::new(),
+    )
+    .unwrap();
+    let count = notifier.subscriptions();
+    let reaches = async |want: i64| {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the notifier to count {want} subscriptions"),
+            async || (count.load(std::sync::atomic::Ordering::Relaxed) == want).then_some(()),
+        )
+        .await
+    };
+
+    let ctx = zmq::Context::new();
+    let a = ctx.socket(zmq::SUB).unwrap();
+    a.connect(notifier.endpoint()).unwrap();
+    a.set_subscribe(b"").unwrap();
+    a.set_subscribe(b"other.kv").unwrap(); // cannot match "ns.kv"
+    let b = ctx.socket(zmq::SUB).unwrap();
+    b.connect(notifier.endpoint()).unwrap();
+    b.set_subscribe(b"ns.").unwrap();
+    reaches(2).await;
+    b.set_unsubscribe(b"ns.").unwrap();
+    reaches(1).await;
+    drop(a);
+    reaches(0).await;
+
+    drop(b);
+    node.stop().await;
+    tokio::task::spawn_blocking(move || notifier.join())
+        .await
+        .unwrap();
+}

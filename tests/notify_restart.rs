@@ -509,7 +509,8 @@ fn curve_subscriber(ctx: &zmq::Context, curve: Option<(&str, &zmq::CurveKeyPair)
 /// fail their handshake and get nothing. The good subscriber sends heartbeats, which ferry
 /// answers inside CURVE, or libzmq drops the connection. (Catches: a CURVE handshake libzmq
 /// cannot complete, frames sealed with the wrong nonce or key, the allow-list not checked, a
-/// NULL peer let in, PING not recognised in a sealed frame.)
+/// NULL peer let in, PING not recognised in a sealed frame, a sealed frame's overhead
+/// counted short, refusing a subscription of the limit, or long, taking one over it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curve_lets_in_only_subscribers_with_the_server_key_and_an_allowed_key() {
     assert_eq!(zmq::has("curve"), Some(true), "libzmq built with CURVE");
@@ -592,6 +593,9 @@ async fn curve_lets_in_only_subscribers_with_the_server_key_and_an_allowed_key()
     }
     let (good, seqs) = receive_until(good, before[1]).await;
     assert_eq!(seqs, before);
+    // A subscription of exactly max_subscription_bytes (256 with its leading 0x01) is
+    // sealed into a bigger frame; it is taken, and the connection stays up (checked below).
+    good.set_subscribe(&[b'z'; 255]).unwrap();
     let mut last = 0;
     for k in ["a", "b", "c"] {
         last = put_at(&c, &base, k).await;
@@ -612,6 +616,22 @@ async fn curve_lets_in_only_subscribers_with_the_server_key_and_an_allowed_key()
         subscribed(&c, &base).await,
         1,
         "only the allowed subscriber"
+    );
+
+    // One byte more, and the node closes the connection, sealed or not.
+    let own = zmq::Context::new();
+    let long = curve_subscriber(&own, Some((&server_public, &allowed)));
+    long.set_subscribe(&[b'z'; 256]).unwrap();
+    let events = monitor(&own, &long, "long");
+    long.connect(&endpoint).unwrap();
+    assert_eq!(
+        handshake_outcome(&events, "long"),
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED
+    );
+    assert_eq!(
+        handshake_outcome(&events, "long"),
+        zmq::SocketEvent::DISCONNECTED,
+        "a subscription over max_subscription_bytes, sealed, is refused"
     );
     drop(node);
 }

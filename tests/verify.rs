@@ -256,6 +256,28 @@ async fn a_node_marks_a_namespace_with_an_altered_recent_entry_corrupt() {
     node.stop().await;
 }
 
+/// The open-time check compares `kv` with the newest entries too, not only their crc chain:
+/// a node opening a file whose `kv` row for a recently written key was altered, its log
+/// intact, marks that namespace corrupt and says which key. (Catches: the keys of the
+/// recent entries checked only when their chain is broken.)
+#[tokio::test]
+async fn a_node_marks_a_namespace_whose_kv_disagrees_with_a_recent_entry_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    // k7 was last put at seq 258, within the newest QUICK_ENTRIES of 305.
+    sql(&path, "UPDATE kv SET value = X'00' WHERE key = 'k7';");
+    let node = TestNode::primary(dir.path(), &[NS]).await;
+    let c = reqwest::Client::new();
+    let st = stats(&c, &node, NS).await;
+    assert_eq!(st["corrupt"], true, "{st}");
+    let reason = st["corrupt_reason"].as_str().unwrap();
+    assert!(
+        reason.contains(r#"kv key "k7": the value differs from the one put at seq 258"#),
+        "{reason}"
+    );
+    node.stop().await;
+}
+
 /// When SQLite cannot even count a damaged namespace's keys, `/stats` still answers: corrupt,
 /// why, and the head the node knows, so an operator sees how far the file got.
 #[tokio::test]

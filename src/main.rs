@@ -466,10 +466,9 @@ fn verify(cmd: VerifyCmd) -> ExitCode {
         println!("{file}: OK: integrity_check ok, crc chain ok, kv matches the log; {counts}");
         return ExitCode::SUCCESS;
     }
-    println!(
-        "{file}: CORRUPT: {} problems; {counts}",
-        report.problems.len() as u64 + report.unlisted
-    );
+    let problems = report.problems.len() as u64 + report.unlisted;
+    let plural = if problems == 1 { "" } else { "s" };
+    println!("{file}: CORRUPT: {problems} problem{plural}; {counts}");
     for p in &report.problems {
         println!("  {p}");
     }

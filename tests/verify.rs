@@ -101,7 +101,7 @@ async fn a_flipped_byte_in_a_logged_value_is_a_crc_mismatch_at_its_seq() {
     drop(conn);
     let (code, out) = verify(&path);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("CORRUPT: 1 problems"), "{out}");
+    assert!(out.contains("CORRUPT: 1 problem;"), "{out}");
     assert!(out.contains("seq 8: crc mismatch"), "{out}");
 }
 
@@ -146,6 +146,28 @@ async fn a_broken_btree_page_fails_integrity_check() {
     let (code, out) = verify(&path);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("integrity_check: "), "{out}");
+}
+
+/// Damage SQLite reports as findings rather than as a failed query (here the header's count
+/// of free pages) is listed too. (Catches: `integrity_check`'s rows taken as "ok" whatever
+/// they say: the b-tree test above passes anyway, its damage failing the query itself.)
+#[tokio::test]
+async fn integrity_check_findings_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_file(dir.path()).await;
+    checkpoint_all(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Bytes 36..40 of the database header: the number of pages on the freelist.
+    let free = u32::from_be_bytes(bytes[36..40].try_into().unwrap());
+    bytes[36..40].copy_from_slice(&(free + 3).to_be_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("CORRUPT: 1 problem; "), "{out}");
+    assert!(
+        out.contains("integrity_check: ") && out.to_lowercase().contains("freelist: size is"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

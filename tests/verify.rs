@@ -218,11 +218,18 @@ async fn a_pruned_log_chains_from_meta_base_crc() {
 async fn a_gap_in_the_log_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let path = written_file(dir.path()).await;
-    sql(&path, "DELETE FROM wal_log WHERE seq = 50");
+    sql(&path, "DELETE FROM wal_log WHERE seq IN (1, 50)");
     let (code, out) = verify(&path);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("seq 51: the log jumps there from seq 49"),
+        "{out}"
+    );
+    // A log that lost its first entries is told apart from one with a hole.
+    assert!(
+        out.contains(
+            "seq 2: the log starts there, but it must start at seq 1 (meta has no base_seq)"
+        ),
         "{out}"
     );
 }

@@ -84,6 +84,7 @@ async fn a_sound_file_verifies() {
         "{out}"
     );
     assert!(out.contains("45 keys checked"), "{out}");
+    assert!(out.contains("(seq 1..=305)"), "{out}");
 }
 
 #[tokio::test]
@@ -183,12 +184,15 @@ async fn a_pruned_log_chains_from_meta_base_crc() {
         &path,
         &format!(
             "DELETE FROM wal_log WHERE seq <= 100;
-             INSERT INTO meta (name, value) VALUES ('base_seq', '100'), ('base_crc', '{crc}');"
+             INSERT INTO meta (name, value) VALUES ('base_seq', '100'), ('base_crc', '{crc}');
+             INSERT INTO kv (key, value, seq, ts_ms) VALUES ('old', X'01', 100, 0);"
         ),
     );
+    // A key last written at base_seq (its entry pruned) is fine, and counted.
     let (code, out) = verify(&path);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("base_seq 100"), "{out}");
+    assert!(out.contains("46 keys checked"), "{out}");
 
     // A base_crc that does not chain into the oldest retained entry is found...
     sql(

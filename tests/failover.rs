@@ -239,9 +239,7 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
     // The promotion survives a restart; a config that still follows the namespace is refused.
     r1.stop().await;
     let text = replica_config(r1dir.path(), &[NS], &p_grpc, "");
-    let config = ferry::config::Config::parse(&text, Path::new("r1.toml")).unwrap();
-    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
-    let err = ferry::node::Node::start(config, ferry::node::Mode::Replica, listeners)
+    let err = start_node(ferry::node::Mode::Replica, &text)
         .await
         .err()
         .expect("a promoted namespace is not followed again");
@@ -272,9 +270,7 @@ async fn kill_the_primary_promote_a_replica_and_the_old_primary_rejoins() {
     assert!(err.contains(&format!("at unix ms {at};")), "{err}");
     // Re-pointed at another upstream, it starts: an operator making it a replica again.
     let text = replica_config(r1dir.path(), &[NS], &r2.grpc(), "");
-    let config = ferry::config::Config::parse(&text, Path::new("r1.toml")).unwrap();
-    let listeners = ferry::node::Listeners::bind(&config).await.unwrap();
-    let rejoined = ferry::node::Node::start(config, ferry::node::Mode::Replica, listeners)
+    let rejoined = start_node(ferry::node::Mode::Replica, &text)
         .await
         .expect("a promoted namespace may follow a new upstream");
     rejoined.shutdown().await;

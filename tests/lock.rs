@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use ferry::config::Config;
@@ -112,7 +113,16 @@ async fn a_closed_store_frees_base_dir_while_still_referenced() {
     assert!(matches!(held, Some(StoreError::Locked { .. })), "{held:?}");
 
     store.close().await;
-    let again = Store::open(&config.storage_config, &[]).await.unwrap();
+    // As in `start_node`: another test's child process may hold the lock file a moment longer.
+    let again = wait_for(
+        Duration::from_secs(10),
+        "base_dir's lock",
+        async || match Store::open(&config.storage_config, &[]).await {
+            Err(StoreError::Locked { .. }) => None,
+            other => Some(other.unwrap()),
+        },
+    )
+    .await;
     assert_eq!(again.get("ns").unwrap().head().seq, 1);
     let late = ns.write(put()).await;
     assert!(matches!(late, Err(StoreError::ShuttingDown)), "{late:?}");

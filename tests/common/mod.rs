@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ferry::config::Config;
-use ferry::node::{Listeners, Mode, Node};
+use ferry::node::{Listeners, Mode, Node, NodeError};
+use ferry::store::StoreError;
 use rusqlite::Connection;
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -45,6 +46,27 @@ pub fn replica_config(dir: &Path, namespaces: &[&str], upstream: &str, extra: &s
     text
 }
 
+/// Starts a node in this process from `config_text`, as `ferry server` (or `replica`) would.
+///
+/// A start refused because base_dir is locked is tried again for up to 10 s. A node this
+/// process just stopped has released its lock, but a child process that another test is
+/// spawning at that moment holds a copy of every open descriptor until it execs, the lock
+/// file's among them, and a `flock` lock belongs to the open file, so it is held that long.
+/// A lock that is never released still fails the test.
+pub async fn start_node(mode: Mode, config_text: &str) -> Result<Node, NodeError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let config = Config::parse(config_text, Path::new("test.toml")).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        match Node::start(config, mode, listeners).await {
+            Err(NodeError::Store(StoreError::Locked { .. })) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A node running in this process.
 pub struct TestNode {
     pub node: Node,
@@ -58,9 +80,7 @@ impl TestNode {
     }
 
     pub async fn start_as(mode: Mode, config_text: &str, dir: &Path) -> TestNode {
-        let config = Config::parse(config_text, Path::new("test.toml")).unwrap();
-        let listeners = Listeners::bind(&config).await.unwrap();
-        let node = Node::start(config, mode, listeners).await.unwrap();
+        let node = start_node(mode, config_text).await.unwrap();
         TestNode {
             base: format!("http://{}", node.http_addr()),
             node,

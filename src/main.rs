@@ -172,6 +172,14 @@ struct WatchCmd {
     /// topic prefix to subscribe to, e.g. ad-campaign-dc1.kv (default: everything)
     #[argh(option, short = 't', default = "String::new()")]
     topic: String,
+    /// the notifier's CURVE public key (Z85, 40 characters; the comment line of its
+    /// curve_secret_key_file), for a notifier with CURVE on; every endpoint must have it
+    #[argh(option)]
+    curve_server_key: Option<String>,
+    /// this client's CURVE secret key file, as `ferry curve-keypair` writes it (default: a
+    /// new key pair each run, its public key printed)
+    #[argh(option)]
+    curve_secret_key_file: Option<PathBuf>,
 }
 
 /// Accepts the walkthrough's Go-style `-config FILE` / `-config=FILE` by rewriting it to
@@ -429,7 +437,31 @@ fn watch(cmd: WatchCmd) -> ExitCode {
     } else {
         cmd.endpoint
     };
-    match ferry::notify::watch(&endpoints, &cmd.topic, &mut std::io::stdout()) {
+    let curve = match (&cmd.curve_server_key, &cmd.curve_secret_key_file) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            eprintln!("ferry watch: --curve-secret-key-file needs --curve-server-key");
+            return ExitCode::FAILURE;
+        }
+        (Some(server), file) => {
+            match ferry::notify::CurveClientKeys::new(server, file.as_deref()) {
+                Ok(keys) => {
+                    eprintln!("CURVE client public key {}", keys.public_z85());
+                    Some(keys)
+                }
+                Err(e) => {
+                    eprintln!("ferry watch: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    match ferry::notify::watch(
+        &endpoints,
+        &cmd.topic,
+        curve.as_ref(),
+        &mut std::io::stdout(),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry watch: {e}");

@@ -51,15 +51,7 @@ impl ServerKeys {
     /// Reads the secret key (Z85, 40 characters, the one line that is not blank or a `#`
     /// comment) and, if given, the allowed clients' public keys (Z85, one per line).
     pub(crate) fn load(secret: &Path, clients: Option<&Path>) -> Result<ServerKeys, String> {
-        let keys = read_keys(secret)?;
-        let [key] = keys.as_slice() else {
-            return Err(format!(
-                "{}: expected one CURVE secret key (40 Z85 characters), found {}",
-                secret.display(),
-                keys.len()
-            ));
-        };
-        let secret = SecretKey::from_bytes(*key);
+        let secret = read_secret(secret)?;
         let clients = match clients {
             None => None,
             Some(path) => Some(read_keys(path)?.into_iter().collect()),
@@ -74,6 +66,62 @@ impl ServerKeys {
     /// Our public key, in Z85: what clients set as their server key.
     pub(crate) fn public_z85(&self) -> String {
         z85(self.public.as_bytes())
+    }
+}
+
+/// The one secret key in `path` (as `ferry curve-keypair` writes it).
+fn read_secret(path: &Path) -> Result<SecretKey, String> {
+    let keys = read_keys(path)?;
+    let [key] = keys.as_slice() else {
+        return Err(format!(
+            "{}: expected one CURVE secret key (40 Z85 characters), found {}",
+            path.display(),
+            keys.len()
+        ));
+    };
+    Ok(SecretKey::from_bytes(*key))
+}
+
+/// A subscriber's CURVE keys: the notifier's public key, and a key pair of its own.
+pub struct ClientKeys {
+    pub server: [u8; 32],
+    pub public: [u8; 32],
+    pub secret: [u8; 32],
+}
+
+impl ClientKeys {
+    /// `server`: the notifier's public key in Z85 (the comment line of its key file);
+    /// `secret`: a file holding this client's secret key, or `None` for a new key pair.
+    pub fn new(server: &str, secret: Option<&Path>) -> Result<ClientKeys, String> {
+        let server = zmq::z85_decode(server.trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                format!("the server key {server:?} is not a CURVE public key (40 Z85 characters)")
+            })?;
+        let secret = match secret {
+            Some(path) => read_secret(path)?,
+            None => SecretKey::generate(&mut OsRng),
+        };
+        Ok(ClientKeys {
+            server,
+            public: *secret.public_key().as_bytes(),
+            secret: secret.to_bytes(),
+        })
+    }
+
+    /// This client's public key in Z85: what a notifier's `curve_client_keys_file` lists.
+    pub fn public_z85(&self) -> String {
+        z85(&self.public)
+    }
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKeys")
+            .field("server", &z85(&self.server))
+            .field("public", &self.public_z85())
+            .finish_non_exhaustive()
     }
 }
 

@@ -28,6 +28,7 @@ mod curve;
 mod socket;
 mod zmtp;
 
+pub use curve::ClientKeys as CurveClientKeys;
 pub use curve::keypair as curve_keypair;
 
 use std::net::{IpAddr, SocketAddr};
@@ -472,28 +473,172 @@ impl Saved {
     }
 }
 
-/// `ferry watch`: subscribes to `endpoints` (topics starting with `topic`) and writes each
-/// notification as one line, `topic json`, until the output or the socket fails.
+/// `ferry watch`: subscribes to `endpoints` (topics starting with `topic`), with CURVE when
+/// `curve` is given, and writes each notification as one line, `topic json`, until the output
+/// or the socket fails. Connections, and handshakes that fail, are told on stderr: a failure
+/// once until the endpoint connects again (libzmq retries it every 100 ms), so a subscriber
+/// that gets nothing says why.
 pub fn watch(
     endpoints: &[String],
     topic: &str,
+    curve: Option<&CurveClientKeys>,
     out: &mut impl std::io::Write,
 ) -> Result<(), String> {
+    let zmq_err = |e: zmq::Error| e.to_string();
     let ctx = zmq::Context::new();
-    let socket = ctx.socket(zmq::SUB).map_err(|e| e.to_string())?;
+    let socket = ctx.socket(zmq::SUB).map_err(zmq_err)?;
+    if let Some(keys) = curve {
+        socket.set_curve_serverkey(&keys.server).map_err(zmq_err)?;
+        socket.set_curve_publickey(&keys.public).map_err(zmq_err)?;
+        socket.set_curve_secretkey(&keys.secret).map_err(zmq_err)?;
+    }
+    socket
+        .monitor("inproc://ferry-watch", zmq::SocketEvent::ALL as i32)
+        .map_err(zmq_err)?;
+    let monitor = ctx.socket(zmq::PAIR).map_err(zmq_err)?;
+    monitor.connect("inproc://ferry-watch").map_err(zmq_err)?;
     for e in endpoints {
         socket
             .connect(e)
             .map_err(|err| format!("cannot connect to {e}: {err}"))?;
         eprintln!("watching {e}");
     }
-    socket
-        .set_subscribe(topic.as_bytes())
-        .map_err(|e| e.to_string())?;
+    socket.set_subscribe(topic.as_bytes()).map_err(zmq_err)?;
+    let mut links = std::collections::HashMap::new();
     loop {
-        let frames = socket.recv_multipart(0).map_err(|e| e.to_string())?;
-        let text: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
-        writeln!(out, "{}", text.join(" ")).map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
+        let mut items = [
+            socket.as_poll_item(zmq::POLLIN),
+            monitor.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, -1).map_err(zmq_err)?;
+        if items[1].is_readable() {
+            let event = monitor.recv_multipart(0).map_err(zmq_err)?;
+            if let Some(line) = connection_event(&event, &mut links) {
+                eprintln!("{line}");
+            }
+        }
+        if items[0].is_readable() {
+            let frames = socket.recv_multipart(0).map_err(zmq_err)?;
+            let text: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
+            writeln!(out, "{}", text.join(" ")).map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// What [`watch`] last told of an endpoint's connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Link {
+    Connected,
+    /// Was connected, then lost; reconnecting.
+    Lost,
+    /// A handshake failed, and why was told.
+    Failed,
+}
+
+/// What a socket monitor's event (`frames`: event and value, then the endpoint) says about a
+/// connection, if it is news: a connection made or lost, or a handshake that failed when the
+/// one before it did not (libzmq retries every 100 ms, each retry failing the same way).
+fn connection_event(
+    frames: &[Vec<u8>],
+    links: &mut std::collections::HashMap<String, Link>,
+) -> Option<String> {
+    use zmq::SocketEvent as E;
+    let [event, endpoint] = frames else {
+        return None;
+    };
+    let (id, value) = (event.get(..2)?, event.get(2..6)?);
+    let value = u32::from_le_bytes(value.try_into().ok()?);
+    let endpoint = String::from_utf8_lossy(endpoint).into_owned();
+    let was = links.get(&endpoint).copied();
+    let kind = E::from_raw(u16::from_le_bytes([id[0], id[1]]));
+    let why = match kind {
+        E::HANDSHAKE_SUCCEEDED => {
+            links.insert(endpoint.clone(), Link::Connected);
+            return Some(format!("connected to {endpoint}"));
+        }
+        E::DISCONNECTED if was == Some(Link::Connected) => {
+            links.insert(endpoint.clone(), Link::Lost);
+            return Some(format!("disconnected from {endpoint}"));
+        }
+        // A notifier that cannot open the HELLO (another server key) or meets a mechanism it
+        // does not run closes the connection: libzmq reports the broken pipe, or only that.
+        E::DISCONNECTED | E::HANDSHAKE_FAILED_NO_DETAIL => {
+            let errno = match kind {
+                E::HANDSHAKE_FAILED_NO_DETAIL => {
+                    format!(" ({})", std::io::Error::from_raw_os_error(value as i32))
+                }
+                _ => String::new(),
+            };
+            format!(
+                "the notifier closed the connection during the handshake{errno}: another \
+                 --curve-server-key than its key, or CURVE on one side only?"
+            )
+        }
+        E::HANDSHAKE_FAILED_AUTH => format!(
+            "the notifier refused this client's key (status {value}): it is not in the \
+             notifier's curve_client_keys_file"
+        ),
+        E::HANDSHAKE_FAILED_PROTOCOL => format!(
+            "the handshake broke the protocol (libzmq error {value:#x}): CURVE on one side \
+             only?"
+        ),
+        _ => return None,
+    };
+    if links.insert(endpoint.clone(), Link::Failed) == Some(Link::Failed) {
+        return None;
+    }
+    Some(format!("no connection to {endpoint}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zmq::SocketEvent as E;
+
+    fn event(kind: E, value: u32, endpoint: &str) -> Vec<Vec<u8>> {
+        let mut head = (kind as u16).to_le_bytes().to_vec();
+        head.extend_from_slice(&value.to_le_bytes());
+        vec![head, endpoint.as_bytes().to_vec()]
+    }
+
+    /// `ferry watch` tells each change of a connection once: a failed handshake once however
+    /// often libzmq retries it, then the connection, its loss, and a failure after the loss
+    /// (with its reason); other events and other endpoints apart. (Catches: every retry's
+    /// failure printed, a failure after a lost connection never told, the endpoints' states
+    /// mixed.)
+    #[test]
+    fn watch_tells_each_change_of_a_connection_once() {
+        let (a, b) = ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2");
+        let mut links = std::collections::HashMap::new();
+        let mut told =
+            |kind, value, endpoint| connection_event(&event(kind, value, endpoint), &mut links);
+        let first = told(E::HANDSHAKE_FAILED_NO_DETAIL, 32, a).unwrap();
+        assert!(
+            first.starts_with("no connection to tcp://127.0.0.1:1: the notifier closed the connection during the handshake (Broken pipe"),
+            "{first}"
+        );
+        for _ in 0..3 {
+            assert_eq!(told(E::DISCONNECTED, 0, a), None);
+            assert_eq!(told(E::CONNECT_RETRIED, 100, a), None);
+            assert_eq!(told(E::HANDSHAKE_FAILED_NO_DETAIL, 32, a), None);
+        }
+        let auth = told(E::HANDSHAKE_FAILED_AUTH, 400, b).unwrap();
+        assert!(
+            auth.contains("tcp://127.0.0.1:2") && auth.contains("status 400"),
+            "{auth}"
+        );
+        assert_eq!(
+            told(E::HANDSHAKE_SUCCEEDED, 0, a).as_deref(),
+            Some("connected to tcp://127.0.0.1:1")
+        );
+        assert_eq!(
+            told(E::DISCONNECTED, 0, a).as_deref(),
+            Some("disconnected from tcp://127.0.0.1:1")
+        );
+        let after = told(E::HANDSHAKE_FAILED_PROTOCOL, 0x1000_0001, a).unwrap();
+        assert!(after.contains("libzmq error 0x10000001"), "{after}");
+        assert_eq!(told(E::HANDSHAKE_FAILED_AUTH, 400, b), None);
+        assert_eq!(told(E::MONITOR_STOPPED, 0, a), None);
     }
 }

@@ -494,6 +494,19 @@ impl Running {
     pub fn finish(&mut self) -> Vec<String> {
         let status = self.terminate();
         assert!(status.success(), "{status:?}");
+        self.read_to_end()
+    }
+
+    /// Kills the process (SIGKILL, for commands that have no clean stop, such as
+    /// `ferry watch`) and returns every line it printed, read to the end.
+    pub fn kill(&mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.read_to_end()
+    }
+
+    /// Every line the process printed, once its output has ended.
+    fn read_to_end(&mut self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

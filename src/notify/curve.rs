@@ -84,9 +84,9 @@ fn read_secret(path: &Path) -> Result<SecretKey, String> {
 
 /// A subscriber's CURVE keys: the notifier's public key, and a key pair of its own.
 pub struct ClientKeys {
-    pub server: [u8; 32],
-    pub public: [u8; 32],
-    pub secret: [u8; 32],
+    pub(crate) server: [u8; 32],
+    pub(crate) public: [u8; 32],
+    pub(crate) secret: [u8; 32],
 }
 
 impl ClientKeys {
@@ -398,6 +398,143 @@ mod tests {
         assert!(e.contains("notify.key:1: not a CURVE key"), "{e}");
         let e = ServerKeys::load(&dir.path().join("missing"), None).unwrap_err();
         assert!(e.starts_with("cannot read"), "{e}");
+    }
+
+    /// What a hand-built client gets wrong in [`attempt`].
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Wrong {
+        Nothing,
+        /// A HELLO one byte short.
+        HelloSize,
+        /// A HELLO's content under another command's name.
+        NotHello,
+        /// A vouch naming another short-term key (C'), with the right server key.
+        VouchShortKey,
+        /// A vouch naming another server key (S), with the right short-term key.
+        VouchServerKey,
+        /// An INITIATE whose box opens but holds less than a long-term key and a vouch (128
+        /// bytes): 100, so a length check off by less than 28 bytes (`104 - 16 + 128`) lets it
+        /// through to the slicing of the vouch.
+        ShortInitiate,
+    }
+
+    /// Runs our server's handshake on a loopback connection against a client built here from
+    /// the CurveZMQ spec, which gets `wrong` wrong; returns the server's outcome. A panic in
+    /// the server's handshake fails the caller.
+    async fn attempt(wrong: Wrong) -> Result<(), String> {
+        let server_long = SecretKey::generate(&mut OsRng);
+        let server_public = server_long.public_key();
+        let keys = ServerKeys {
+            public: server_public.clone(),
+            secret: server_long,
+            clients: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let outcome = handshake(&mut s, &keys, 1 << 16).await;
+            outcome.map(|_| ()).map_err(|e| e.to_string())
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (long, short) = (
+            SecretKey::generate(&mut OsRng),
+            SecretKey::generate(&mut OsRng),
+        );
+
+        let mut hello = vec![1, 0];
+        hello.extend_from_slice(&[0; 72]);
+        hello.extend_from_slice(short.public_key().as_bytes());
+        let n = 1u64.to_be_bytes();
+        hello.extend_from_slice(&n);
+        let zeros = SalsaBox::new(&server_public, &short)
+            .encrypt(&short_nonce(b"CurveZMQHELLO---", &n), &[0u8; 64][..])
+            .unwrap();
+        hello.extend_from_slice(&zeros);
+        if wrong == Wrong::HelloSize {
+            hello.pop();
+        }
+        let name = if wrong == Wrong::NotHello {
+            "INITIATE"
+        } else {
+            "HELLO"
+        };
+        c.write_all(&zmtp::command(name, &hello)).await.unwrap();
+
+        if let Ok(Frame::Command { name, data }) = zmtp::read_frame(&mut c, 1 << 16).await
+            && name == b"WELCOME"
+        {
+            let plain = SalsaBox::new(&server_public, &short)
+                .decrypt(&long_nonce(b"WELCOME-", &data[..16]), &data[16..])
+                .unwrap();
+            let server_short = PublicKey::from_slice(&plain[..32]).unwrap();
+            let mut vouch = short.public_key().as_bytes().to_vec();
+            vouch.extend_from_slice(server_public.as_bytes());
+            match wrong {
+                Wrong::VouchShortKey => vouch[0] ^= 1,
+                Wrong::VouchServerKey => vouch[63] ^= 1,
+                _ => {}
+            }
+            let vouch_nonce = [7u8; 16];
+            let mut inner = long.public_key().as_bytes().to_vec();
+            inner.extend_from_slice(&vouch_nonce);
+            let vouch = SalsaBox::new(&server_short, &long)
+                .encrypt(&long_nonce(b"VOUCH---", &vouch_nonce), vouch.as_slice())
+                .unwrap();
+            inner.extend_from_slice(&vouch);
+            inner.extend_from_slice(&zmtp::properties(&[("Socket-Type", b"SUB")]));
+            if wrong == Wrong::ShortInitiate {
+                inner.truncate(100);
+            }
+            let mut initiate = plain[32..].to_vec(); // the cookie, as it came
+            initiate.extend_from_slice(&n);
+            let boxed = SalsaBox::new(&server_short, &short);
+            let sealed = boxed
+                .encrypt(&short_nonce(b"CurveZMQINITIATE", &n), inner.as_slice())
+                .unwrap();
+            initiate.extend_from_slice(&sealed);
+            c.write_all(&zmtp::command("INITIATE", &initiate))
+                .await
+                .unwrap();
+            if wrong == Wrong::Nothing {
+                // READY opens with the short-term keys and names a PUB socket.
+                let Frame::Command { name, data } =
+                    zmtp::read_frame(&mut c, 1 << 16).await.unwrap()
+                else {
+                    panic!("READY is a command");
+                };
+                assert_eq!(name, b"READY");
+                let metadata = boxed
+                    .decrypt(&short_nonce(b"CurveZMQREADY---", &data[..8]), &data[8..])
+                    .unwrap();
+                assert_eq!(
+                    zmtp::property(&metadata, "Socket-Type").unwrap(),
+                    Some(&b"PUB"[..])
+                );
+            }
+        }
+        server.await.unwrap()
+    }
+
+    /// The server lets in a client whose vouch binds its short-term key to this server, and
+    /// refuses, with a reason and without panicking, a vouch for another short-term key or
+    /// another server, a HELLO of another size or under another name, and an INITIATE too
+    /// short to hold a key and a vouch. (Catches: the vouch check's `||` as `&&`, which lets
+    /// a client present someone else's vouch; either size check removed, which reaches the
+    /// slicing after it and panics; `expect` taking any command.)
+    #[tokio::test]
+    async fn the_handshake_checks_the_vouch_and_the_size_of_each_command() {
+        assert_eq!(attempt(Wrong::Nothing).await, Ok(()));
+        for (wrong, says) in [
+            (Wrong::VouchShortKey, "the vouch is for other keys"),
+            (Wrong::VouchServerKey, "the vouch is for other keys"),
+            (Wrong::HelloSize, "a HELLO of another size"),
+            (Wrong::NotHello, "expected HELLO"),
+            (Wrong::ShortInitiate, "INITIATE too short"),
+        ] {
+            let e = attempt(wrong).await.unwrap_err();
+            assert!(e.contains(says), "{wrong:?}: {e}");
+        }
     }
 
     /// `ferry curve-keypair`'s output is a secret key file as it stands, and its comment names

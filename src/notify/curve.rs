@@ -400,6 +400,15 @@ mod tests {
         assert!(e.starts_with("cannot read"), "{e}");
     }
 
+    /// A CurveZMQ nonce, prefix then counter, built here rather than with the server's own
+    /// helpers, so that a mistake in those shows.
+    fn nonce(prefix: &[u8], n: &[u8]) -> crypto_box::Nonce {
+        let bytes = [prefix, n].concat();
+        <[u8; 24]>::try_from(bytes.as_slice())
+            .expect("24 bytes")
+            .into()
+    }
+
     /// What a hand-built client gets wrong in [`attempt`].
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Wrong {
@@ -416,31 +425,79 @@ mod tests {
         /// bytes): 100, so a length check off by less than 28 bytes (`104 - 16 + 128`) lets it
         /// through to the slicing of the vouch.
         ShortInitiate,
+        /// A client whose long-term key is not in the allow-list.
+        NotAllowed,
     }
 
     /// Runs our server's handshake on a loopback connection against a client built here from
     /// the CurveZMQ spec, which gets `wrong` wrong; returns the server's outcome. A panic in
     /// the server's handshake fails the caller.
     async fn attempt(wrong: Wrong) -> Result<(), String> {
+        let limit = std::time::Duration::from_secs(30);
+        tokio::time::timeout(limit, attempt_once(wrong))
+            .await
+            .unwrap_or_else(|_| panic!("{wrong:?}: no outcome within 30 s"))
+    }
+
+    async fn attempt_once(wrong: Wrong) -> Result<(), String> {
         let server_long = SecretKey::generate(&mut OsRng);
         let server_public = server_long.public_key();
+        let (long, short) = (
+            SecretKey::generate(&mut OsRng),
+            SecretKey::generate(&mut OsRng),
+        );
+        // The allow-list holds this client, or only another one.
+        let allowed = match wrong {
+            Wrong::NotAllowed => SecretKey::generate(&mut OsRng).public_key(),
+            _ => long.public_key(),
+        };
         let keys = ServerKeys {
             public: server_public.clone(),
             secret: server_long,
-            clients: None,
+            clients: Some(HashSet::from([*allowed.as_bytes()])),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let outcome = handshake(&mut s, &keys, 1 << 16).await;
-            outcome.map(|_| ()).map_err(|e| e.to_string())
+            let (mut sealer, mut opener) = handshake(&mut s, &keys, 1 << 16)
+                .await
+                .map_err(|e| e.to_string())?;
+            // After it: one sealed frame to the client, then what the client sends opened in
+            // turn (the client's side below says what each frame is).
+            let mut out = Vec::new();
+            sealer.seal(&mut out, true, false, b"ns.kv");
+            s.write_all(&out).await.unwrap();
+            let message = |body: &[u8]| {
+                Ok(Frame::Message {
+                    more: false,
+                    body: body.to_vec(),
+                })
+            };
+            let want: [Result<Frame, &str>; 8] = [
+                message(b"\x01ns"),
+                message(b""),
+                Ok(Frame::Command {
+                    name: b"SUBSCRIBE".to_vec(),
+                    data: Vec::new(),
+                }),
+                Err("a command name longer than its frame"),
+                Err("a MESSAGE too short"),
+                Err("a frame that is not a MESSAGE"),
+                Err("a frame that is not a MESSAGE"),
+                Err("a MESSAGE nonce that does not grow"),
+            ];
+            for (i, want) in want.into_iter().enumerate() {
+                let frame = zmtp::read_frame(&mut s, 1 << 16).await.unwrap();
+                match (opener.open(frame), want) {
+                    (Ok(got), Ok(want)) => assert_eq!(got, want, "frame {i}"),
+                    (Err(e), Err(says)) => assert!(e.to_string().contains(says), "frame {i}: {e}"),
+                    (got, want) => panic!("frame {i}: {got:?}, expected {want:?}"),
+                }
+            }
+            Ok(())
         });
         let mut c = TcpStream::connect(addr).await.unwrap();
-        let (long, short) = (
-            SecretKey::generate(&mut OsRng),
-            SecretKey::generate(&mut OsRng),
-        );
 
         let mut hello = vec![1, 0];
         hello.extend_from_slice(&[0; 72]);
@@ -448,7 +505,7 @@ mod tests {
         let n = 1u64.to_be_bytes();
         hello.extend_from_slice(&n);
         let zeros = SalsaBox::new(&server_public, &short)
-            .encrypt(&short_nonce(b"CurveZMQHELLO---", &n), &[0u8; 64][..])
+            .encrypt(&nonce(b"CurveZMQHELLO---", &n), &[0u8; 64][..])
             .unwrap();
         hello.extend_from_slice(&zeros);
         if wrong == Wrong::HelloSize {
@@ -465,7 +522,7 @@ mod tests {
             && name == b"WELCOME"
         {
             let plain = SalsaBox::new(&server_public, &short)
-                .decrypt(&long_nonce(b"WELCOME-", &data[..16]), &data[16..])
+                .decrypt(&nonce(b"WELCOME-", &data[..16]), &data[16..])
                 .unwrap();
             let server_short = PublicKey::from_slice(&plain[..32]).unwrap();
             let mut vouch = short.public_key().as_bytes().to_vec();
@@ -479,7 +536,7 @@ mod tests {
             let mut inner = long.public_key().as_bytes().to_vec();
             inner.extend_from_slice(&vouch_nonce);
             let vouch = SalsaBox::new(&server_short, &long)
-                .encrypt(&long_nonce(b"VOUCH---", &vouch_nonce), vouch.as_slice())
+                .encrypt(&nonce(b"VOUCH---", &vouch_nonce), vouch.as_slice())
                 .unwrap();
             inner.extend_from_slice(&vouch);
             inner.extend_from_slice(&zmtp::properties(&[("Socket-Type", b"SUB")]));
@@ -490,7 +547,7 @@ mod tests {
             initiate.extend_from_slice(&n);
             let boxed = SalsaBox::new(&server_short, &short);
             let sealed = boxed
-                .encrypt(&short_nonce(b"CurveZMQINITIATE", &n), inner.as_slice())
+                .encrypt(&nonce(b"CurveZMQINITIATE", &n), inner.as_slice())
                 .unwrap();
             initiate.extend_from_slice(&sealed);
             c.write_all(&zmtp::command("INITIATE", &initiate))
@@ -505,23 +562,73 @@ mod tests {
                 };
                 assert_eq!(name, b"READY");
                 let metadata = boxed
-                    .decrypt(&short_nonce(b"CurveZMQREADY---", &data[..8]), &data[8..])
+                    .decrypt(&nonce(b"CurveZMQREADY---", &data[..8]), &data[8..])
                     .unwrap();
                 assert_eq!(
                     zmtp::property(&metadata, "Socket-Type").unwrap(),
                     Some(&b"PUB"[..])
                 );
+                // The server's first MESSAGE: nonce 2 (READY took 1), the MORE flag, the body.
+                let Frame::Message { body, .. } = zmtp::read_frame(&mut c, 1 << 16).await.unwrap()
+                else {
+                    panic!("MESSAGE is sent as a plain frame");
+                };
+                assert_eq!(
+                    (&body[..8], &body[8..16]),
+                    (&b"\x07MESSAGE"[..], &2u64.to_be_bytes()[..])
+                );
+                let plain = boxed
+                    .decrypt(&nonce(b"CurveZMQMESSAGES", &body[8..16]), &body[16..])
+                    .unwrap();
+                assert_eq!(plain, b"\x01ns.kv");
+                // Ours, each with the next nonce but the last: nonce and box of `plain`.
+                let sealed = |n: u64, plain: &[u8]| {
+                    let mut data = n.to_be_bytes().to_vec();
+                    let at = nonce(b"CurveZMQMESSAGEC", &n.to_be_bytes());
+                    data.extend_from_slice(&boxed.encrypt(&at, plain).unwrap());
+                    data
+                };
+                let plain_frame = |body: &[u8]| {
+                    let mut out = Vec::new();
+                    zmtp::put_frame(&mut out, false, false, body);
+                    out
+                };
+                let as_frame = |data: Vec<u8>| plain_frame(&[&b"\x07MESSAGE"[..], &data].concat());
+                let frames = [
+                    // a subscription to "ns", as libzmq sends it: a plain frame
+                    as_frame(sealed(2, b"\x00\x01ns")),
+                    // an empty frame (the smallest MESSAGE), as a MESSAGE command
+                    zmtp::command("MESSAGE", &sealed(3, b"\x00")),
+                    // a sealed command of only a name: ZMTP 3.1's SUBSCRIBE to everything
+                    as_frame(sealed(4, b"\x02\x09SUBSCRIBE")),
+                    // a sealed command whose name is longer than the frame
+                    as_frame(sealed(5, b"\x02\xc8abc")),
+                    // a box of nothing, not even the flags byte (one byte short)
+                    as_frame(sealed(6, b"")),
+                    // a plain frame, and a plain command, where a MESSAGE is due
+                    plain_frame(b"hello"),
+                    zmtp::command("PING", b"\x00\x01"),
+                    // a nonce used before
+                    as_frame(sealed(4, b"\x00\x01ns")),
+                ];
+                for frame in frames {
+                    c.write_all(&frame).await.unwrap();
+                }
             }
         }
         server.await.unwrap()
     }
 
-    /// The server lets in a client whose vouch binds its short-term key to this server, and
-    /// refuses, with a reason and without panicking, a vouch for another short-term key or
-    /// another server, a HELLO of another size or under another name, and an INITIATE too
-    /// short to hold a key and a vouch. (Catches: the vouch check's `||` as `&&`, which lets
-    /// a client present someone else's vouch; either size check removed, which reaches the
-    /// slicing after it and panics; `expect` taking any command.)
+    /// The server lets in a client whose vouch binds its short-term key to this server, then
+    /// seals a MESSAGE and opens the client's in either frame form, sealed commands too. It
+    /// refuses, with a reason and without panicking: a vouch for another short-term key or
+    /// another server; a HELLO of another size or under another name; an INITIATE too short
+    /// to hold a key and a vouch; a client not in the allow-list; a MESSAGE too short, one
+    /// that is not a MESSAGE, a nonce used twice. The client builds its own nonces, so the
+    /// server's nonce helpers are checked too. (Catches: the vouch check's `||` as `&&`,
+    /// which lets a client present someone else's vouch; a size check removed, which reaches
+    /// the slicing after it and panics; `expect` taking any command; the allow-list check
+    /// inverted; `Opener`'s checks, each bound moved or removed.)
     #[tokio::test]
     async fn the_handshake_checks_the_vouch_and_the_size_of_each_command() {
         assert_eq!(attempt(Wrong::Nothing).await, Ok(()));
@@ -531,6 +638,7 @@ mod tests {
             (Wrong::HelloSize, "a HELLO of another size"),
             (Wrong::NotHello, "expected HELLO"),
             (Wrong::ShortInitiate, "INITIATE too short"),
+            (Wrong::NotAllowed, "is not in curve_client_keys_file"),
         ] {
             let e = attempt(wrong).await.unwrap_err();
             assert!(e.contains(says), "{wrong:?}: {e}");

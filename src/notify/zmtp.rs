@@ -344,6 +344,11 @@ mod tests {
             data: b"ns.kv".to_vec(),
         };
         assert_eq!(request(&cmd, true), Request::Subscribe(b"ns.kv"));
+        let cancel_cmd = Frame::Command {
+            name: b"CANCEL".to_vec(),
+            data: b"ns.kv".to_vec(),
+        };
+        assert_eq!(request(&cancel_cmd, true), Request::Cancel(b"ns.kv"));
     }
 
     #[test]
@@ -367,5 +372,24 @@ mod tests {
         let mut http = g;
         http[..10].copy_from_slice(b"GET / HTTP");
         assert!(check_greeting(&http, "NULL").is_err());
+    }
+
+    /// A ZMTP signature is 0xFF, 8 bytes of padding, then a byte whose low bit is set; each
+    /// part is checked on its own, and a short one is refused rather than read past.
+    /// (Catches: either `||` as `&&`, so one wrong part of two passes; the bit test as `|`
+    /// or `^`; the length test turned, which reads past a short slice.)
+    #[test]
+    fn a_signature_needs_each_of_its_parts() {
+        check_signature(&greeting("NULL", false)[..10]).unwrap();
+        for (what, sig) in [
+            (
+                "the low bit of byte 9 clear",
+                &[0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0][..],
+            ),
+            ("no 0xFF first (byte 9 odd)", &b"GET / HTTQ"[..]),
+            ("5 bytes", &[0xFF; 5][..]),
+        ] {
+            assert!(check_signature(sig).is_err(), "{what} was taken for ZMTP");
+        }
     }
 }

@@ -280,7 +280,11 @@ fn help_explains_every_option() {
                 ),
                 (
                     "--curve-secret-key-file",
-                    &["CURVE secret key file", "ferry curve-keypair", "new key pair"],
+                    &[
+                        "CURVE secret key file",
+                        "ferry curve-keypair",
+                        "new key pair",
+                    ],
                 ),
             ],
         ),

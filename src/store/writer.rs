@@ -674,4 +674,44 @@ mod tests {
         ns.close().await;
         empty.close().await;
     }
+
+    /// Writes queued ahead of a `Close` in one wake-up of the writer are committed and
+    /// answered before it stops: a write sent before shutdown began is not turned away.
+    /// Another connection holds the file's write lock while the writes and the `Close` are
+    /// queued, so the writer is stalled in its first commit and finds all of them in one
+    /// group. (Catches: a group's pending writes not committed ahead of a rarer command,
+    /// `!writes.is_empty()` with its `!` deleted, which drops them at `Close`.)
+    #[tokio::test]
+    async fn writes_queued_ahead_of_close_are_committed_first() {
+        use super::Command;
+        use tokio::sync::oneshot;
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::open(dir.path(), "ns", Synchronous::Full).unwrap();
+        let blocker = rusqlite::Connection::open(dir.path().join("ns.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut replies = Vec::new();
+        for i in 0..20 {
+            let (reply, answer) = oneshot::channel();
+            let mutations = vec![Mutation::Put {
+                key: format!("k{i}"),
+                value: vec![1],
+            }];
+            let write = Command::Write { mutations, reply };
+            ns.commands.send(write).await.unwrap();
+            replies.push(answer);
+        }
+        let (reply, closed) = oneshot::channel();
+        ns.commands.send(Command::Close { reply }).await.unwrap();
+        blocker.execute_batch("COMMIT").unwrap();
+        closed.await.unwrap();
+        for (i, answer) in replies.into_iter().enumerate() {
+            let committed = answer.await.unwrap().unwrap();
+            assert_eq!(committed.last_seq, i as i64 + 1);
+        }
+        let seq: i64 = blocker
+            .query_row("SELECT max(seq) FROM wal_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seq, 20);
+        ns.close().await;
+    }
 }

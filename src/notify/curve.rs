@@ -93,12 +93,9 @@ impl ClientKeys {
     /// `server`: the notifier's public key in Z85 (the comment line of its key file);
     /// `secret`: a file holding this client's secret key, or `None` for a new key pair.
     pub fn new(server: &str, secret: Option<&Path>) -> Result<ClientKeys, String> {
-        let server = zmq::z85_decode(server.trim())
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| {
-                format!("the server key {server:?} is not a CURVE public key (40 Z85 characters)")
-            })?;
+        let server = decode_key(server.trim()).ok_or_else(|| {
+            format!("the server key {server:?} is not a CURVE public key (40 Z85 characters)")
+        })?;
         let secret = match secret {
             Some(path) => read_secret(path)?,
             None => SecretKey::generate(&mut OsRng),
@@ -125,6 +122,11 @@ impl std::fmt::Debug for ClientKeys {
     }
 }
 
+/// A 32-byte key from its Z85 text (40 characters), or `None`.
+fn decode_key(z85: &str) -> Option<[u8; 32]> {
+    zmq::z85_decode(z85).ok()?.try_into().ok()
+}
+
 /// Z85 of a 32-byte key.
 pub(crate) fn z85(key: &[u8; 32]) -> String {
     zmq::z85_encode(key).expect("32 bytes is a multiple of 4")
@@ -148,16 +150,13 @@ fn read_keys(path: &Path) -> Result<Vec<[u8; 32]>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let key = zmq::z85_decode(line)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| {
-                format!(
-                    "{}:{}: not a CURVE key (40 Z85 characters)",
-                    path.display(),
-                    i + 1
-                )
-            })?;
+        let key = decode_key(line).ok_or_else(|| {
+            format!(
+                "{}:{}: not a CURVE key (40 Z85 characters)",
+                path.display(),
+                i + 1
+            )
+        })?;
         keys.push(key);
     }
     Ok(keys)

@@ -129,6 +129,8 @@ async fn kv_out_of_step_with_the_log_is_found() {
         assert!(out.contains(needle), "{needle} not in:\n{out}");
     }
     assert!(out.contains("CORRUPT: 5 problems"), "{out}");
+    // Every key is counted once, the missing one and the stray one included.
+    assert!(out.contains("47 keys checked"), "{out}");
 }
 
 #[tokio::test]
@@ -234,6 +236,23 @@ async fn a_gap_in_the_log_is_found() {
         out.contains(
             "seq 2: the log starts there, but it must start at seq 1 (meta has no base_seq)"
         ),
+        "{out}"
+    );
+}
+
+/// A file that is not a database at all is one problem, said as SQLite says it, and the
+/// checks that would only fail again after it are not run. (Catches: going on after
+/// `integrity_check` cannot read the file, which lists a "cannot read" line for every table.)
+#[test]
+fn a_file_that_is_not_a_database_is_one_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ns.db");
+    std::fs::write(&path, "not a database, ".repeat(512)).unwrap();
+    let (code, out) = verify(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("CORRUPT: 1 problem;")
+            && out.contains("integrity_check: cannot run: file is not a database"),
         "{out}"
     );
 }

@@ -436,6 +436,47 @@ mod tests {
     /// A bootstrap copy comes in chunks of at most `max_rows` rows or `max_bytes` of keys and
     /// values (a chunk stops at the row that reaches the bound), every chunk carries the head it
     /// was read at, the last one says so, and together they hold every row once, in key order.
+    /// A read that finds the file locked on this thread's own connection (which never
+    /// waits for a lock) is not refused: it moves to the pool, whose connections wait for
+    /// the lock, and is answered once the lock goes. (Catches `is_busy` as false, or
+    /// `run_here` not falling back: the client would be told "database is locked".)
+    #[tokio::test]
+    async fn a_read_that_finds_the_file_locked_waits_for_it_on_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        // Closed: its own connections would keep the lock below from being taken.
+        namespace(dir.path(), &["a"]).await.close().await;
+        let path = dir.path().join("ns.db");
+        let pool = Pool::new(path.clone(), 0);
+        let get = |c: &Connection| {
+            c.query_row("SELECT value FROM kv WHERE key = 'a'", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+        };
+        // Another connection takes the file for itself: no reader gets in.
+        let locker = Connection::open(&path).unwrap();
+        locker
+            .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+            .unwrap();
+        let read = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run_here(get).await }
+        });
+        // The read moved to the pool: it holds one of its permits while it waits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.running.available_permits() == MAX_CONNECTIONS && !read.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the read never reached the pool"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(!read.is_finished(), "{:?}", read.await);
+        // Closing it lets go of the file (its WAL index is in its own memory: it cannot go
+        // back to normal locking while open).
+        drop(locker);
+        assert_eq!(read.await.unwrap().unwrap(), b"v0");
+    }
+
     #[tokio::test]
     async fn a_snapshot_comes_in_bounded_chunks_that_hold_every_row() {
         let dir = tempfile::tempdir().unwrap();

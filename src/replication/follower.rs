@@ -806,3 +806,248 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     d / 2 + d.mul_f64(r as f64 / u32::MAX as f64 / 2.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a message and, optionally, the error under it.
+    #[derive(Debug)]
+    struct Layer(
+        &'static str,
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+    );
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::new(kind, "os words")
+    }
+
+    /// What goes into the log and `last_error` when a connection fails: the cause at the
+    /// bottom of the chain in plain words, each layer's words once.
+    #[test]
+    fn connection_failures_are_told_in_plain_words() {
+        use std::io::ErrorKind as K;
+        for (kind, words) in [
+            (
+                K::ConnectionRefused,
+                "connection refused: nothing listens there",
+            ),
+            (K::ConnectionReset, "the connection was reset"),
+            (K::ConnectionAborted, "the connection was reset"),
+            (K::BrokenPipe, "the connection was reset"),
+            (K::UnexpectedEof, "the connection was closed"),
+            (K::TimedOut, "the connection timed out"),
+            (K::PermissionDenied, "os words"),
+        ] {
+            assert_eq!(io_words(&io(kind)), words, "{kind:?}");
+            // Under two layers of transport errors, the I/O error is what is told.
+            let chain = Layer(
+                "transport error",
+                Some(Box::new(Layer("connect", Some(Box::new(io(kind)))))),
+            );
+            assert_eq!(cause(&chain), words, "{kind:?}");
+        }
+        // Without an I/O error at the bottom: every layer, each once.
+        let chain = Layer(
+            "handshake failed: bad certificate",
+            Some(Box::new(Layer(
+                "bad certificate",
+                Some(Box::new(Layer("expired", None))),
+            ))),
+        );
+        assert_eq!(cause(&chain), "handshake failed: bad certificate: expired");
+        assert_eq!(
+            error_chain(&Layer("a", Some(Box::new(Layer("b", None))))),
+            "a: b"
+        );
+        assert_eq!(error_chain(&Layer("alone", None)), "alone");
+
+        let mut refused = tonic::Status::unavailable("transport");
+        refused.set_source(Arc::new(io(K::ConnectionRefused)));
+        assert_eq!(
+            lost(&refused),
+            "the upstream refuses connections (not running?)"
+        );
+        let mut reset = tonic::Status::unavailable("transport");
+        reset.set_source(Arc::new(io(K::ConnectionReset)));
+        assert_eq!(
+            lost(&reset),
+            "the upstream closed the stream (the connection was reset)"
+        );
+        assert_eq!(
+            lost(&tonic::Status::unavailable("h2")),
+            "the upstream closed the stream"
+        );
+    }
+
+    /// Two failures are of one kind when only their numbers and their parenthesised details
+    /// differ; that is what keeps a run of failures from logging every attempt.
+    #[test]
+    fn a_failure_s_kind_leaves_out_numbers_and_details() {
+        let kind =
+            kind_of("upstream at seq 1234 is behind seq 99 (the connection was reset) again");
+        assert_eq!(kind, "upstream at seq # is behind seq # again");
+        assert_eq!(
+            kind_of("upstream at seq 7 is behind seq 100000 (closed (twice)) again"),
+            kind
+        );
+        assert_ne!(kind_of("the upstream refuses connections"), kind);
+        assert_eq!(kind_of("x (a) y (b) z"), "x y z");
+        assert_eq!(secs(Duration::from_millis(1_649)), "1.6s");
+        assert_eq!(secs(Duration::from_secs(75)), "75.0s");
+    }
+
+    /// Retries are spread between half and all of the delay, so replicas that lost the same
+    /// upstream do not come back in lockstep.
+    #[test]
+    fn jitter_spreads_a_delay_over_its_second_half() {
+        let d = Duration::from_secs(1);
+        let delays: Vec<_> = (0..200).map(|_| jitter(d)).collect();
+        for j in &delays {
+            assert!(*j >= d / 2 && *j <= d, "{j:?}");
+        }
+        // 200 draws all in one fifth of the range: a chance of 2e-20.
+        assert!(
+            delays.iter().any(|j| *j < Duration::from_millis(600)),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().any(|j| *j > Duration::from_millis(900)),
+            "{delays:?}"
+        );
+    }
+
+    /// A writer that keeps what it is given, for [`logged`].
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines `f` logs on this thread.
+    fn logged<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let r = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        (r, text.lines().map(str::to_owned).collect())
+    }
+
+    fn follower(dir: &std::path::Path) -> Follower {
+        let ns = Namespace::open(dir, "ns", crate::config::Synchronous::Full).unwrap();
+        let upstream = Upstream::new("127.0.0.1:1", "test", &Default::default()).unwrap();
+        Follower::new(Arc::new(ns), upstream, OnDivergence::Rebootstrap)
+    }
+
+    /// The delay between attempts doubles from 100 ms up to 5 s, jittered, and starts over
+    /// once a session makes progress, which ends the run of failures.
+    #[test]
+    fn the_backoff_doubles_to_its_cap_and_starts_over_after_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = follower(dir.path());
+        assert!(!f.is_failing());
+        assert!(!f.recovered("following"), "no run of failures to end");
+        let mut full = BACKOFF_START;
+        for attempt in 0..10 {
+            let d = f.failed("the upstream refuses connections");
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} for {full:?}"
+            );
+            full = (full * 2).min(BACKOFF_MAX);
+            assert!(f.is_failing());
+        }
+        assert_eq!(full, BACKOFF_MAX, "the cap was reached");
+        assert!(f.recovered("following"));
+        assert!(!f.is_failing());
+        let d = f.failed("the upstream refuses connections");
+        assert!(d >= BACKOFF_START / 2 && d <= BACKOFF_START, "{d:?}");
+    }
+
+    /// A run of failures is logged when it starts, at each new kind of failure (up to
+    /// [`MAX_KINDS_LOGGED`]), every [`STILL_FAILING_EVERY`] while it lasts, and once when it
+    /// ends; the same failure again is not news.
+    #[test]
+    fn a_run_of_failures_logs_what_is_news_and_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = follower(dir.path());
+        let ((), lines) = logged(|| {
+            f.failed("the upstream closed the stream (the connection was reset)");
+            f.failed("the upstream closed the stream (the connection was closed)");
+            f.failed("entry 12 does not continue seq 10");
+            f.failed("entry 13 does not continue seq 11");
+        });
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].contains("the upstream closed the stream (the connection was reset); reconnecting to 127.0.0.1:1 in"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1]
+                .contains("entry 12 does not continue seq 10; still failing after 3 attempts in"),
+            "{lines:#?}"
+        );
+
+        // New kinds are news up to MAX_KINDS_LOGGED of them (two are logged already).
+        let ((), lines) = logged(|| {
+            for k in 0..MAX_KINDS_LOGGED {
+                f.failed(&format!("failure of kind {}", "x".repeat(k + 1)));
+            }
+        });
+        assert_eq!(lines.len(), MAX_KINDS_LOGGED - 2, "{lines:#?}");
+        assert!(
+            lines[0].contains("still failing after 5 attempts"),
+            "{lines:#?}"
+        );
+
+        // A reminder once STILL_FAILING_EVERY has passed since the last line.
+        {
+            let mut t = f.trouble.lock().unwrap();
+            let run = t.failing.as_mut().unwrap();
+            run.last_logged = run.last_logged.checked_sub(STILL_FAILING_EVERY).unwrap();
+        }
+        let ((), lines) = logged(|| {
+            f.failed("entry 14 does not continue seq 12");
+            f.failed("entry 15 does not continue seq 13");
+        });
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("still failing after 13 attempts in")
+                && lines[0].contains(": entry 14 does not continue seq 12; reconnecting to"),
+            "{lines:#?}"
+        );
+
+        let (recovered, lines) = logged(|| f.recovered("following"));
+        assert!(recovered);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("reconnected to upstream 127.0.0.1:1 after 14 failed attempts in")
+                && lines[0].contains("; following namespace=ns"),
+            "{lines:#?}"
+        );
+    }
+}

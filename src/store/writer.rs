@@ -408,10 +408,7 @@ impl Writer {
         }
         tx.commit()?;
         self.counters.add(0, started);
-        let expect = Head {
-            epoch: self.head.epoch,
-            ..expect
-        };
+        // `expect` is this log's head moved to the last entry (its epoch is ours).
         self.head = expect;
         self.recent.push(entries);
         self.publish(expect);

@@ -448,8 +448,8 @@ fn wal_bytes(db: &std::path::Path) -> u64 {
 
 /// The WAL is checkpointed by ferry's own thread, not left to grow and not left to SQLite's
 /// automatic checkpoint (1000 pages, inside a commit): after writing far more than
-/// `checkpoint_pages`, the `-wal` file comes back under the bound once the node is idle, while
-/// the node still runs, and every write is in the file.
+/// `checkpoint_pages`, the `-wal` file is within what an idle node keeps (8x
+/// `checkpoint_pages` frames) while the node still runs, and every write is in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checkpoint_thread_keeps_the_wal_bounded() {
     const PAGES: u32 = 16;
@@ -471,7 +471,8 @@ async fn the_checkpoint_thread_keeps_the_wal_bounded() {
         .await
         .unwrap();
     }
-    let bound = 4 * PAGES as u64 * 4096;
+    // The WAL's header, and 8x PAGES frames with theirs.
+    let bound = 32 + 8 * PAGES as u64 * (4096 + 24);
     wait_for(
         std::time::Duration::from_secs(60),
         "the -wal file to come back under the bound",
@@ -485,6 +486,90 @@ async fn the_checkpoint_thread_keeps_the_wal_bounded() {
     );
     ns.close().await;
     assert_eq!(verify_file(&db), 300);
+}
+
+/// Rows of `kv` in a copy of the database file alone, without its `-wal`: what the WAL's
+/// copies have put in the file itself (`None` while a copy tears or cannot be read).
+fn kv_rows_in_the_file_alone(db: &std::path::Path, scratch: &std::path::Path) -> Option<i64> {
+    let copy = scratch.join("alone.db");
+    std::fs::copy(db, &copy).ok()?;
+    let conn = rusqlite::Connection::open(&copy).ok()?;
+    let rows = conn
+        .query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0))
+        .ok();
+    drop(conn);
+    let _ = std::fs::remove_file(&copy);
+    rows
+}
+
+/// An idle node copies everything into the database file but keeps its `-wal` file (within
+/// 8x `checkpoint_pages` frames), so the next writes start the WAL over in blocks already on
+/// disk instead of growing the file: a sync of a growing file costs about twice as much
+/// (docs/performance.md). A `-wal` file grown past that, here by a reader holding the WAL
+/// back, is truncated. (Catches: the idle checkpoint truncating the file again; the bound not
+/// applied, or applied to the wrong size.)
+#[tokio::test]
+async fn an_idle_node_keeps_its_wal_file_for_the_next_writes_within_a_bound() {
+    const PAGES: u32 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let perf = ferry::config::PerformanceConfig {
+        checkpoint_pages: PAGES,
+        ..Default::default()
+    };
+    let ns = Namespace::open_tuned(dir.path(), NS, Synchronous::Full, perf).unwrap();
+    let db = dir.path().join("ns.db");
+    let put = |i: usize, bytes: usize| {
+        vec![ferry::store::Mutation::Put {
+            key: format!("k{i:04}"),
+            value: vec![7u8; bytes],
+        }]
+    };
+    // A reader holds the WAL back while 30 small writes (about 100 frames, past PAGES: the
+    // checkpoint thread is woken) land, so nothing it copies then completes the database file:
+    // only the copy of the idle second after the reader is gone does.
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM meta;")
+        .unwrap();
+    for i in 0..30 {
+        ns.write(put(i, 100)).await.unwrap();
+    }
+    drop(reader);
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the idle copy of every write into the database file",
+        async || (kv_rows_in_the_file_alone(&db, scratch.path()) == Some(30)).then_some(()),
+    )
+    .await;
+    let kept = wal_bytes(&db);
+    assert!(kept > 0, "the -wal file was truncated at idle");
+    // The next writes start the WAL over from its beginning: the file does not grow.
+    for i in 30..40 {
+        ns.write(put(i, 100)).await.unwrap();
+    }
+    assert_eq!(wal_bytes(&db), kept, "the next writes grew the -wal file");
+
+    // A reader holds the WAL back: it cannot start over, and grows past the bound.
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM kv;")
+        .unwrap();
+    for i in 40..100 {
+        ns.write(put(i, 16 * 1024)).await.unwrap();
+    }
+    let bound = 32 + 8 * PAGES as u64 * (4096 + 24);
+    assert!(wal_bytes(&db) > bound, "{} bytes", wal_bytes(&db));
+    drop(reader);
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the idle truncation of a -wal file over the bound",
+        async || (wal_bytes(&db) == 0).then_some(()),
+    )
+    .await;
+    assert_eq!(kv_rows_in_the_file_alone(&db, scratch.path()), Some(100));
+    ns.close().await;
+    assert_eq!(verify_file(&db), 100);
 }
 
 /// `?min_seq=` waiters: woken by the commit that reaches their seq; capped by

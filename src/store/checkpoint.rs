@@ -9,8 +9,14 @@
 //! it. Once a checkpoint has copied everything, the writer's next transaction starts the WAL
 //! over from its beginning, so with pauses between writes its size stays about
 //! `checkpoint_pages` pages (under continuous writes, about 4x: see below). After a second
-//! without new work the WAL is truncated to zero (TRUNCATE, which gives up at once if a
-//! transaction is running), so an idle node leaves no large `-wal` file behind.
+//! without new work the thread copies whatever is left, so an idle node's database file is
+//! complete. The `-wal` file keeps its size: the next writes start it over and overwrite
+//! blocks already on disk, and a sync of those costs about half of one that grows the file
+//! (the file's size and new blocks go through the file system's journal; docs/performance.md
+//! has the traces). A `-wal` file larger than [`KEEP_FRAMES_TIMES`] times `checkpoint_pages`
+//! frames (a reader held the WAL back, or a huge group commit) is truncated to zero instead
+//! (TRUNCATE, which gives up at once if a transaction is running), so an idle node never
+//! keeps a large one.
 //!
 //! Under continuous writes the next transaction has usually begun before the thread's copy
 //! ends, and SQLite starts the WAL over only when a write transaction begins with it fully
@@ -38,6 +44,14 @@ const IDLE: Duration = Duration::from_secs(1);
 /// A WAL this many times `checkpoint_pages` long, even though checkpoints keep up, means the
 /// writer never found it fully copied (it never idles): the hook copies the rest itself.
 const HOOK_COPIES_AFTER: i32 = 4;
+
+/// An idle node keeps a `-wal` file of up to this many times `checkpoint_pages` frames (twice
+/// the size it reaches under continuous writes) for the next writes to overwrite; a larger
+/// one is truncated.
+const KEEP_FRAMES_TIMES: u64 = 2 * HOOK_COPIES_AFTER as u64;
+/// The WAL's header and each frame's, in bytes.
+const WAL_HEADER_BYTES: u64 = 32;
+const FRAME_HEADER_BYTES: u64 = 24;
 
 /// The checkpoint thread copies at least `checkpoint_pages / MIN_COPY_DIVISOR` frames at a
 /// time. Woken by every commit, beside a lone writer it copied the 2-4 frames of each commit
@@ -98,6 +112,7 @@ pub(crate) fn install(
     Ok(Wake {
         rx,
         copied: thread_copied,
+        pages,
     })
 }
 
@@ -114,6 +129,8 @@ fn wakes_thread(in_wal: i32, copied: i32, pages: i32) -> bool {
 pub(crate) struct Wake {
     rx: Receiver<()>,
     copied: Arc<AtomicI32>,
+    /// `checkpoint_pages`.
+    pages: i32,
 }
 
 /// Wakes the checkpoint thread; a wake already pending is enough.
@@ -126,7 +143,11 @@ fn signal(tx: &SyncSender<()>) {
 /// The checkpoint thread: runs until the writer's connection (and its hook) is gone.
 /// Each checkpoint that ran is counted in `counters.checkpoints`.
 pub(crate) fn run(namespace: String, path: PathBuf, wake: Wake, counters: Arc<CommitCounters>) {
-    let Wake { rx: wake, copied } = wake;
+    let Wake {
+        rx: wake,
+        copied,
+        pages,
+    } = wake;
     let counted = |conn: &Connection, namespace: &str, mode| {
         let (log, done) = checkpoint(conn, namespace, mode);
         if log >= 0 {
@@ -155,6 +176,15 @@ pub(crate) fn run(namespace: String, path: PathBuf, wake: Wake, counters: Arc<Co
         tracing::error!(namespace = %namespace, error = %e, "cannot read the file for checkpoints; the WAL will grow until restart");
         return;
     }
+    let page_size = conn
+        .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+        .unwrap_or(4096) as u64;
+    let keep_bytes = kept_wal_bytes(pages, page_size);
+    let wal = {
+        let mut name = path.clone().into_os_string();
+        name.push("-wal");
+        PathBuf::from(name)
+    };
     let mut dirty = false;
     loop {
         match wake.recv_timeout(IDLE) {
@@ -166,17 +196,31 @@ pub(crate) fn run(namespace: String, path: PathBuf, wake: Wake, counters: Arc<Co
                 dirty = true;
             }
             Err(RecvTimeoutError::Timeout) if dirty => {
-                // Busy (a transaction started meanwhile): try again after the next idle second.
-                let (log, done) = counted(&conn, &namespace, CheckpointMode::TRUNCATE);
-                if log == 0 {
-                    copied.store(0, Ordering::Relaxed);
+                // Everything copied, and the -wal file kept for the next writes to overwrite,
+                // unless it grew too large (see the module's doc). Busy (a transaction started
+                // meanwhile): try again after the next idle second.
+                let large = std::fs::metadata(&wal).map_or(0, |m| m.len()) > keep_bytes;
+                let mode = if large {
+                    CheckpointMode::TRUNCATE
+                } else {
+                    CheckpointMode::PASSIVE
+                };
+                let (log, done) = counted(&conn, &namespace, mode);
+                if done >= 0 {
+                    copied.store(done, Ordering::Relaxed);
                 }
-                dirty = !(log == 0 && done == 0);
+                dirty = !(log >= 0 && done == log);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// The largest `-wal` file an idle node keeps: [`KEEP_FRAMES_TIMES`] times `pages` frames of
+/// `page_size` bytes, with their headers.
+fn kept_wal_bytes(pages: i32, page_size: u64) -> u64 {
+    WAL_HEADER_BYTES + KEEP_FRAMES_TIMES * pages.max(1) as u64 * (page_size + FRAME_HEADER_BYTES)
 }
 
 /// One checkpoint: the WAL's frames, and how many of them are in the database file ((-1, -1)

@@ -97,17 +97,13 @@ fn sqlite_paced(
     conn.execute_batch(include_str!("../migrations/0001_init.sql"))
         .unwrap();
     let value = vec![b'x'; VALUE_BYTES];
-    let mut busy = std::time::Duration::ZERO;
     let mut seq = 0i64;
-    while (seq as usize) < writes {
-        if let Some(pause) = pause {
-            std::thread::sleep(pause);
-        }
-        let start = Instant::now();
+    // Transaction `n` of `per_txn` writes, its keys numbered from `first` on.
+    let mut commit = |n: usize, first: usize| {
         let tx = conn.transaction().unwrap();
-        for _ in 0..per_txn {
-            let (writer, i) = (seq as usize % WRITERS, seq as usize / WRITERS);
-            let key = keys.key(writer, i);
+        for w in 0..per_txn {
+            let at = n * per_txn + w;
+            let key = keys.key(at % WRITERS, first + at / WRITERS);
             seq += 1;
             tx.prepare_cached("INSERT INTO wal_log VALUES (?1, ?1, 'put', ?2, ?3, 0, 0)")
                 .unwrap()
@@ -119,9 +115,31 @@ fn sqlite_paced(
                 .unwrap();
         }
         tx.commit().unwrap();
+    };
+    // Untimed, until the -wal file stops growing (see [`warm`]).
+    let mut last = wal_bytes(&path);
+    let mut n = 0;
+    for _ in 0..10 {
+        for _ in 0..WARM_CHUNK {
+            commit(n, WARM_FIRST);
+            n += 1;
+        }
+        let now = wal_bytes(&path);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let mut busy = std::time::Duration::ZERO;
+    for n in 0..writes.div_ceil(per_txn) {
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
+        let start = Instant::now();
+        commit(n, 0);
         busy += start.elapsed();
     }
-    seq as f64 / busy.as_secs_f64()
+    (writes.div_ceil(per_txn) * per_txn) as f64 / busy.as_secs_f64()
 }
 
 /// One ferry run: writes/s, and how many of the machine's cores the process kept busy
@@ -178,19 +196,29 @@ async fn ferry_http_waiting(
     while ns.seq_waiters() < waiters {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let db = dir
+        .join(format!("ferry-{writers}-{}", keys.name()))
+        .join("bench.db");
+    warm(addr, &db, writers, warm_chunk(writers), keys).await;
+    let counters = node.store().get("bench").unwrap().commit_counters();
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let warmed = (
+        load(&counters.requests),
+        load(&counters.commits),
+        load(&counters.micros),
+    );
     let cpu = cpu_seconds();
     let (secs, mut latencies) = drive(addr, writers, per_writer, keys).await;
     latencies.sort();
     assert_eq!(ns.seq_waiters(), waiters, "the parked reads all still wait");
     drop(parked);
-    let counters = node.store().get("bench").unwrap().commit_counters();
-    let load =
-        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     let run = Run {
         rate: (writers * per_writer) as f64 / secs,
         cores: (cpu_seconds() - cpu) / secs,
-        per_commit: load(&counters.requests) / load(&counters.commits).max(1.0),
-        writer_busy: load(&counters.micros) / 1e6 / secs,
+        per_commit: (load(&counters.requests) - warmed.0)
+            / (load(&counters.commits) - warmed.1).max(1.0),
+        writer_busy: (load(&counters.micros) - warmed.2) / 1e6 / secs,
         p99: latencies[latencies.len() * 99 / 100],
     };
     node.shutdown().await;
@@ -203,6 +231,17 @@ async fn ferry_http_waiting(
 async fn drive(
     addr: std::net::SocketAddr,
     writers: usize,
+    per_writer: usize,
+    keys: Keys,
+) -> (f64, Vec<std::time::Duration>) {
+    drive_from(addr, writers, 0, per_writer, keys).await
+}
+
+/// [`drive`] with each writer's keys numbered from `first`.
+async fn drive_from(
+    addr: std::net::SocketAddr,
+    writers: usize,
+    first: usize,
     per_writer: usize,
     keys: Keys,
 ) -> (f64, Vec<std::time::Duration>) {
@@ -223,7 +262,7 @@ async fn drive(
             tokio::spawn(async move {
                 let mut buf = Vec::with_capacity(1024);
                 let mut latencies = Vec::with_capacity(per_writer);
-                for i in 0..per_writer {
+                for i in first..first + per_writer {
                     let asked = Instant::now();
                     let req = format!(
                         "PUT /api/v1/bench/kv/{} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -243,6 +282,46 @@ async fn drive(
         latencies.extend(t.await.unwrap());
     }
     (start.elapsed().as_secs_f64(), latencies)
+}
+
+/// Size of a database file's `-wal`, 0 when there is none.
+fn wal_bytes(db: &Path) -> u64 {
+    std::fs::metadata(format!("{}-wal", db.display())).map_or(0, |m| m.len())
+}
+
+/// Keys of the warm-up writes: numbered after any a measured run uses.
+const WARM_FIRST: usize = 10_000_000;
+
+/// Writes to `addr` in chunks of `chunk` writes until the `-wal` file of `db` stops growing
+/// over a chunk (at most ten): the WAL has started over inside its file, and every later
+/// commit overwrites blocks already on disk, as on a node that has run for a while. Each
+/// server that stores in SQLite is measured in that steady state: in a new file, the first
+/// ~1,000 (SQLite's automatic checkpoint) or ~4,000 (ferry's checkpoints) WAL frames grow the
+/// file, and on this disk a sync that grows a file costs about twice one that does not
+/// (docs/performance.md, eighth sitting).
+async fn warm(addr: std::net::SocketAddr, db: &Path, writers: usize, chunk: usize, keys: Keys) {
+    let mut last = wal_bytes(db);
+    for n in 0..10 {
+        let first = WARM_FIRST + n * chunk / writers;
+        drive_from(addr, writers, first, chunk / writers, keys).await;
+        let now = wal_bytes(db);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Writes per warm-up chunk: ~1,500 WAL frames for one writer, more with many.
+const WARM_CHUNK: usize = 500;
+const WARM_CHUNK_MANY: usize = 4_000;
+
+fn warm_chunk(writers: usize) -> usize {
+    if writers > 1 {
+        WARM_CHUNK_MANY
+    } else {
+        WARM_CHUNK
+    }
 }
 
 /// Serves `route` on a free loopback port until the task is aborted.
@@ -418,6 +497,8 @@ async fn sqlite_group_http_server(
 async fn sqlite_group_http(dir: &Path, writers: usize, per_writer: usize) -> f64 {
     std::fs::create_dir_all(dir).unwrap();
     let (addr, server) = sqlite_group_http_server(dir).await;
+    let db = dir.join("sqlite-group-http.db");
+    warm(addr, &db, writers, warm_chunk(writers), Keys::Ordered).await;
     let (secs, _) = drive(addr, writers, per_writer, Keys::Ordered).await;
     server.abort();
     (writers * per_writer) as f64 / secs
@@ -427,6 +508,14 @@ async fn sqlite_group_http(dir: &Path, writers: usize, per_writer: usize) -> f64
 async fn sqlite_http(dir: &Path, per_writer: usize) -> f64 {
     std::fs::create_dir_all(dir).unwrap();
     let (addr, server) = sqlite_http_server(dir).await;
+    warm(
+        addr,
+        &dir.join("sqlite-http.db"),
+        1,
+        WARM_CHUNK,
+        Keys::Ordered,
+    )
+    .await;
     let (secs, _) = drive(addr, 1, per_writer, Keys::Ordered).await;
     server.abort();
     per_writer as f64 / secs

@@ -436,6 +436,74 @@ mod tests {
     /// A bootstrap copy comes in chunks of at most `max_rows` rows or `max_bytes` of keys and
     /// values (a chunk stops at the row that reaches the bound), every chunk carries the head it
     /// was read at, the last one says so, and together they hold every row once, in key order.
+    /// The pools this thread holds a connection for, by id.
+    fn local_pools() -> Vec<u64> {
+        LOCAL.with(|l| l.borrow().iter().map(|l| l.id).collect())
+    }
+
+    /// The read connections a node holds stay bounded: a runtime thread closes its
+    /// connection to a namespace that is gone (when it next opens one, and only those), and
+    /// a pool keeps at most [`MAX_IDLE`] connections between queries, but does keep them.
+    /// (Catches: the `retain` of gone namespaces inverted or turned off, which keeps files
+    /// of closed namespaces open, or closes the live ones; `idle.len() < MAX_IDLE` as `==`,
+    /// `>` (nothing kept) or `<=` (17 kept).)
+    #[tokio::test]
+    async fn read_connections_of_gone_namespaces_close_and_idle_ones_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for name in ["gone", "live", "new"] {
+            let sub = dir.path().join(name);
+            std::fs::create_dir(&sub).unwrap();
+            namespace(&sub, &["a"]).await.close().await;
+            files.push(sub.join("ns.db"));
+        }
+        let get =
+            |c: &Connection| c.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get::<_, i64>(0));
+        // This thread's connections to two namespaces; then one of them goes.
+        let gone = Pool::new(files[0].clone(), 0);
+        let live = Pool::new(files[1].clone(), 0);
+        gone.run_here(get).await.unwrap();
+        live.run_here(get).await.unwrap();
+        let (gone_id, live_id) = (*gone.alive, *live.alive);
+        assert!(local_pools().contains(&gone_id) && local_pools().contains(&live_id));
+        drop(gone);
+        // Opening another closes the gone one's, and only that.
+        let new = Pool::new(files[2].clone(), 0);
+        new.run_here(get).await.unwrap();
+        let held = local_pools();
+        assert!(
+            !held.contains(&gone_id),
+            "a gone namespace's connection is kept: {held:?}"
+        );
+        assert!(
+            held.contains(&live_id),
+            "a live namespace's connection was closed: {held:?}"
+        );
+        assert!(held.contains(&*new.alive), "{held:?}");
+
+        // 20 queries at once on the pool: 20 connections, of which MAX_IDLE stay.
+        let all_in = Arc::new(std::sync::Barrier::new(20));
+        let queries: Vec<_> = (0..20)
+            .map(|_| {
+                let (new, all_in) = (new.clone(), all_in.clone());
+                tokio::spawn(async move {
+                    new.run(move |c| {
+                        all_in.wait();
+                        get(c)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for q in queries {
+            assert_eq!(q.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(new.idle.lock().unwrap().len(), MAX_IDLE);
+        // And one is used again, not opened anew: the idle ones stay as many.
+        new.run(get).await.unwrap();
+        assert_eq!(new.idle.lock().unwrap().len(), MAX_IDLE);
+    }
+
     /// A read that finds the file locked on this thread's own connection (which never
     /// waits for a lock) is not refused: it moves to the pool, whose connections wait for
     /// the lock, and is answered once the lock goes. (Catches `is_busy` as false, or

@@ -141,6 +141,14 @@ struct CrdtClientCmd {
     /// print one JSON line per event instead of text
     #[argh(switch)]
     json: bool,
+    /// the notifiers' CURVE public key (Z85, 40 characters; the comment line of their
+    /// curve_secret_key_file), for notifiers with CURVE on; every endpoint must have it
+    #[argh(option)]
+    curve_server_key: Option<String>,
+    /// this client's CURVE secret key file, as `ferry curve-keypair` writes it (default: a
+    /// new key pair each run, its public key printed)
+    #[argh(option)]
+    curve_secret_key_file: Option<PathBuf>,
 }
 
 /// Run a primary: owns the namespaces in storage_config.namespaces and takes writes on HTTP.
@@ -430,6 +438,35 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// The CURVE keys of a subscribing command (`ferry watch`, `ferry crdt-client`) from its
+/// `--curve-server-key` and `--curve-secret-key-file`: none without a server key; the
+/// client's public key told on stderr (what a notifier's curve_client_keys_file must hold).
+fn curve_client_keys(
+    command: &str,
+    server: &Option<String>,
+    secret_file: &Option<PathBuf>,
+) -> Result<Option<ferry::notify::CurveClientKeys>, ExitCode> {
+    match (server, secret_file) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => {
+            eprintln!("ferry {command}: --curve-secret-key-file needs --curve-server-key");
+            Err(ExitCode::FAILURE)
+        }
+        (Some(server), file) => {
+            match ferry::notify::CurveClientKeys::new(server, file.as_deref()) {
+                Ok(keys) => {
+                    eprintln!("CURVE client public key {}", keys.public_z85());
+                    Ok(Some(keys))
+                }
+                Err(e) => {
+                    eprintln!("ferry {command}: {e}");
+                    Err(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
 /// `ferry watch`: subscribe and print `topic json` lines until interrupted.
 fn watch(cmd: WatchCmd) -> ExitCode {
     let endpoints = if cmd.endpoint.is_empty() {
@@ -437,24 +474,10 @@ fn watch(cmd: WatchCmd) -> ExitCode {
     } else {
         cmd.endpoint
     };
-    let curve = match (&cmd.curve_server_key, &cmd.curve_secret_key_file) {
-        (None, None) => None,
-        (None, Some(_)) => {
-            eprintln!("ferry watch: --curve-secret-key-file needs --curve-server-key");
-            return ExitCode::FAILURE;
-        }
-        (Some(server), file) => {
-            match ferry::notify::CurveClientKeys::new(server, file.as_deref()) {
-                Ok(keys) => {
-                    eprintln!("CURVE client public key {}", keys.public_z85());
-                    Some(keys)
-                }
-                Err(e) => {
-                    eprintln!("ferry watch: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+    let curve = match curve_client_keys("watch", &cmd.curve_server_key, &cmd.curve_secret_key_file)
+    {
+        Ok(curve) => curve,
+        Err(code) => return code,
     };
     match ferry::notify::watch(
         &endpoints,
@@ -533,10 +556,19 @@ fn crdt_client(cmd: CrdtClientCmd) -> ExitCode {
             }
         }
     }
+    let curve = match curve_client_keys(
+        "crdt-client",
+        &cmd.curve_server_key,
+        &cmd.curve_secret_key_file,
+    ) {
+        Ok(curve) => curve,
+        Err(code) => return code,
+    };
     let opts = ferry::crdt::client::Options {
         subscriptions,
         http: cmd.http,
         json: cmd.json,
+        curve,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     match runtime.block_on(async { ferry::crdt::client::run(opts, shutdown_signal()).await }) {

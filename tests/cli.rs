@@ -264,6 +264,18 @@ fn help_explains_every_option() {
                 ),
                 ("--http", &["base URL", "(default: http://localhost:8003)"]),
                 ("--json", &["JSON line per event"]),
+                (
+                    "--curve-server-key",
+                    &["notifiers' CURVE public key", "every endpoint must have it"],
+                ),
+                (
+                    "--curve-secret-key-file",
+                    &[
+                        "CURVE secret key file",
+                        "ferry curve-keypair",
+                        "new key pair",
+                    ],
+                ),
             ],
         ),
         (
@@ -598,6 +610,93 @@ async fn ferry_watch_prints_each_notification() {
     assert_eq!(json["seq_num"], seq);
     drop(watch);
     node.stop().await;
+}
+
+/// `ferry crdt-client` with CURVE: with the notifier's public key and a client key file it
+/// allows, the client subscribes (the notifier counts its topic) and a write reaches it as a
+/// notification, not through its periodic check (no gap found). A key file without a server
+/// key is refused at once. (Catches: the keys not set on the client's sockets: the notifier
+/// never sees the subscription.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crdt_client_subscribes_with_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_public, server_secret) = ferry::notify::curve_keypair();
+    let (client_public, client_secret) = ferry::notify::curve_keypair();
+    let key = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let server_file = key("notify.key", format!("{server_secret}\n"));
+    let allowed = key("clients.keys", format!("{client_public}\n"));
+    let client_file = key("client.key", format!("{client_secret}\n"));
+    let text = format!(
+        "{}[notifier_config.ns]\nbind_port = 0\ncurve_secret_key_file = {server_file:?}\ncurve_client_keys_file = {allowed:?}\n",
+        primary_config(dir.path(), &["ns"])
+    );
+    let node = TestNode::start(&text, dir.path()).await;
+    let zmq = format!("ns={}", node.node.notifier_endpoint("ns").unwrap());
+    let args = [
+        "crdt-client",
+        "--json",
+        "--http",
+        &node.base,
+        "--zmq",
+        &zmq,
+        "--curve-server-key",
+        &server_public,
+        "--curve-secret-key-file",
+        &client_file,
+    ];
+    let mut client = Running::spawn(&args);
+    assert_eq!(
+        client.wait_line("CURVE client public key "),
+        format!("CURVE client public key {client_public}")
+    );
+    client.wait_line("\"event\":\"ready\"");
+    let c = reqwest::Client::new();
+    wait_subscribed(&c, &node, "ns").await;
+    let seq = put(
+        &c,
+        &node,
+        "ns",
+        "counter:c",
+        br#"{"replica":"dc1","count":3}"#,
+    )
+    .await;
+    let update = client.wait_line_where("the update of counter:c", |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["event"] == "update" && v["key"] == "counter:c")
+    });
+    let update: serde_json::Value = serde_json::from_str(&update).unwrap();
+    assert_eq!(update["seq"], seq, "{update}");
+    let gaps: Vec<_> = client
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"gap\""))
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "found by the check, not notified: {gaps:?}"
+    );
+    client.kill();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "crdt-client",
+            "--zmq",
+            &zmq,
+            "--curve-secret-key-file",
+            &client_file,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ferry crdt-client: --curve-secret-key-file needs --curve-server-key"),
+        "{stderr}"
+    );
 }
 
 /// `ferry watch` with CURVE. With the notifier's public key and a client key file the notifier

@@ -41,6 +41,8 @@ pub struct Options {
     pub http: String,
     /// One JSON line per event instead of the walkthrough's text.
     pub json: bool,
+    /// CURVE keys for notifiers with CURVE on (every endpoint must have the same server key).
+    pub curve: Option<crate::notify::CurveClientKeys>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +200,8 @@ pub async fn run(
         seen: BTreeMap::new(),
     };
     client.out.line("  Waiting for change notifications...\n");
-    let (subscribers, mut rx) = Subscribers::start(&opts.subscriptions, &client.out)?;
+    let (subscribers, mut rx) =
+        Subscribers::start(&opts.subscriptions, opts.curve.as_ref(), &client.out)?;
     tokio::pin!(stop);
     for (ns, _) in &opts.subscriptions {
         if !client.load(ns, stop.as_mut()).await {
@@ -235,6 +238,7 @@ impl Subscribers {
     /// Subscribes to each `(namespace, endpoint)`; the notifications arrive on the receiver.
     fn start(
         subscriptions: &[(String, String)],
+        curve: Option<&crate::notify::CurveClientKeys>,
         out: &Printer,
     ) -> Result<(Subscribers, mpsc::Receiver<Notice>), ClientError> {
         let (tx, rx) = mpsc::channel::<Notice>(10_000);
@@ -242,7 +246,7 @@ impl Subscribers {
         let mut threads = Vec::new();
         for (ns, endpoint) in subscriptions {
             out.line(&format!("  Connecting to ZeroMQ {ns}: {endpoint}"));
-            threads.push(subscribe(ns, endpoint, tx.clone(), running.clone())?);
+            threads.push(subscribe(ns, endpoint, curve, tx.clone(), running.clone())?);
         }
         drop(tx);
         for (ns, _) in subscriptions {
@@ -510,6 +514,7 @@ fn process(out: &Printer, ns: &str, change: &Change, state: &mut State) {
 fn subscribe(
     ns: &str,
     endpoint: &str,
+    curve: Option<&crate::notify::CurveClientKeys>,
     tx: mpsc::Sender<Notice>,
     running: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ClientError> {
@@ -519,6 +524,9 @@ fn subscribe(
     };
     let ctx = zmq::Context::new();
     let socket = ctx.socket(zmq::SUB).map_err(fail)?;
+    if let Some(keys) = curve {
+        keys.set_on(&socket).map_err(fail)?;
+    }
     socket.connect(endpoint).map_err(fail)?;
     socket
         .set_subscribe(format!("{ns}.kv").as_bytes())

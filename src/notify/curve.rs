@@ -83,6 +83,7 @@ fn read_secret(path: &Path) -> Result<SecretKey, String> {
 }
 
 /// A subscriber's CURVE keys: the notifier's public key, and a key pair of its own.
+#[derive(Clone)]
 pub struct ClientKeys {
     pub(crate) server: [u8; 32],
     pub(crate) public: [u8; 32],
@@ -90,6 +91,13 @@ pub struct ClientKeys {
 }
 
 impl ClientKeys {
+    /// Makes `socket` (a SUB, before it connects) a CURVE client with these keys.
+    pub fn set_on(&self, socket: &zmq::Socket) -> zmq::Result<()> {
+        socket.set_curve_serverkey(&self.server)?;
+        socket.set_curve_publickey(&self.public)?;
+        socket.set_curve_secretkey(&self.secret)
+    }
+
     /// `server`: the notifier's public key in Z85 (the comment line of its key file);
     /// `secret`: a file holding this client's secret key, or `None` for a new key pair.
     pub fn new(server: &str, secret: Option<&Path>) -> Result<ClientKeys, String> {

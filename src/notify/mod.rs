@@ -488,9 +488,7 @@ pub fn watch(
     let ctx = zmq::Context::new();
     let socket = ctx.socket(zmq::SUB).map_err(zmq_err)?;
     if let Some(keys) = curve {
-        socket.set_curve_serverkey(&keys.server).map_err(zmq_err)?;
-        socket.set_curve_publickey(&keys.public).map_err(zmq_err)?;
-        socket.set_curve_secretkey(&keys.secret).map_err(zmq_err)?;
+        keys.set_on(&socket).map_err(zmq_err)?;
     }
     socket
         .monitor("inproc://ferry-watch", zmq::SocketEvent::ALL as i32)

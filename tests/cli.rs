@@ -613,10 +613,11 @@ async fn ferry_watch_prints_each_notification() {
 }
 
 /// `ferry crdt-client` with CURVE: with the notifier's public key and a client key file it
-/// allows, the client subscribes (the notifier counts its topic) and a write reaches it as a
-/// notification, not through its periodic check (no gap found). A key file without a server
-/// key is refused at once. (Catches: the keys not set on the client's sockets: the notifier
-/// never sees the subscription.)
+/// allows, the client says it is connected, subscribes (the notifier counts its topic) and a
+/// write reaches it as a notification, not through its periodic check (no gap found). With a
+/// key the notifier does not allow, it says why it has no connection, once. A key file
+/// without a server key is refused at once. (Catches: the keys not set on the client's
+/// sockets: the notifier never sees the subscription; connection events not told.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crdt_client_subscribes_with_curve() {
     let dir = tempfile::tempdir().unwrap();
@@ -648,12 +649,29 @@ async fn crdt_client_subscribes_with_curve() {
         "--curve-secret-key-file",
         &client_file,
     ];
+    let endpoint = node.node.notifier_endpoint("ns").unwrap().to_owned();
+    // A new key pair the notifier does not allow: refused, and told why once.
+    let mut refused = Running::spawn(&args[..8]);
+    let line = refused.wait_line(&format!("ZeroMQ ns: no connection to {endpoint}: "));
+    assert!(
+        line.contains("not in the notifier's curve_client_keys_file"),
+        "{line}"
+    );
+
     let mut client = Running::spawn(&args);
     assert_eq!(
         client.wait_line("CURVE client public key "),
         format!("CURVE client public key {client_public}")
     );
-    client.wait_line("\"event\":\"ready\"");
+    // Two streams (stderr, stdout): either line may come first.
+    client.wait_line(&format!("ZeroMQ ns: connected to {endpoint}"));
+    if !client
+        .seen
+        .iter()
+        .any(|l| l.contains("\"event\":\"ready\""))
+    {
+        client.wait_line("\"event\":\"ready\"");
+    }
     let c = reqwest::Client::new();
     wait_subscribed(&c, &node, "ns").await;
     let seq = put(
@@ -680,6 +698,15 @@ async fn crdt_client_subscribes_with_curve() {
         "found by the check, not notified: {gaps:?}"
     );
     client.kill();
+    let told = refused
+        .kill()
+        .iter()
+        .filter(|l| l.contains("no connection to"))
+        .count();
+    assert_eq!(
+        told, 1,
+        "the refused client said why once, not at each retry"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([

@@ -527,6 +527,7 @@ fn subscribe(
     if let Some(keys) = curve {
         keys.set_on(&socket).map_err(fail)?;
     }
+    let mut links = crate::notify::Links::watch(&ctx, &socket).map_err(fail)?;
     socket.connect(endpoint).map_err(fail)?;
     socket
         .set_subscribe(format!("{ns}.kv").as_bytes())
@@ -535,10 +536,23 @@ fn subscribe(
     Ok(std::thread::spawn(move || {
         let _ctx = ctx;
         while running.load(Ordering::Relaxed) {
-            match socket.poll(zmq::POLLIN, 200) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(_) => return,
+            let (data, event) = {
+                let mut items = [socket.as_poll_item(zmq::POLLIN), links.poll_item()];
+                if zmq::poll(&mut items, 200).is_err() {
+                    return;
+                }
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            // Connections made, lost or refused (and why), on stderr, each once.
+            if event {
+                match links.read() {
+                    Ok(Some(line)) => eprintln!("  ZeroMQ {ns}: {line}"),
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+            if !data {
+                continue;
             }
             let Ok(frames) = socket.recv_multipart(0) else {
                 return;

@@ -490,11 +490,7 @@ pub fn watch(
     if let Some(keys) = curve {
         keys.set_on(&socket).map_err(zmq_err)?;
     }
-    socket
-        .monitor("inproc://ferry-watch", zmq::SocketEvent::ALL as i32)
-        .map_err(zmq_err)?;
-    let monitor = ctx.socket(zmq::PAIR).map_err(zmq_err)?;
-    monitor.connect("inproc://ferry-watch").map_err(zmq_err)?;
+    let mut links = Links::watch(&ctx, &socket).map_err(zmq_err)?;
     for e in endpoints {
         socket
             .connect(e)
@@ -502,25 +498,52 @@ pub fn watch(
         eprintln!("watching {e}");
     }
     socket.set_subscribe(topic.as_bytes()).map_err(zmq_err)?;
-    let mut links = std::collections::HashMap::new();
     loop {
-        let mut items = [
-            socket.as_poll_item(zmq::POLLIN),
-            monitor.as_poll_item(zmq::POLLIN),
-        ];
-        zmq::poll(&mut items, -1).map_err(zmq_err)?;
-        if items[1].is_readable() {
-            let event = monitor.recv_multipart(0).map_err(zmq_err)?;
-            if let Some(line) = connection_event(&event, &mut links) {
-                eprintln!("{line}");
-            }
+        let (data, event) = {
+            let mut items = [socket.as_poll_item(zmq::POLLIN), links.poll_item()];
+            zmq::poll(&mut items, -1).map_err(zmq_err)?;
+            (items[0].is_readable(), items[1].is_readable())
+        };
+        if event && let Some(line) = links.read().map_err(zmq_err)? {
+            eprintln!("{line}");
         }
-        if items[0].is_readable() {
+        if data {
             let frames = socket.recv_multipart(0).map_err(zmq_err)?;
             let text: Vec<_> = frames.iter().map(|f| String::from_utf8_lossy(f)).collect();
             writeln!(out, "{}", text.join(" ")).map_err(|e| e.to_string())?;
             out.flush().map_err(|e| e.to_string())?;
         }
+    }
+}
+
+/// A subscriber socket's connections, as its monitor reports them: made, lost, or refused
+/// and why ([`connection_event`]), each told once.
+pub struct Links {
+    monitor: zmq::Socket,
+    told: std::collections::HashMap<String, Link>,
+}
+
+impl Links {
+    /// Monitors `socket` (call before it connects), through an `inproc` pair in `ctx`.
+    pub fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> zmq::Result<Links> {
+        socket.monitor("inproc://ferry-links", zmq::SocketEvent::ALL as i32)?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.connect("inproc://ferry-links")?;
+        Ok(Links {
+            monitor,
+            told: std::collections::HashMap::new(),
+        })
+    }
+
+    /// For `zmq::poll`: readable when an event is waiting.
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.monitor.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Reads the waiting event: the line to tell, if it is news.
+    pub fn read(&mut self) -> zmq::Result<Option<String>> {
+        let event = self.monitor.recv_multipart(0)?;
+        Ok(connection_event(&event, &mut self.told))
     }
 }
 

@@ -527,7 +527,8 @@ fn subscribe(
     if let Some(keys) = curve {
         keys.set_on(&socket).map_err(fail)?;
     }
-    let mut links = crate::notify::Links::watch(&ctx, &socket).map_err(fail)?;
+    // Only failures: the story's output stays the walkthrough's when all is well.
+    let mut links = crate::notify::Links::watch(&ctx, &socket, true).map_err(fail)?;
     socket.connect(endpoint).map_err(fail)?;
     socket
         .set_subscribe(format!("{ns}.kv").as_bytes())
@@ -543,7 +544,7 @@ fn subscribe(
                 }
                 (items[0].is_readable(), items[1].is_readable())
             };
-            // Connections made, lost or refused (and why), on stderr, each once.
+            // Why a notifier refuses the connection, on stderr, once.
             if event {
                 match links.read() {
                     Ok(Some(line)) => eprintln!("  ZeroMQ {ns}: {line}"),

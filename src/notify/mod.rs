@@ -490,7 +490,7 @@ pub fn watch(
     if let Some(keys) = curve {
         keys.set_on(&socket).map_err(zmq_err)?;
     }
-    let mut links = Links::watch(&ctx, &socket).map_err(zmq_err)?;
+    let mut links = Links::watch(&ctx, &socket, false).map_err(zmq_err)?;
     for e in endpoints {
         socket
             .connect(e)
@@ -521,17 +521,25 @@ pub fn watch(
 pub struct Links {
     monitor: zmq::Socket,
     told: std::collections::HashMap<String, Link>,
+    /// Tell only the connections that fail, and why (not those made or lost).
+    failures_only: bool,
 }
 
 impl Links {
-    /// Monitors `socket` (call before it connects), through an `inproc` pair in `ctx`.
-    pub fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> zmq::Result<Links> {
+    /// Monitors `socket` (call before it connects), through an `inproc` pair in `ctx`; with
+    /// `failures_only`, [`Links::read`] tells only why a connection could not be made.
+    pub fn watch(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        failures_only: bool,
+    ) -> zmq::Result<Links> {
         socket.monitor("inproc://ferry-links", zmq::SocketEvent::ALL as i32)?;
         let monitor = ctx.socket(zmq::PAIR)?;
         monitor.connect("inproc://ferry-links")?;
         Ok(Links {
             monitor,
             told: std::collections::HashMap::new(),
+            failures_only,
         })
     }
 
@@ -543,7 +551,14 @@ impl Links {
     /// Reads the waiting event: the line to tell, if it is news.
     pub fn read(&mut self) -> zmq::Result<Option<String>> {
         let event = self.monitor.recv_multipart(0)?;
-        Ok(connection_event(&event, &mut self.told))
+        let line = connection_event(&event, &mut self.told);
+        let failed = || {
+            let endpoint = event
+                .get(1)
+                .map(|e| String::from_utf8_lossy(e).into_owned());
+            endpoint.and_then(|e| self.told.get(&e).copied()) == Some(Link::Failed)
+        };
+        Ok(line.filter(|_| !self.failures_only || failed()))
     }
 }
 

@@ -12,13 +12,9 @@ use common::*;
 
 const NS: &str = "ns";
 
-/// A port free right now, for a notifier that must come back on the same one.
+/// A port the notifier binds and binds again after a restart (see [`fixed_ports`]).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fixed_ports(1)[0]
 }
 
 /// `[notifier_config.ns]` on `port`; a long grace window so that a loaded machine does not

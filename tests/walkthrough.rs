@@ -657,21 +657,10 @@ async fn a_client_that_misses_notifications_still_converges() {
     );
 }
 
-/// Free ports, found by binding port 0 (the tiny window before the demo binds them again is
-/// acceptable for a test).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_the_cluster_and_stops_on_ctrl_c() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let p = free_ports(7);
+    let p = fixed_ports(7);
     let placeholders = [8001, 8002, 8003, 4001, 4002, 5555, 5556];
     let free = |old: u16| p[placeholders.iter().position(|&x| x == old).unwrap()];
     for (i, name) in ["dc1.toml", "dc2.toml", "relayer.toml"].iter().enumerate() {

@@ -692,3 +692,37 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// `n` distinct TCP ports free on 127.0.0.1 now, below the system's ephemeral range, for a
+/// node that binds a fixed port (and may be restarted on it). A port from the ephemeral range
+/// (what binding port 0 gives) can be taken, between its release and the node's bind, as the
+/// local port of any outgoing connection on the machine (other tests connect all the time):
+/// the node then fails with "Address already in use".
+#[allow(dead_code)] // not every test binary binds fixed ports
+pub fn fixed_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIRST);
+    assert!(
+        span >= 1_000,
+        "the ephemeral port range starts at {ephemeral}"
+    );
+    // Each test binary from its own stretch (they run one after another, but a binary's
+    // ports may linger), then the next ports in turn.
+    let base = std::process::id() % span;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(i < span, "no free port left below {ephemeral}");
+        let port = (FIRST + (base + i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
+}

@@ -23,11 +23,8 @@ async fn put_count(c: &reqwest::Client, node: &TestNode, n: u64) {
 
 /// `ferry crdt-client --json` reading from `node`, subscribed to a port nobody listens on.
 fn client_for(node: &TestNode) -> Running {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the ephemeral range: the client's own retries cannot connect to themselves.
+    let port = fixed_ports(1)[0];
     let zmq = format!("{NS}=tcp://127.0.0.1:{port}");
     Running::spawn(&["crdt-client", "--json", "--http", &node.base, "--zmq", &zmq])
 }

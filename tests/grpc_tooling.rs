@@ -185,10 +185,9 @@ async fn health_reports_each_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_namespace_serves_once_it_follows() {
     let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // Nothing listens on the upstream port until the primary starts there.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
+    // Nothing listens on the upstream port until the primary starts there (a port below the
+    // ephemeral range, which no outgoing connection takes meanwhile: see `fixed_ports`).
+    let port = fixed_ports(1)[0];
     let replica = TestNode::replica(
         rdir.path(),
         &["ns"],

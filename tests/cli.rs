@@ -612,6 +612,47 @@ async fn ferry_watch_prints_each_notification() {
     node.stop().await;
 }
 
+/// A primary whose notifier of `ns` has CURVE on and allows one client key.
+struct CurveNode {
+    node: TestNode,
+    /// The notifier's endpoint.
+    endpoint: String,
+    /// The notifier's public key (Z85).
+    server_public: String,
+    /// The allowed client's public key, and its key file as `ferry curve-keypair` writes it.
+    client_public: String,
+    client_file: String,
+}
+
+async fn curve_node(dir: &std::path::Path) -> CurveNode {
+    let (server_public, server_secret) = ferry::notify::curve_keypair();
+    let (client_public, client_secret) = ferry::notify::curve_keypair();
+    let key = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let server_file = key("notify.key", format!("{server_secret}\n"));
+    let allowed = key("clients.keys", format!("{client_public}\n"));
+    let client_file = key(
+        "client.key",
+        format!("# public key: {client_public}\n{client_secret}\n"),
+    );
+    let text = format!(
+        "{}[notifier_config.ns]\nbind_port = 0\ncurve_secret_key_file = {server_file:?}\ncurve_client_keys_file = {allowed:?}\n",
+        primary_config(dir, &["ns"])
+    );
+    let node = TestNode::start(&text, dir).await;
+    let endpoint = node.node.notifier_endpoint("ns").unwrap().to_owned();
+    CurveNode {
+        node,
+        endpoint,
+        server_public,
+        client_public,
+        client_file,
+    }
+}
+
 /// `ferry crdt-client` with CURVE: with the notifier's public key and a client key file it
 /// allows, the client subscribes (the notifier counts its topic) and a write reaches it as a
 /// notification, not through its periodic check (no gap found); it says nothing of its
@@ -622,22 +663,14 @@ async fn ferry_watch_prints_each_notification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crdt_client_subscribes_with_curve() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_public, server_secret) = ferry::notify::curve_keypair();
-    let (client_public, client_secret) = ferry::notify::curve_keypair();
-    let key = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let server_file = key("notify.key", format!("{server_secret}\n"));
-    let allowed = key("clients.keys", format!("{client_public}\n"));
-    let client_file = key("client.key", format!("{client_secret}\n"));
-    let text = format!(
-        "{}[notifier_config.ns]\nbind_port = 0\ncurve_secret_key_file = {server_file:?}\ncurve_client_keys_file = {allowed:?}\n",
-        primary_config(dir.path(), &["ns"])
-    );
-    let node = TestNode::start(&text, dir.path()).await;
-    let zmq = format!("ns={}", node.node.notifier_endpoint("ns").unwrap());
+    let CurveNode {
+        node,
+        endpoint,
+        server_public,
+        client_public,
+        client_file,
+    } = curve_node(dir.path()).await;
+    let zmq = format!("ns={endpoint}");
     let args = [
         "crdt-client",
         "--json",
@@ -650,7 +683,6 @@ async fn crdt_client_subscribes_with_curve() {
         "--curve-secret-key-file",
         &client_file,
     ];
-    let endpoint = node.node.notifier_endpoint("ns").unwrap().to_owned();
     // A new key pair the notifier does not allow: refused, and told why once.
     let mut refused = Running::spawn(&args[..8]);
     let line = refused.wait_line(&format!("ZeroMQ ns: no connection to {endpoint}: "));
@@ -733,25 +765,13 @@ async fn crdt_client_subscribes_with_curve() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_watch_subscribes_with_curve_and_says_why_it_has_no_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_public, server_secret) = ferry::notify::curve_keypair();
-    let (client_public, client_secret) = ferry::notify::curve_keypair();
-    let key = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let server_file = key("notify.key", format!("{server_secret}\n"));
-    let allowed = key("clients.keys", format!("{client_public}\n"));
-    let client_file = key(
-        "client.key",
-        format!("# public key: {client_public}\n{client_secret}\n"),
-    );
-    let text = format!(
-        "{}[notifier_config.ns]\nbind_port = 0\ncurve_secret_key_file = {server_file:?}\ncurve_client_keys_file = {allowed:?}\n",
-        primary_config(dir.path(), &["ns"])
-    );
-    let node = TestNode::start(&text, dir.path()).await;
-    let endpoint = node.node.notifier_endpoint("ns").unwrap().to_owned();
+    let CurveNode {
+        node,
+        endpoint,
+        server_public,
+        client_public,
+        client_file,
+    } = curve_node(dir.path()).await;
     let no_connection = format!("no connection to {endpoint}: ");
 
     let (stranger, _) = ferry::notify::curve_keypair();

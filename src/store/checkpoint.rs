@@ -220,7 +220,7 @@ pub(crate) fn run(namespace: String, path: PathBuf, wake: Wake, counters: Arc<Co
 /// The largest `-wal` file an idle node keeps: [`KEEP_FRAMES_TIMES`] times `pages` frames of
 /// `page_size` bytes, with their headers.
 fn kept_wal_bytes(pages: i32, page_size: u64) -> u64 {
-    WAL_HEADER_BYTES + KEEP_FRAMES_TIMES * pages.max(1) as u64 * (page_size + FRAME_HEADER_BYTES)
+    WAL_HEADER_BYTES + KEEP_FRAMES_TIMES * pages as u64 * (page_size + FRAME_HEADER_BYTES)
 }
 
 /// One checkpoint: the WAL's frames, and how many of them are in the database file ((-1, -1)

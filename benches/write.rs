@@ -5,6 +5,9 @@
 //! rounds instead of 5). For a quick A/B of
 //! one load shape, `cargo bench --bench write -- --writers N [--sync full|normal|off]
 //! [--keys ordered|per-writer] [--per-writer WRITES]` runs only ferry with N writers, 3 times.
+//! `cargo bench --bench write -- --serve-floor whole|hop` serves the 1-writer floor (or the
+//! one with a hand-off, below) on a loopback port it prints, until killed, for a load
+//! generator in another process (wrk with a PUT script; docs/performance.md, ninth sitting).
 //!
 //! Measures, all durable per write (fsync before the reply) on files in a temp dir:
 //! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and
@@ -21,6 +24,8 @@
 //!   does, it gives the floor of one writer's latency as a sum of parts;
 //! - a warp PUT handler that commits each write to SQLite itself, 1 writer: that floor measured
 //!   whole (the parts' sum leaves out the wake-ups of threads that slept through the fsync);
+//!   and the 64-writer floor below with 1 writer: the handler hands the write to a thread that
+//!   commits it and waits for its answer, as ferry does, so the hand-off's cost is in the run;
 //! - the same with 64 writers: a warp PUT handler handing each write to one thread that commits
 //!   everything queued in one transaction (group commit, nothing else), and the no-op handler
 //!   with 64 writers (the HTTP side alone);
@@ -625,6 +630,9 @@ struct Round {
     single_paced: f64,
     /// One writer against [`sqlite_http_server`]: the floor of one writer, measured whole.
     sqlite_http_one: f64,
+    /// One writer against [`sqlite_group_http_server`]: that floor with ferry's hand-off to a
+    /// committing thread and back.
+    sqlite_hop_one: f64,
     /// [`WRITERS`] writers against a no-op warp PUT handler: the HTTP side alone.
     noop_many: f64,
     /// [`WRITERS`] writers against [`sqlite_group_http_server`]: their floor, measured whole.
@@ -712,6 +720,15 @@ fn only_ferry(
         }
     }
     if writers == 1 {
+        let h = rt.block_on(sqlite_group_http(
+            &dir.path().join("sqlite-group-http"),
+            1,
+            per_writer,
+        ));
+        println!(
+            "warp PUT handler handing each write to a thread that commits it to SQLite (synchronous=FULL, ordered keys), 1 writer: {h:.0} writes/s ({:.0} us a round trip each)",
+            1e6 / h
+        );
         let s = rt.block_on(sqlite_http(&dir.path().join("sqlite-http"), per_writer));
         println!(
             "warp PUT handler committing to SQLite itself (synchronous=FULL, ordered keys), 1 writer: {s:.0} writes/s ({:.0} us a round trip each)",
@@ -729,6 +746,20 @@ fn main() {
     let rounds = arg("--rounds").map_or(rounds, |n| n.parse().expect("--rounds takes a number"));
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Some(which) = arg("--serve-floor") {
+        // For a client in another process (wrk): serve one floor until killed.
+        let d = dir.path().to_path_buf();
+        rt.block_on(async move {
+            let (addr, server) = match which.as_str() {
+                "whole" => sqlite_http_server(&d).await,
+                "hop" => sqlite_group_http_server(&d).await,
+                other => panic!("--serve-floor takes whole or hop, not {other:?}"),
+            };
+            println!("{addr}");
+            server.await.unwrap();
+        });
+        return;
+    }
     if let Some(writers) = arg("--writers") {
         let writers: usize = writers.parse().expect("--writers takes a number");
         let keys = arg("--keys").map_or(Keys::Ordered, |name| {
@@ -758,6 +789,11 @@ fn main() {
             std::fs::create_dir_all(&d).unwrap();
             let noop_one = rt.block_on(noop(1, 1000 * scale));
             let sqlite_http_one = rt.block_on(sqlite_http(&d.join("sqlite-http"), 1000 * scale));
+            let sqlite_hop_one = rt.block_on(sqlite_group_http(
+                &d.join("sqlite-hop-http"),
+                1,
+                1000 * scale,
+            ));
             let noop_many = rt.block_on(noop(WRITERS, 100 * scale));
             let sqlite_http_many = rt.block_on(sqlite_group_http(
                 &d.join("sqlite-group-http"),
@@ -771,6 +807,7 @@ fn main() {
                 single: sqlite_ceiling(&d, 1000 * scale, 1, Keys::Ordered),
                 noop_one,
                 sqlite_http_one,
+                sqlite_hop_one,
                 noop_many,
                 sqlite_http_many,
                 single_paced: sqlite_paced(
@@ -890,6 +927,14 @@ fn main() {
             1e6 / whole,
             whole / one_r,
             ferry_one / whole
+        );
+        let hop = med(&|r| r.sqlite_hop_one);
+        println!(
+            "1-writer floor with a hand-off: the handler hands each write to a thread that commits it, as ferry's writer does {hop:.0}/s ({:.0} us a write) = {:.2}x of the floor measured whole, {:.2}x of redis 1 client; ferry 1 writer at {:.2}x of it",
+            1e6 / hop,
+            hop / whole,
+            hop / one_r,
+            ferry_one / hop
         );
         let (noop_many, whole_many) = (med(&|r| r.noop_many), med(&|r| r.sqlite_http_many));
         println!(

@@ -343,3 +343,83 @@ async fn the_replication_token_is_required_and_a_refused_follower_does_not_hamme
         node.stop().await;
     }
 }
+
+/// `ferry backup` of a node that serves gRPC only over TLS, asks for a client certificate of
+/// its CA, and takes a replication token: with `--ca`, `--cert`, `--key` and `--token-file` it
+/// writes a sound file holding the node's keys; without any one of them it fails (exit 1),
+/// saying which option the node needs, and writes nothing. (Catches: the command not handing
+/// one of the four options to its connection; a connection the node hung up on told as
+/// "operation was canceled", as tonic words it; a failed backup leaving a file behind.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_backup_reaches_a_node_over_mtls_with_its_token() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ferry test CA");
+    let (server_crt, server_key, ca_crt) = ca.issue(certs.path(), "server");
+    let (client_crt, client_key, _) = ca.issue(certs.path(), "client");
+    let tokens = certs.path().join("replication.tokens");
+    std::fs::write(&tokens, "backup-secret\n").unwrap();
+
+    let pdir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[grpc_config]\nport = 0\nallow_insecure = false\ncert_path = {}\nkey_path = {}\nca_path = {}\n[auth]\nreplication_token_file = {}\n",
+        primary_config(pdir.path(), &[NS]),
+        p(&server_crt),
+        p(&server_key),
+        p(&ca_crt),
+        p(&tokens)
+    );
+    let primary = TestNode::start(&text, pdir.path()).await;
+    let c = reqwest::Client::new();
+    for key in ["a", "b", "c"] {
+        put(&c, &primary, NS, key, key.as_bytes()).await;
+    }
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let backup = |name: &str, skip: &str| {
+        let out = out_dir.path().join(name);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["backup", "--upstream", &primary.grpc(), "--namespace", NS]);
+        cmd.arg("--out").arg(&out);
+        for (flag, path) in [
+            ("--ca", &ca_crt),
+            ("--cert", &client_crt),
+            ("--key", &client_key),
+            ("--token-file", &tokens),
+        ] {
+            // A certificate goes with its key.
+            let skipped = flag == skip || (skip == "--cert" && flag == "--key");
+            if !skipped {
+                cmd.arg(flag).arg(path);
+            }
+        }
+        let output = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr, out)
+    };
+
+    let (code, stderr, out) = backup("all.db", "");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("3 keys at seq 3"), "{stderr}");
+    assert_eq!(kv_rows(&out), kv_rows(&primary.db(NS)));
+    verify_file(&out);
+
+    for (skip, why, says) in [
+        ("--ca", "plaintext to a TLS listener", "needs --ca"),
+        ("--cert", "no client certificate", "needs --cert and --key"),
+        ("--token-file", "no token", "requires a replication token"),
+    ] {
+        let (code, stderr, out) = backup(&format!("without{skip}.db"), skip);
+        assert_eq!(code, Some(1), "{why}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("ferry backup: {}: ", primary.grpc())),
+            "{why}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{why}: {stderr}");
+        assert!(
+            !out.exists(),
+            "{why}: a failed backup left {}",
+            out.display()
+        );
+    }
+    primary.stop().await;
+}

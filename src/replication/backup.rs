@@ -26,6 +26,27 @@ pub struct Backup {
     pub keys: i64,
 }
 
+/// Why the first request failed: the node's own answer, or, when the connection failed
+/// before the node answered (a TLS listener hangs up on plaintext, and on a client without
+/// the certificate it asks for), the cause and the options such a node needs.
+fn first_request_failed(upstream: &str, security: &Security, s: &tonic::Status) -> String {
+    use std::error::Error;
+    let Some(transport) = s.source() else {
+        return format!("{upstream}: {}", s.message());
+    };
+    let hint = if security.ca_path.is_none() {
+        "; a node serving gRPC over TLS needs --ca"
+    } else if security.cert_path.is_none() {
+        "; a node that asks for client certificates needs --cert and --key"
+    } else {
+        ""
+    };
+    format!(
+        "{upstream}: the connection failed before the node answered ({}){hint}",
+        super::follower::cause(transport)
+    )
+}
+
 /// Writes namespace `namespace` of the node at `upstream` (`host:port` of its gRPC listener)
 /// to a new file `out`, reporting progress through `progress(rows, bytes)`.
 pub async fn backup(
@@ -62,7 +83,7 @@ pub async fn backup_with(
             ..Default::default()
         })
         .await
-        .map_err(|s| format!("{upstream}: {}", s.message()))?
+        .map_err(|s| first_request_failed(upstream, security, &s))?
         .into_inner();
     if !super::is_log_id(&pos.log_id) {
         return Err(format!(

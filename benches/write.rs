@@ -7,7 +7,8 @@
 //! [--keys ordered|per-writer] [--per-writer WRITES]` runs only ferry with N writers, 3 times.
 //! `cargo bench --bench write -- --serve-floor whole|hop` serves the 1-writer floor (or the
 //! one with a hand-off, below) on a loopback port it prints, until killed, for a load
-//! generator in another process (wrk with a PUT script; docs/performance.md, ninth sitting).
+//! generator in another process (`wrk -s benches/wrk/put.lua`; docs/performance.md, ninth
+//! sitting).
 //!
 //! Measures, all durable per write (fsync before the reply) on files in a temp dir:
 //! - SQLite ceiling: in-process rusqlite appending to wal_log + kv, 1 write per transaction and

@@ -145,8 +145,29 @@ async fn mtls_lets_in_only_clients_with_a_certificate_of_the_configured_ca() {
         ),
     )
     .await;
-    for node in [&none, &stranger] {
+    // A replica with no TLS settings at all: the listener hangs up on its plaintext, and it
+    // says which key it lacks (the node's own words were "the upstream closed the stream").
+    let pldir = tempfile::tempdir().unwrap();
+    let plaintext = replica(pldir.path(), &primary.grpc(), "").await;
+    let err = wait_error(&c, &plaintext).await;
+    assert!(
+        err.contains("needs relayer_config.up.ca_path"),
+        "a plaintext replica: {err}"
+    );
+    // The replica without a certificate is told it needs one; the one whose certificate
+    // another CA signed has every setting, so nothing is suggested.
+    for (node, hint) in [
+        (
+            &none,
+            Some("needs relayer_config.up.cert_path and relayer_config.up.key_path"),
+        ),
+        (&stranger, None),
+    ] {
         let err = wait_error(&c, node).await;
+        match hint {
+            Some(hint) => assert!(err.contains(hint), "{err}"),
+            None => assert!(!err.contains("needs"), "{err}"),
+        }
         assert_eq!(
             stats(&c, node, NS).await["replication"]["state"],
             "retrying",
@@ -171,7 +192,8 @@ async fn mtls_lets_in_only_clients_with_a_certificate_of_the_configured_ca() {
     wait_synced(&primary, &good, NS).await;
     assert_eq!(none.head(NS), 0);
     assert_eq!(stranger.head(NS), 0);
-    for node in [good, none, stranger, primary] {
+    assert_eq!(plaintext.head(NS), 0);
+    for node in [good, none, stranger, plaintext, primary] {
         node.stop().await;
     }
 }

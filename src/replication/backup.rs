@@ -34,16 +34,14 @@ fn first_request_failed(upstream: &str, security: &Security, s: &tonic::Status) 
     let Some(transport) = s.source() else {
         return format!("{upstream}: {}", s.message());
     };
-    let hint = if security.ca_path.is_none() {
-        "; a node serving gRPC over TLS needs --ca"
-    } else if security.cert_path.is_none() {
-        "; a node that asks for client certificates needs --cert and --key"
-    } else {
-        ""
-    };
+    let lacks = security.lacks(
+        "; a node serving gRPC over TLS needs --ca",
+        "; a node that asks for client certificates needs --cert and --key",
+    );
     format!(
-        "{upstream}: the connection failed before the node answered ({}){hint}",
-        super::follower::cause(transport)
+        "{upstream}: the connection failed before the node answered ({}){}",
+        super::follower::cause(transport),
+        lacks.unwrap_or_default()
     )
 }
 

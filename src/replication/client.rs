@@ -53,6 +53,21 @@ pub struct Security {
     pub token_file: Option<PathBuf>,
 }
 
+impl Security {
+    /// What a connection with these settings probably lacks when the upstream hangs up before
+    /// answering: `no_tls` when it is plaintext (a TLS listener hangs up on it), `no_cert` when
+    /// it has no client certificate (a listener with a CA asks for one).
+    pub fn lacks<'a>(&self, no_tls: &'a str, no_cert: &'a str) -> Option<&'a str> {
+        if self.ca_path.is_none() {
+            Some(no_tls)
+        } else if self.cert_path.is_none() {
+            Some(no_cert)
+        } else {
+            None
+        }
+    }
+}
+
 /// An upstream's address with everything needed to connect to it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -61,6 +76,8 @@ pub struct Upstream {
     /// follower stops with this reason.
     endpoint: Result<Endpoint, String>,
     token_file: Option<PathBuf>,
+    /// What to add to a failure the upstream hung up on before answering ([`Security::lacks`]).
+    lacks: Option<String>,
 }
 
 impl Upstream {
@@ -99,11 +116,29 @@ impl Upstream {
         if let Some(path) = &security.token_file {
             TokenSet::load(path).map_err(|e| format!("{what}.token_file: {e}"))?;
         }
+        let (no_tls, no_cert) = (
+            format!("an upstream serving gRPC over TLS needs {what}.ca_path"),
+            format!(
+                "an upstream that asks for client certificates needs {what}.cert_path and {what}.key_path"
+            ),
+        );
         Ok(Upstream {
             address: address.to_owned(),
             endpoint,
             token_file: security.token_file.clone(),
+            lacks: security.lacks(&no_tls, &no_cert).map(str::to_owned),
         })
+    }
+
+    /// `reason` for a request that failed in the transport, before the upstream answered,
+    /// with what this connection's settings probably lack (none when the upstream answered,
+    /// even with an error).
+    pub fn hung_up(&self, s: &tonic::Status, reason: String) -> String {
+        use std::error::Error;
+        match (&self.lacks, s.source()) {
+            (Some(lacks), Some(_)) => format!("{reason}; {lacks}"),
+            _ => reason,
+        }
     }
 
     /// Why the address cannot be connected to at all, if it cannot.
@@ -135,5 +170,46 @@ impl Upstream {
         })?;
         Ok(ReplicationClient::with_interceptor(channel, Bearer(token))
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Security, Upstream};
+
+    /// A failure the upstream answered (even with an error) is told as it is; one the
+    /// transport reports before any answer gets what the settings probably lack: TLS first,
+    /// then a client certificate, nothing when both are set. (Catches: the hint added to an
+    /// answered error, such as "the upstream is shutting down", where it would mislead; the
+    /// two hints swapped.)
+    #[test]
+    fn only_a_hang_up_before_any_answer_gets_the_settings_it_may_lack() {
+        let plain =
+            Upstream::new("127.0.0.1:1", "relayer_config.up", &Security::default()).unwrap();
+        let answered = tonic::Status::unavailable("the upstream is shutting down");
+        assert_eq!(plain.hung_up(&answered, "why".into()), "why");
+        let mut hung_up = tonic::Status::unavailable("transport error");
+        hung_up.set_source(std::sync::Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(
+            plain.hung_up(&hung_up, "why".into()),
+            "why; an upstream serving gRPC over TLS needs relayer_config.up.ca_path"
+        );
+
+        let path = || Some(std::path::PathBuf::from("x"));
+        let ca_only = Security {
+            ca_path: path(),
+            ..Default::default()
+        };
+        let all = Security {
+            ca_path: path(),
+            cert_path: path(),
+            key_path: path(),
+            token_file: None,
+        };
+        assert_eq!(Security::default().lacks("tls", "cert"), Some("tls"));
+        assert_eq!(ca_only.lacks("tls", "cert"), Some("cert"));
+        assert_eq!(all.lacks("tls", "cert"), None);
     }
 }

@@ -363,7 +363,13 @@ impl Follower {
         });
         let pos = match tokio::time::timeout(SILENCE_LIMIT, position).await {
             Ok(Ok(p)) => p.into_inner(),
-            Ok(Err(s)) => return status_end(&s),
+            // The first request: a hang-up may be a TLS setting this replica lacks.
+            Ok(Err(s)) => {
+                return match status_end(&s) {
+                    End::Retry(reason) => End::Retry(self.connect.hung_up(&s, reason)),
+                    end => end,
+                };
+            }
             Err(_) => {
                 return End::Retry(format!(
                     "no answer from the upstream {} to a position request within {SILENCE_LIMIT:?}",

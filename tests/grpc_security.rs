@@ -268,6 +268,52 @@ async fn counting_proxy(upstream: String) -> (String, Arc<AtomicUsize>) {
     (addr, count)
 }
 
+/// The reverse mistake: TLS settings for an upstream that serves plaintext. The replica and
+/// `ferry backup` say the upstream answered in plaintext (rustls' own words are "received
+/// corrupt message of type InvalidContentType"). (Catches: that case not recognised in the
+/// error chain.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_for_a_plaintext_upstream_are_told_as_such() {
+    let certs = tempfile::tempdir().unwrap();
+    let (_, _, ca_crt) = Ca::new("ferry test CA").issue(certs.path(), "unused");
+    let pdir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[grpc_config]\nport = 0\n",
+        primary_config(pdir.path(), &[NS])
+    );
+    let primary = TestNode::start(&text, pdir.path()).await;
+    let c = reqwest::Client::new();
+    put(&c, &primary, NS, "a", b"1").await;
+    let said = "the upstream answered in plaintext: it does not serve gRPC over TLS";
+
+    let rdir = tempfile::tempdir().unwrap();
+    let tls_replica = replica(
+        rdir.path(),
+        &primary.grpc(),
+        &format!("ca_path = {}\n", p(&ca_crt)),
+    )
+    .await;
+    let err = wait_error(&c, &tls_replica).await;
+    assert!(err.contains(said), "{err}");
+    assert_eq!(tls_replica.head(NS), 0);
+
+    let out = rdir.path().join("backup.db");
+    let backup = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["backup", "--upstream", &primary.grpc(), "--namespace", NS])
+        .arg("--out")
+        .arg(&out)
+        .arg("--ca")
+        .arg(&ca_crt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&backup.stderr);
+    assert_eq!(backup.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(said), "{stderr}");
+    assert!(!out.exists());
+    tls_replica.stop().await;
+    primary.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replication_token_is_required_and_a_refused_follower_does_not_hammer() {
     let dir = tempfile::tempdir().unwrap();

@@ -162,8 +162,13 @@ impl Upstream {
         };
         let endpoint = self.endpoint.as_ref().map_err(Clone::clone)?;
         let channel = endpoint.connect().await.map_err(|e| {
+            let plaintext = if answered_in_plaintext(&e) {
+                " (the upstream answered in plaintext: it does not serve gRPC over TLS)"
+            } else {
+                ""
+            };
             format!(
-                "cannot connect to upstream {}: {}",
+                "cannot connect to upstream {}: {}{plaintext}",
                 self.address,
                 super::follower::cause(&e)
             )
@@ -171,6 +176,28 @@ impl Upstream {
         Ok(ReplicationClient::with_interceptor(channel, Bearer(token))
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES))
     }
+}
+
+/// Whether a TLS connection failed because what answered does not speak TLS: rustls found
+/// no TLS record type in its first bytes (a plaintext gRPC server's answer), which it words
+/// as "received corrupt message of type InvalidContentType".
+fn answered_in_plaintext(e: &(dyn std::error::Error + 'static)) -> bool {
+    use tokio_rustls::rustls::{Error, InvalidMessage};
+    let not_tls =
+        |r: &Error| matches!(r, Error::InvalidMessage(InvalidMessage::InvalidContentType));
+    let mut err = Some(e);
+    while let Some(inner) = err {
+        // An I/O error's `source()` skips the error it wraps: look inside it too.
+        let wrapped = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|w| w.downcast_ref::<Error>());
+        if let Some(r) = inner.downcast_ref::<Error>().or(wrapped) {
+            return not_tls(r);
+        }
+        err = inner.source();
+    }
+    false
 }
 
 #[cfg(test)]

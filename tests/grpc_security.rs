@@ -198,6 +198,20 @@ async fn mtls_lets_in_only_clients_with_a_certificate_of_the_configured_ca() {
     }
 }
 
+/// Runs `ferry backup` (the real binary) of NS on `node` into `out` with `flags`: its exit
+/// code and what it printed on stderr.
+fn ferry_backup(node: &TestNode, out: &Path, flags: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(["backup", "--upstream", &node.grpc(), "--namespace", NS]);
+    cmd.arg("--out").arg(out);
+    for (flag, path) in flags {
+        cmd.arg(flag).arg(path);
+    }
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
 /// Runs the real binary with `config` and returns (exit code, everything it printed).
 fn refused_start(mode: &str, config: &str, dir: &Path) -> (Option<i32>, String) {
     let path = dir.join("node.toml");
@@ -298,16 +312,8 @@ async fn tls_settings_for_a_plaintext_upstream_are_told_as_such() {
     assert_eq!(tls_replica.head(NS), 0);
 
     let out = rdir.path().join("backup.db");
-    let backup = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["backup", "--upstream", &primary.grpc(), "--namespace", NS])
-        .arg("--out")
-        .arg(&out)
-        .arg("--ca")
-        .arg(&ca_crt)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&backup.stderr);
-    assert_eq!(backup.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = ferry_backup(&primary, &out, &[("--ca", &ca_crt)]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(said), "{stderr}");
     assert!(!out.exists());
     tls_replica.stop().await;
@@ -445,24 +451,19 @@ async fn ferry_backup_reaches_a_node_over_mtls_with_its_token() {
     let out_dir = tempfile::tempdir().unwrap();
     let backup = |name: &str, skip: &str| {
         let out = out_dir.path().join(name);
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(["backup", "--upstream", &primary.grpc(), "--namespace", NS]);
-        cmd.arg("--out").arg(&out);
-        for (flag, path) in [
+        let flags: Vec<(&str, &Path)> = [
             ("--ca", &ca_crt),
             ("--cert", &client_crt),
             ("--key", &client_key),
             ("--token-file", &tokens),
-        ] {
-            // A certificate goes with its key.
-            let skipped = flag == skip || (skip == "--cert" && flag == "--key");
-            if !skipped {
-                cmd.arg(flag).arg(path);
-            }
-        }
-        let output = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        (output.status.code(), stderr, out)
+        ]
+        .into_iter()
+        // A certificate goes with its key.
+        .filter(|(flag, _)| *flag != skip && !(skip == "--cert" && *flag == "--key"))
+        .map(|(flag, path)| (flag, path.as_path()))
+        .collect();
+        let (code, stderr) = ferry_backup(&primary, &out, &flags);
+        (code, stderr, out)
     };
 
     let (code, stderr, out) = backup("all.db", "");

@@ -180,24 +180,14 @@ impl Upstream {
 
 /// Whether a TLS connection failed because what answered does not speak TLS: rustls found
 /// no TLS record type in its first bytes (a plaintext gRPC server's answer), which it words
-/// as "received corrupt message of type InvalidContentType".
+/// as "received corrupt message of type InvalidContentType". rustls' error reaches us inside
+/// the I/O error at the bottom of the chain.
 fn answered_in_plaintext(e: &(dyn std::error::Error + 'static)) -> bool {
     use tokio_rustls::rustls::{Error, InvalidMessage};
-    let not_tls =
-        |r: &Error| matches!(r, Error::InvalidMessage(InvalidMessage::InvalidContentType));
-    let mut err = Some(e);
-    while let Some(inner) = err {
-        // An I/O error's `source()` skips the error it wraps: look inside it too.
-        let wrapped = inner
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|w| w.downcast_ref::<Error>());
-        if let Some(r) = inner.downcast_ref::<Error>().or(wrapped) {
-            return not_tls(r);
-        }
-        err = inner.source();
-    }
-    false
+    super::follower::io_cause(e)
+        .and_then(std::io::Error::get_ref)
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|r| matches!(r, Error::InvalidMessage(InvalidMessage::InvalidContentType)))
 }
 
 #[cfg(test)]

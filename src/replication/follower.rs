@@ -715,7 +715,7 @@ pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The I/O error at the bottom of an error's chain, if there is one.
-fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+pub(crate) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut err = Some(e);
     while let Some(inner) = err {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {

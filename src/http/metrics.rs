@@ -137,6 +137,7 @@ struct NamespaceSample {
     commits: u64,
     requests: u64,
     checkpoints: u64,
+    commits_here: u64,
     commit_seconds: f64,
     commit_duration: Histogram,
     commit_group: Histogram,
@@ -176,6 +177,7 @@ impl Scrape {
                     commits: c.commits.load(Ordering::Relaxed),
                     requests: c.requests.load(Ordering::Relaxed),
                     checkpoints: c.checkpoints.load(Ordering::Relaxed),
+                    commits_here: c.here.load(Ordering::Relaxed),
                     commit_seconds: c.micros.load(Ordering::Relaxed) as f64 / 1e6,
                     commit_duration: c.duration.clone(),
                     commit_group: c.group_size.clone(),
@@ -257,6 +259,13 @@ impl Collector for Scrape {
             "SQLite transactions the writer committed: groups of client writes, and replicated batches.",
             Counter,
             count(&|n| n.commits),
+        )?;
+        family(
+            &mut e,
+            "ferry_commits_on_caller",
+            "Of ferry_commits_total, lone client writes committed on the HTTP thread that received them rather than handed to the writer thread (writes coming one at a time, nothing else begun on the node between them).",
+            Counter,
+            count(&|n| n.commits_here),
         )?;
         family(
             &mut e,

@@ -458,7 +458,8 @@ impl Namespace {
     /// thread, no commit running), writers have been coming one at a time (the last group was
     /// a single request), and the node began no other operation since this namespace's last
     /// write ([`Activity`]), so the commit holds up nobody else's work on this runtime
-    /// thread. For a lone writer the hand-off and the answer back are two thread wake-ups,
+    /// thread (a primary with a replica tailing it serves the replica after each commit, so
+    /// its writes keep going through the writer thread). For a lone writer the hand-off and the answer back are two thread wake-ups,
     /// 10-25% of its round trip (docs/performance.md, tenth sitting). Gives the mutations back
     /// when the write must go through the writer thread: every write from concurrent writers
     /// (group commit), and every write beside other work, such as reads, which a commit here
@@ -652,6 +653,9 @@ impl Namespace {
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         self.usable()?;
+        // A Tail stream's work after each commit: a lone write committing on the runtime
+        // thread would hold it up (see `Namespace::write_here`).
+        self.activity.begin();
         if let Some(entries) = self.recent.since(from, max_count, max_bytes) {
             return Ok(entries);
         }
@@ -732,7 +736,8 @@ impl Namespace {
     }
 }
 
-/// Operations begun on one node's namespaces: writes and reads. A write that finds the count
+/// Operations begun on one node's namespaces: writes, reads, entries read for Tail streams and
+/// the changes feed. A write that finds the count
 /// one past its namespace's last write knows the node began nothing else in between (see
 /// [`Namespace::write_here`]); the count itself means nothing.
 #[derive(Clone, Default)]

@@ -19,7 +19,7 @@ pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -174,6 +174,8 @@ pub struct Namespace {
     activity: Activity,
     /// `activity`'s number of this namespace's last write (see [`Namespace::write_here`]).
     last_write_op: AtomicU64,
+    /// Client writes between [`Namespace::write`]'s start and its answer.
+    writes_in_flight: AtomicUsize,
     head: watch::Receiver<Head>,
     readers: reader::Pool,
     recent: Arc<recent::Recent>,
@@ -335,6 +337,7 @@ impl Namespace {
             writer,
             activity,
             last_write_op: AtomicU64::new(0),
+            writes_in_flight: AtomicUsize::new(0),
             head: head_rx,
             writer_thread: Mutex::new(Some(thread)),
             checkpoint_thread: Mutex::new(Some(checkpoint_thread)),
@@ -444,7 +447,8 @@ impl Namespace {
             });
         }
         self.usable()?;
-        let mutations = match self.write_here(mutations, bytes) {
+        let flight = InFlight::enter(&self.writes_in_flight);
+        let mutations = match self.write_here(mutations, bytes, flight.alone) {
             Ok(outcome) => return outcome.map_err(|e| self.noticed(e)),
             Err(mutations) => mutations,
         };
@@ -453,25 +457,29 @@ impl Namespace {
             .map_err(|e| self.noticed(e))
     }
 
-    /// Commits a small write on the caller's thread, as a group of its own, when nothing is
-    /// gained by handing it to the writer thread: the writer is free (nothing queued for its
-    /// thread, no commit running), writers have been coming one at a time (the last group was
-    /// a single request), and the node began no other operation since this namespace's last
-    /// write ([`Activity`]), so the commit holds up nobody else's work on this runtime
-    /// thread (a primary with a replica tailing it serves the replica after each commit, so
-    /// its writes keep going through the writer thread). For a lone writer the hand-off and the answer back are two thread wake-ups,
-    /// 10-25% of its round trip (docs/performance.md, tenth sitting). Gives the mutations back
-    /// when the write must go through the writer thread: every write from concurrent writers
-    /// (group commit), and every write beside other work, such as reads, which a commit here
-    /// would hold up for its fsync.
+    /// Commits a small write on the caller's thread, as a group of its own, when nothing
+    /// is gained by handing it to the writer thread: the writer is free (nothing queued
+    /// for its thread, no commit running), writers have been coming one at a time (the
+    /// last group was a single request), no other write to this namespace is under way
+    /// (`alone_in_flight`: concurrent writers share commits), and the node began no other
+    /// operation since this namespace's last write ([`Activity`]), so the commit holds up
+    /// nobody else's work on this runtime thread (a primary with a replica tailing it
+    /// serves the replica after each commit, so its writes keep going through the writer
+    /// thread). For a lone writer the hand-off and the answer back are two thread
+    /// wake-ups, 5-25% of its round trip (docs/performance.md, tenth sitting). Gives the
+    /// mutations back when the write must go through the writer thread: every write from
+    /// concurrent writers (group commit), and every write beside other work, such as
+    /// reads, which a commit here would hold up for its fsync.
     fn write_here(
         &self,
         mutations: Vec<Mutation>,
         bytes: usize,
+        alone_in_flight: bool,
     ) -> Result<Result<Committed, StoreError>, Vec<Mutation>> {
         let mine = self.activity.begin();
         let alone = self.last_write_op.swap(mine, Ordering::Relaxed) + 1 == mine;
         if !alone
+            || !alone_in_flight
             || mutations.len() > HERE_MAX_MUTATIONS
             || bytes > HERE_MAX_BYTES
             || self.commands.capacity() != self.commands.max_capacity()
@@ -733,6 +741,29 @@ impl Namespace {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+/// Counts a client write in flight on its namespace while it lives.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// No other write was in flight when this one entered.
+    alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -768,9 +768,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// Operations begun on one node's namespaces: writes, reads, entries read for Tail streams and
-/// the changes feed. A write that finds the count
-/// one past its namespace's last write knows the node began nothing else in between (see
-/// [`Namespace::write_here`]); the count itself means nothing.
+/// the changes feed. A write that finds the count one past its namespace's last write knows
+/// the node began nothing else in between (see [`Namespace::write_here`]); the count itself
+/// means nothing.
 #[derive(Clone, Default)]
 struct Activity(Arc<AtomicU64>);
 

@@ -288,6 +288,7 @@ async fn metrics_are_strict_prometheus_text_with_histograms_build_and_process_in
         "process_max_fds",
         "process_start_time_seconds",
         "ferry_commits_total",
+        "ferry_commits_on_caller_total",
         "ferry_head_seq",
     ]
     .into_iter()
@@ -307,6 +308,7 @@ async fn metrics_are_strict_prometheus_text_with_histograms_build_and_process_in
             ("process_max_fds", "gauge"),
             ("process_start_time_seconds", "gauge"),
             ("ferry_commits_total", "counter"),
+            ("ferry_commits_on_caller_total", "counter"),
             ("ferry_head_seq", "gauge"),
         ]
     );
@@ -335,6 +337,14 @@ async fn metrics_are_strict_prometheus_text_with_histograms_build_and_process_in
     assert_eq!(value(&f, "ferry_commit_group_requests_sum", &ns), 5.0);
     assert!(value(&f, "ferry_commit_group_requests_count", &ns) >= 1.0);
     assert!(value(&f, "ferry_commit_duration_seconds_sum", &ns) > 0.0);
+    // One client's writes one after another, nothing else begun on the node between them:
+    // each commits on the HTTP thread that took it, but perhaps the first (whatever the node
+    // read before it).
+    let here = value(&f, "ferry_commits_on_caller_total", &ns);
+    assert!(
+        (4.0..=5.0).contains(&here),
+        "{here} of 5 lone writes committed on the HTTP thread"
+    );
 
     assert_eq!(
         value(

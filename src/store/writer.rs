@@ -375,17 +375,35 @@ pub(crate) fn run(mut rx: mpsc::Receiver<Command>, shared: Shared) {
             }
         }
         if !writes.is_empty() {
-            commit_and_answer(writer, writes);
+            let answers = commit(writer, writes);
+            // Answered once the writer is let go: a lone writer's next write, sent the moment
+            // it has this answer, finds the writer free.
+            drop(guard);
+            answer(answers);
         }
     }
 }
 
-/// Commits `writes` as one group and answers each. Replies are kept apart from the work so
-/// that, whatever fails, every caller gets an answer that says what happened (a dropped reply
-/// would read as "shutting down").
+/// Commits `writes` as one group and answers each.
 fn commit_and_answer(writer: &mut Writer, writes: Vec<(Vec<Mutation>, Reply)>) {
+    answer(commit(writer, writes));
+}
+
+/// Commits `writes` as one group: each one's reply and outcome. Replies are kept apart from
+/// the work so that, whatever fails, every caller gets an answer that says what happened (a
+/// dropped reply would read as "shutting down").
+fn commit(writer: &mut Writer, writes: Vec<(Vec<Mutation>, Reply)>) -> Answers {
     let (batches, replies): (Vec<_>, Vec<Reply>) = writes.into_iter().unzip();
-    for (reply, outcome) in replies.into_iter().zip(writer.commit_group(&batches)) {
+    replies
+        .into_iter()
+        .zip(writer.commit_group(&batches))
+        .collect()
+}
+
+type Answers = Vec<(Reply, Result<Committed, StoreError>)>;
+
+fn answer(answers: Answers) {
+    for (reply, outcome) in answers {
         let _ = reply.send(outcome);
     }
 }
